@@ -1,0 +1,3 @@
+from nclab.cli import main
+
+main()

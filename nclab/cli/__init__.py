@@ -1,0 +1,25 @@
+"""The ``nclab`` command: one subcommand per API verb, no mathematics here.
+
+Every subcommand turns a ``ValueError`` raised by the library (bad input) into one line
+``error: ...`` on stderr and exit status 2, the convention of click's own usage errors.
+"""
+
+from __future__ import annotations
+
+import click
+
+from nclab import __version__
+from nclab.cli.predict import predict_cmd
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="nclab")
+def cli() -> None:
+    """Neural collapse in deep linear networks: theory, simulation, measurement."""
+
+
+cli.add_command(predict_cmd)
+
+
+def main() -> None:
+    cli(prog_name="nclab")

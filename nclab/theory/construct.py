@@ -1,0 +1,38 @@
+"""Explicit matrices W_1..W_M, H, b that attain a prediction's objective, for the problem's widths.
+
+Layer j maps R^{d_j} -> R^{d_{j+1}}; the active modes use the first r coordinates of every hidden
+space and the eigenvectors U_a of the target Gram at the output, so W_j = Q_{j+1} diag(sigma_j) Q_j^T
+with balanced singular values (theory.md sec. 1.1). Features solve the ridge problem in closed form:
+h_k = Q_1 diag(sqrt(s)/(s+c)) U_a^T (e_k - b). All samples of class k share h_k (NC1).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from nclab.theory.objective import labels_from_counts
+
+
+def construct_minimizer(prediction):
+    """Return ``(weights, H, b)``: W_j (d_{j+1}, d_j) float64, H (d, N) with columns grouped by class
+    (labels ``labels_from_counts(counts)``), b (K,) or None. See :meth:`Prediction.construct`."""
+    p = prediction.problem
+    if p.loss == "ce":
+        from nclab.theory.ce import construct_ce
+
+        return construct_ce(p, prediction._ce)
+    st = prediction._struct
+    K, M = p.K, p.M
+    r = st.s.size
+    dims = list(p.widths) + [K]
+    weights = []
+    for j in range(M):
+        W = np.zeros((dims[j + 1], dims[j]))
+        out_basis = st.Ua if j == M - 1 else np.eye(dims[j + 1])[:, :r]
+        W[:, :r] = out_basis * st.sigma[j][None, :]
+        weights.append(W)
+    b = None if prediction.bias is None else prediction.bias.copy()
+    Hbar = np.zeros((dims[0], K))  # d x K class means
+    Hbar[:r, :] = (np.sqrt(st.s) / (st.s + st.c))[:, None] * st.UaE
+    H = Hbar[:, labels_from_counts(p.counts)]
+    return weights, H, b
