@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import sys
 
 import click
@@ -22,7 +23,7 @@ def friendly_errors(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (ValueError, TypeError, FileNotFoundError) as exc:
+        except (ValueError, TypeError, OverflowError, FileNotFoundError) as exc:
             fail(str(exc))
 
     return wrapper
@@ -49,8 +50,8 @@ def parse_int_list(text: str | None, name: str) -> list[int] | None:
             v = float(t)
         except ValueError:
             fail(f"{name} must be a comma-separated list of integers, got {text!r}")
-        if v != int(v):
-            fail(f"{name} must be integers, got {t!r}")
+        if not math.isfinite(v) or v != int(v):
+            fail(f"{name} must be finite integers, got {t!r}")
         out.append(int(v))
     return out
 
