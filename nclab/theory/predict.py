@@ -226,13 +226,11 @@ class Prediction:
                 "active": m.active.tolist(),
                 "class": None if m.mode_class is None else m.mode_class.tolist(),
             }
-        if self.ce is not None:
-            out.update(self._ce.to_dict() if hasattr(self._ce, "to_dict") else {})
-            out.update(self.ce)
-            for k in ("WWt", "HtH", "WH", "layers", "bias", "active", "objective", "objective_zero"):
-                out.pop(k, None) if k not in ("WWt", "HtH", "WH", "layers", "bias", "active") else None
-            out["objective"], out["objective_zero"] = self.objective, self.objective_zero
-            out["etf_objective"] = self.ce["etf_objective"]
+        if self._ce is not None:
+            # CE-only fields (etf_objective, etf_is_global, best_structure, search, notes, ...); the
+            # shared ones (objective, Grams, layers, bias, active) are already above, from this object.
+            shared = set(out) | {"problem", "Z"}
+            out.update({k: v for k, v in self._ce.to_dict().items() if k not in shared})
         return out
 
     def __repr__(self) -> str:
