@@ -1,0 +1,139 @@
+"""Benchmark of nclab.metrics: cost of all NC metrics vs one H^T H product, a 1M-sample stream, and the
+speed-up over the per-sample outer-product approach of public NC code.
+
+    python benchmarks/metrics.py           # full run (a few minutes on 2 cores)
+    python benchmarks/metrics.py --quick   # small sizes, seconds
+
+Targets (issue 3): N=50,000, D=512, K=10: all metrics <= 1.5x one H^T H (float32); K=1000, D=2048,
+N=1,000,000 streamed in batches with peak memory < 2 GB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from nclab.metrics import ClassStats, nc_metrics  # noqa: E402
+
+
+def best_of(fn, repeat=5):
+    fn()
+    ts = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return min(ts), float(np.median(ts))
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def one_shot(N, D, K, repeat):
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, K, (N,), generator=g)
+    H = torch.randn(K, D, generator=g)[y] + 0.1 * torch.randn(N, D, generator=g)  # float32
+    W, b = torch.randn(K, D, generator=g), torch.randn(K, generator=g)
+    t_gemm = best_of(lambda: H.T @ H, repeat)
+    t_all = best_of(lambda: nc_metrics(H, y, W, b), repeat)
+    t_stream = best_of(lambda: ClassStats(K).update(H, y).compute(W, b), max(2, repeat // 2))
+    # per-sample outer products + dense pinv (what public NC code does), on a subset, extrapolated
+    n_sub = min(N, 2000)
+
+    def public():
+        Hd, yd = H.double(), y
+        mu = torch.stack([Hd[yd == k].mean(0) for k in range(K)])
+        muG = Hd.mean(0)
+        Sw = torch.zeros(D, D, dtype=torch.float64)
+        for i in range(n_sub):
+            d = Hd[i] - mu[yd[i]]
+            Sw += torch.outer(d, d)
+        Sb = (mu - muG).T @ (mu - muG) / K
+        return np.trace(Sw.numpy() / N @ np.linalg.pinv(Sb.numpy())) / K
+
+    t0 = time.perf_counter()
+    public()
+    t_pub_sub = time.perf_counter() - t0
+    t_pinv = best_of(lambda: np.linalg.pinv(np.eye(D) + 0.0), 1)[0]
+    t_pub = (t_pub_sub - t_pinv) * N / n_sub + t_pinv
+    return {"N": N, "D": D, "K": K, "HtH_s": t_gemm, "all_metrics_s": t_all, "stream_scatter_s": t_stream,
+            "ratio": t_all[0] / t_gemm[0], "ratio_median": t_all[1] / t_gemm[1],
+            "public_extrapolated_s": t_pub, "public_subset": n_sub, "speedup": t_pub / t_all[0]}
+
+
+def stream_child(N, D, K, B, gemm):
+    torch.manual_seed(0)
+    means = torch.randn(K, D)  # (K, D) float32
+    buf = torch.empty(B, D)
+    stats = ClassStats(K, D, gemm_dtype=torch.float64 if gemm == "float64" else torch.float32)
+    base = peak_rss_mb()
+    t0 = time.perf_counter()
+    done = 0
+    while done < N:
+        b = min(B, N - done)
+        y = torch.randint(0, K, (b,))
+        x = torch.randn(b, D, out=buf[:b]).mul_(0.1).add_(means[y])  # generated batch by batch
+        stats.update(x, y)
+        done += b
+    t_stream = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    m = stats.compute()
+    t_compute = time.perf_counter() - t1
+    print(json.dumps({"N": N, "D": D, "K": K, "batch": B, "gemm": gemm, "stream_s": t_stream,
+                      "compute_s": t_compute, "peak_rss_mb": peak_rss_mb(), "rss_before_stream_mb": base,
+                      "nc1": m["nc1"], "rank": m.info["rank"]}))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="small sizes (seconds)")
+    ap.add_argument("--stream-child", nargs=5, help=argparse.SUPPRESS)
+    ap.add_argument("--gemm", choices=["float64", "float32"], default="float64",
+                    help="dtype of the stream's per-batch scatter product (statistics stay float64)")
+    a = ap.parse_args()
+    if a.stream_child:
+        N, D, K, B = map(int, a.stream_child[:4])
+        return stream_child(N, D, K, B, a.stream_child[4])
+    print(f"machine: {platform.platform()}, {platform.processor() or platform.machine()}, "
+          f"cpu_count={os.cpu_count()}, torch {torch.__version__} threads={torch.get_num_threads()}")
+    N, D, K = (20_000, 256, 10) if a.quick else (50_000, 512, 10)
+    r = one_shot(N, D, K, 3 if a.quick else 7)
+    print(f"\n[1] N={N} D={D} K={K}, float32 features (best / median of repeats)")
+    print(f"  one H^T H (float32)           {r['HtH_s'][0] * 1e3:8.1f} / {r['HtH_s'][1] * 1e3:.1f} ms")
+    print(f"  all metrics, nc_metrics       {r['all_metrics_s'][0] * 1e3:8.1f} / {r['all_metrics_s'][1] * 1e3:.1f} ms"
+          f"   (two float64 passes, no D x D matrix)")
+    print(f"  streaming ClassStats+compute  {r['stream_scatter_s'][0] * 1e3:8.1f} / "
+          f"{r['stream_scatter_s'][1] * 1e3:.1f} ms   (one pass, float64 D x D scatter)")
+    ok1 = r["ratio"] <= 1.5
+    print(f"  ratio all/HtH = {r['ratio']:.2f} (median {r['ratio_median']:.2f})  target <= 1.5: "
+          f"{'PASS' if ok1 else 'FAIL'}")
+    print(f"  per-sample outer products + pinv (public approach): {r['public_extrapolated_s']:.1f} s "
+          f"(timed on {r['public_subset']} samples, extrapolated to N)  speed-up x{r['speedup']:.0f}")
+
+    N2, D2, K2, B2 = (50_000, 512, 100, 4096) if a.quick else (1_000_000, 2048, 1000, 8192)
+    print(f"\n[2] stream K={K2} D={D2} N={N2} in batches of {B2} ({a.gemm} scatter GEMM), separate process")
+    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--stream-child", str(N2), str(D2), str(K2),
+                          str(B2), a.gemm], capture_output=True, text=True, check=True)
+    s = json.loads(out.stdout.strip().splitlines()[-1])
+    ok2 = s["peak_rss_mb"] < 2048
+    gflop = 2 * N2 * D2 * D2 / 1e9
+    print(f"  stream {s['stream_s']:.1f} s ({gflop / s['stream_s']:.0f} GFLOP/s of scatter), compute "
+          f"{s['compute_s']:.2f} s, NC1={s['nc1']:.3e} rank={s['rank']}")
+    print(f"  peak RSS of the whole process {s['peak_rss_mb']:.0f} MB (before streaming "
+          f"{s['rss_before_stream_mb']:.0f} MB)  target < 2048 MB: {'PASS' if ok2 else 'FAIL'}")
+    print(f"\noverall: {'PASS' if ok1 and ok2 else 'FAIL'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,345 @@
+"""All NC metrics in one call: NCMetrics (one layer) and DeepHeadMetrics (per layer of a deep head).
+
+Features are rows: `features` (N, D), `labels` (N,). For a d x N feature matrix H pass H.T (a view).
+A classifier W is (K, D) (rows w_k); a deep head is W_1..W_M with W_j (d_{j+1}, d_j), W_M (K, d_M).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from nclab.metrics import functional as F
+from nclab.metrics._checks import F64, check_features, check_labels, check_matrix, check_vector
+from nclab.metrics.stats import ClassStats, SecondPass
+
+SCALARS = {  # name -> one-line meaning (for tables and docs)
+    "nc1": "tr(Sigma_W Sigma_B^+)/K",
+    "nc1_trace": "tr(Sigma_W)/tr(Sigma_B)",
+    "cdnv": "mean_{k<l} (var_k+var_l)/(2||mu_k-mu_l||^2)",
+    "nc2_h": "||M M^T/||.|| - G|| means",
+    "nc2_w": "||W W^T/||.|| - G|| classifier",
+    "equinorm_h": "CV of ||mu_k - mu_G||",
+    "equinorm_w": "CV of ||w_k||",
+    "equiangular_h": "mean |cos - cos*| means",
+    "equiangular_w": "mean |cos - cos*| classifier",
+    "nc3": "||W Hbar/||.|| - G||",
+    "nc3_dual": "||W/||W|| - C Hbar^T/||.|| ||",
+    "nc4": "NCC != argmax(Wh+b) fraction",
+    "bias_collapse": "||W mu_G + b - n/N|| / ||n/N||",
+    "accuracy": "argmax(Wh+b) == y fraction",
+    "ncc_accuracy": "nearest centre == y fraction",
+}
+
+
+@dataclass
+class NCMetrics:
+    """NC metrics of one layer.
+
+    values : name -> float (NaN when undefined; `reasons[name]` says why). See SCALARS.
+    per_class : name -> list over the non-empty classes (`info["classes"]` gives their labels):
+        count, nc1 (contribution; they sum to nc1), variance (1/n_k sum ||h_i - mu_k||^2),
+        mean_norm (||mu_k - mu_G|| for ETF targets, ||mu_k|| otherwise), weight_norm (||w_k||), collapsed.
+    info : N, D, K, K_eff, classes, dropped, rank (of the centred means used by NC1), rtol, singular
+        values, target, center, global_mean, within, collapsed (labels), trace_sw, trace_sb, layer.
+    """
+
+    values: dict = field(default_factory=dict)
+    per_class: dict = field(default_factory=dict)
+    reasons: dict = field(default_factory=dict)
+    info: dict = field(default_factory=dict)
+
+    def __getitem__(self, name: str) -> float:
+        return self.values[name]
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict (NaN stays NaN, with its reason)."""
+        return {"values": dict(self.values), "reasons": dict(self.reasons), "per_class": self.per_class,
+                "info": self.info}
+
+    def table(self) -> str:
+        rows = [f"{'metric':<15} {'value':>12}  meaning"]
+        for k, v in self.values.items():
+            note = self.reasons.get(k, SCALARS.get(k, ""))
+            rows.append(f"{k:<15} {_fmt(v):>12}  {note}")
+        return "\n".join(rows)
+
+
+@dataclass
+class DeepHeadMetrics:
+    """Per-layer metrics of a deep head: layers[j-1] pairs the input features of layer j with the
+    partial product W_M..W_j (layers[0] is the head input with the end-to-end classifier)."""
+
+    layers: list
+
+    def __getitem__(self, j: int) -> NCMetrics:
+        return self.layers[j]
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def to_dict(self) -> dict:
+        return {"layers": [m.to_dict() for m in self.layers]}
+
+    def table(self) -> str:
+        names = [k for k in self.layers[0].values]
+        head = f"{'metric':<15}" + "".join(f"{'layer ' + str(j + 1):>13}" for j in range(len(self.layers)))
+        rows = [head] + [f"{k:<15}" + "".join(f"{_fmt(m.values.get(k, math.nan)):>13}" for m in self.layers)
+                         for k in names]
+        return "\n".join(rows)
+
+
+def _fmt(v) -> str:
+    return "nan" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4e}"
+
+
+def _resolve_target(target, weights, bias):
+    if isinstance(target, str) and target.lower() == "auto":
+        return "etf" if (bias is not None or weights is None) else "of"
+    return target
+
+
+def compute_metrics(stats: ClassStats, weights=None, bias=None, *, second: SecondPass | None = None,
+                    target="etf", center: bool | None = None, nc3_scale=None, rtol: float = F.DEFAULT_RTOL,
+                    global_mean: str = "weighted", within: str = "pooled",
+                    collapse_rtol: float = F.DEFAULT_COLLAPSE_RTOL) -> NCMetrics:
+    """Every NC metric from class statistics (and a second pass, if any) plus the classifier.
+
+    Parameters
+    ----------
+    stats : ClassStats after all updates (all_reduce'd if distributed).
+    weights : (K, D) classifier or partial product, optional. bias : (K,), optional.
+    second : SecondPass over the same data, optional: gives per-class NC1 and NC4; with it, NC1 uses the
+        second pass's rtol and global_mean.
+    target : "etf" (default), "of", "auto" (etf with a bias or without weights, else of) or a (K, K) Gram.
+    center : centre the class means by mu_G for NC2/NC3; default None = only for "etf".
+    nc3_scale : (K, K) C of nc3_dual (theory's scaling), default identity.
+    rtol : relative tolerance on singular values of the centred means for Sigma_B^+, default 1e-6.
+    global_mean : "weighted" (default, paper: mu_G = sum_k n_k mu_k / N) or "uniform" (mean of means).
+    within : "pooled" (default, paper: Sigma_W = (1/N) sum_i (h_i - mu_{y_i})(...)^T) or "class_mean"
+        ((1/K) sum_k Sigma_W^k, needs a second pass or m2 for the trace version).
+    collapse_rtol : a class is collapsed when its mean norm and classifier-row norm are <= this times the
+        largest, default 1e-3.
+
+    Formulas: NC1 = tr(Sigma_W Sigma_B^+)/K with Sigma_B = (1/K) sum_k (mu_k - mu_G)(mu_k - mu_G)^T
+    computed in K-space (functional.nc1_projector), never negative; nc1_trace = tr(Sigma_W)/tr(Sigma_B);
+    the rest as in functional.py. Classes without samples are dropped with a warning (K_eff everywhere).
+    """
+    if within not in ("pooled", "class_mean"):
+        raise ValueError(f"within must be 'pooled' or 'class_mean', got {within!r}")
+    if second is not None:
+        rtol, global_mean = second.rtol, second.global_mean
+    target = _resolve_target(target, weights, bias)
+    K = stats.num_classes
+    kept = stats.kept()
+    Ke = len(kept)
+    counts_all = stats.counts.cpu().numpy()
+    dropped = np.flatnonzero(counts_all == 0).tolist()
+    if dropped:
+        warnings.warn(f"dropping {len(dropped)} class(es) without samples: {dropped[:10]}"
+                      f"{' ...' if len(dropped) > 10 else ''}; metrics use K_eff = {Ke}", stacklevel=2)
+    if Ke < 2:
+        raise ValueError(f"need at least 2 classes with samples, got {Ke}")
+    n = counts_all[kept].astype(np.float64)
+    N = n.sum()
+    means = stats.means.cpu().numpy()[kept]  # (K_eff, D)
+    m2 = None
+    if second is not None:
+        m2 = second.m2.cpu().numpy()[kept]
+    elif stats.m2 is not None:
+        m2 = stats.m2.cpu().numpy()[kept]
+    vals, why, per = {}, {}, {"label": kept.tolist(), "count": n.astype(int).tolist()}
+    wmode = "weighted" if global_mean == "weighted" else "uniform"
+    if second is not None:
+        s, rank, mu_g = second.singular_values, second.rank, second.mu_g
+        p = None
+    else:
+        p, s, rank, mu_g = F.nc1_projector(means, n, rtol=rtol, mode=wmode)
+    centred = means - mu_g
+    trace_sb = float((centred * centred).sum() / Ke)
+
+    # NC1 (K-space) and its trace version
+    nc1, contrib = math.nan, [math.nan] * Ke
+    if rank == 0:
+        why["nc1"] = "all class means are equal (Sigma_B = 0)"
+    elif second is not None:
+        q = second.q.cpu().numpy()[kept]
+        c = q / N if within == "pooled" else q / (Ke * n)
+        contrib, nc1 = c.tolist(), max(float(c.sum()), 0.0)
+    elif stats.scatter is not None and within == "pooled":
+        nc1 = F.nc1_from_scatter(stats.scatter.cpu().numpy(), p, N)
+        why["nc1_per_class"] = "per-class NC1 needs a second pass"
+    else:
+        why["nc1"] = "needs the within-class scatter (moments='scatter', pooled) or a second pass"
+    vals["nc1"] = nc1
+    per["nc1"] = contrib
+    if m2 is not None:
+        trace_sw = float(m2.sum() / N) if within == "pooled" else float((m2 / n).mean())
+        vals["nc1_trace"] = trace_sw / trace_sb if trace_sb > 0 else math.nan
+        if trace_sb == 0:
+            why["nc1_trace"] = "all class means are equal (tr Sigma_B = 0)"
+        var = m2 / n
+        vals["cdnv"], _ = F._cdnv(means, var)
+        per["variance"] = var.tolist()
+    else:
+        trace_sw = math.nan
+        vals["nc1_trace"] = vals["cdnv"] = math.nan
+        why["nc1_trace"] = why["cdnv"] = "needs within-class variances (moments='trace'/'scatter' or a second pass)"
+
+    # NC2 on the means
+    if center is None:
+        center = F.default_center(target)
+    hm = centred if center else means  # (K_eff, D), rows compared with the target
+    g = F.target_gram(target, Ke, kept)
+    vals["nc2_h"] = F.normalized_distance(hm @ hm.T, g)
+    vals["equinorm_h"] = F._equinorm(hm)
+    vals["equiangular_h"] = F._equiangularity(hm, g)
+    per["mean_norm"] = np.sqrt((hm * hm).sum(1)).tolist()
+
+    # classifier: NC2, NC3, bias, NC4
+    w = None
+    if weights is not None:
+        w = check_matrix(weights, "weights", cols=means.shape[1])
+        if w.shape[0] != K:
+            raise ValueError(f"weights must have one row per class ({K}), got shape {w.shape}")
+        w = w[kept]
+        vals["nc2_w"] = F.normalized_distance(w @ w.T, g)
+        vals["equinorm_w"] = F._equinorm(w)
+        vals["equiangular_w"] = F._equiangularity(w, g)
+        vals["nc3"] = F.normalized_distance(w @ hm.T, g)
+        scale = None
+        if nc3_scale is not None:
+            scale = check_matrix(nc3_scale, "nc3_scale")
+            scale = scale[np.ix_(kept, kept)] if scale.shape[0] == K and K != Ke else scale
+        vals["nc3_dual"] = F.normalized_distance(w, hm if scale is None else scale @ hm)
+        per["weight_norm"] = np.sqrt((w * w).sum(1)).tolist()
+        if bias is not None:
+            b = check_vector(bias, "bias", K)[kept]
+            vals["bias_collapse"] = F.bias_collapse(w, b, F.global_mean(means, n), n)
+        if second is not None and second.w is not None:
+            seen, mism, ncc_ok, am_ok = second.n4.cpu().tolist()
+            vals["nc4"] = mism / seen if seen else math.nan
+            vals["accuracy"] = am_ok / seen if seen else math.nan
+            vals["ncc_accuracy"] = ncc_ok / seen if seen else math.nan
+        else:
+            vals["nc4"] = math.nan
+            why["nc4"] = "needs a second pass over the samples with the classifier"
+    vals = {k: float(v) for k, v in vals.items()}
+    for k, v in vals.items():
+        if math.isnan(v) and k not in why:
+            why[k] = "undefined: zero vectors (e.g. collapsed classes or zero classifier)"
+    col = F._collapsed(hm, w, collapse_rtol)
+    per["collapsed"] = col.tolist()
+    info = {"N": int(N), "D": int(means.shape[1]), "K": K, "K_eff": Ke, "classes": kept.tolist(),
+            "dropped": dropped, "rank": rank, "rtol": rtol, "singular_values": s.tolist(),
+            "target": target if isinstance(target, str) else "explicit Gram", "center": bool(center),
+            "global_mean": global_mean, "within": within, "collapsed": kept[col].tolist(),
+            "trace_sw": float(trace_sw), "trace_sb": trace_sb}
+    return NCMetrics(vals, per, why, info)
+
+
+def _prepared(features, labels, num_classes):
+    x = check_features(features)
+    y, K = check_labels(labels, x.shape[0], num_classes, x.device)
+    return x, y, K
+
+
+def _chunk_rows(D: int) -> int:
+    return max(1, (1 << 20) // D)  # ~8 MB of float64 per chunk: stays in cache, buffer reused
+
+
+def _one_shot(x, y, K, weights, bias, rtol, global_mean, **options) -> NCMetrics:
+    stats = ClassStats(K, moments="none", device=x.device)
+    step = _chunk_rows(x.shape[1])
+    buf = torch.empty(min(step, x.shape[0]), x.shape[1], dtype=F64, device=x.device)
+    for i in range(0, x.shape[0], step):
+        stats._update(x[i:i + step], y[i:i + step], buf)
+    second = SecondPass(stats, weights, bias, rtol=rtol, global_mean=global_mean)
+    for i in range(0, x.shape[0], step):
+        second._update(x[i:i + step], y[i:i + step], buf)
+    return compute_metrics(stats, weights, bias, second=second, **options)
+
+
+def nc_metrics(features, labels, weights=None, bias=None, *, num_classes: int | None = None, target="etf",
+               rtol: float = F.DEFAULT_RTOL, global_mean: str = "weighted", **options) -> NCMetrics:
+    """All NC metrics of features (N, D) with labels (N,) and optionally a classifier W (K, D), bias (K,).
+
+    Two passes over `features` in float64 chunks (class means, then centred K-space projections), no
+    D x D matrix: cost about N D (K + r) multiply-adds. num_classes default max(labels) + 1. Other
+    options (center, nc3_scale, within, collapse_rtol) as in compute_metrics.
+
+    Example: ``m = nc_metrics(H, y, W, b, target="etf"); m["nc1"], m.reasons, m.to_dict()``
+    """
+    x, y, K = _prepared(features, labels, num_classes)
+    return _one_shot(x, y, K, weights, bias, rtol, global_mean, target=target, **options)
+
+
+def nc1(features, labels, *, num_classes: int | None = None, rtol: float = F.DEFAULT_RTOL,
+        global_mean: str = "weighted", within: str = "pooled") -> float:
+    """NC1 = tr(Sigma_W Sigma_B^+)/K of features (N, D), labels (N,) (see compute_metrics)."""
+    return nc_metrics(features, labels, num_classes=num_classes, rtol=rtol, global_mean=global_mean,
+                      within=within)["nc1"]
+
+
+def partial_products(weights) -> list:
+    """[W_M..W_1, W_M..W_2, ..., W_M] (float64 tensors) for weights [W_1..W_M], W_j (d_{j+1}, d_j)."""
+    ws = []
+    for j, w in enumerate(weights):
+        w = torch.as_tensor(check_matrix(w, f"W_{j + 1}") if not isinstance(w, torch.Tensor) else w.detach())
+        if w.ndim != 2:
+            raise ValueError(f"W_{j + 1} must be a matrix, got shape {tuple(w.shape)}")
+        if j and w.shape[1] != ws[-1].shape[0]:
+            raise ValueError(f"W_{j + 1} has shape {tuple(w.shape)} but W_{j} has {ws[-1].shape[0]} outputs")
+        ws.append(w.to(F64))
+    out = [ws[-1]]
+    for w in reversed(ws[:-1]):
+        out.append(out[-1] @ w.to(out[-1].device))
+    return out[::-1]
+
+
+def _per_layer(value, M: int) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else [value] * M
+
+
+def deep_head_metrics(features, labels, weights, bias=None, *, num_classes: int | None = None, target="etf",
+                      nc3_scale=None, rtol: float = F.DEFAULT_RTOL, global_mean: str = "weighted",
+                      **options) -> DeepHeadMetrics:
+    """Metrics at every layer of a deep linear head, pairing layer-j inputs with W_M..W_j.
+
+    Parameters
+    ----------
+    features : (N, d_1) head input H_1 (rows are samples; pass H.T for a d x N matrix).
+    labels : (N,). weights : list [W_1, ..., W_M], W_j (d_{j+1}, d_j), W_M (K, d_M). bias : (K,) or None.
+    target, nc3_scale : one value for all layers or a list of M (e.g. the theory's per-layer Grams).
+    Layer-j features H_j = H_{j-1} W_{j-1}^T are formed in float64 on the features' device.
+    """
+    if not isinstance(weights, (list, tuple)) or len(weights) == 0:
+        raise ValueError("weights must be a non-empty list [W_1, ..., W_M]")
+    x, y, K = _prepared(features, labels, num_classes)
+    parts = partial_products(weights)
+    dims = [int(p.shape[1]) for p in parts]
+    if dims[0] != x.shape[1]:
+        raise ValueError(f"W_1 has {dims[0]} columns but features have dimension {x.shape[1]}")
+    M = len(weights)
+    targets, scales = _per_layer(target, M), _per_layer(nc3_scale, M)
+    if len(targets) != M or len(scales) != M:
+        raise ValueError(f"target/nc3_scale lists must have one entry per layer ({M})")
+    h = x.to(F64)
+    layers = []
+    for j in range(M):
+        if j > 0:
+            h = h @ torch.as_tensor(weights[j - 1]).detach().to(h.device, F64).T  # (N, d_{j+1})
+        if not torch.isfinite(h).all():
+            raise ValueError(f"layer {j + 1} features contain NaN or inf")
+        with warnings.catch_warnings():
+            if j > 0:
+                warnings.simplefilter("ignore")  # the empty-class warning is given once
+            m = _one_shot(h, y, K, parts[j], bias, rtol, global_mean, target=targets[j],
+                          nc3_scale=scales[j], **options)
+        m.info["layer"] = j + 1
+        layers.append(m)
+    return DeepHeadMetrics(layers)
