@@ -8,5 +8,6 @@ Public Python API (the CLI ``nclab`` is a thin shell over it):
 __version__ = "0.1.0"
 
 from nclab.theory import Prediction, predict  # noqa: E402
+from nclab.ufm import simulate  # noqa: E402
 
-__all__ = ["__version__", "predict", "Prediction"]
+__all__ = ["__version__", "predict", "Prediction", "simulate"]

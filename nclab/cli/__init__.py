@@ -9,7 +9,9 @@ from __future__ import annotations
 import click
 
 from nclab import __version__
+from nclab.cli.measure import measure_cmd
 from nclab.cli.predict import predict_cmd
+from nclab.cli.simulate import simulate_cmd
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -19,6 +21,8 @@ def cli() -> None:
 
 
 cli.add_command(predict_cmd)
+cli.add_command(simulate_cmd)
+cli.add_command(measure_cmd)
 
 
 def main() -> None:

@@ -1,0 +1,166 @@
+"""``nclab simulate``: train the deep linear UFM and watch it converge to ``nclab predict``."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import click
+from click.core import ParameterSource
+
+from nclab.cli._common import fail, friendly_errors, parse_int_list
+from nclab.cli.predict import problem_kwargs, problem_options
+
+PRESET_NAMES = ["paper-balanced-of", "paper-balanced-etf", "paper-imbalanced-gof"]
+RUN_OPTIONS = ["optimizer", "lr", "momentum", "steps", "schedule", "gamma", "init_std", "seed", "dtype", "device",
+               "gradient", "snapshot_every", "checkpoint_every", "threads", "stop_rel_gap"]
+
+
+def _explicit(ctx: click.Context, name: str) -> bool:
+    return ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP, None)
+
+
+def _summary_line(r) -> str:
+    f = r.final
+    get = lambda k: f.get(k, float("nan"))  # noqa: E731
+    M = len(r.config.widths)
+    return (f"M = {M}: {r.status} at step {r.step}; f = {get('objective'):.10g} (f* = {r.prediction.objective:.10g}, "
+            f"rel. gap {get('rel_gap'):.2e}); NC1 {get('nc1_L1'):.2e}, NC2(W) {get('nc2_w'):.2e}, "
+            f"NC2(H) {get('nc2_h'):.2e}, NC3 {get('nc3'):.2e}; {r.seconds:.2f} s training"
+            + (f" -> {r.run_dir}" if r.run_dir is not None else ""))
+
+
+@click.command("simulate")
+@problem_options
+@click.option("--preset", type=click.Choice(PRESET_NAMES), help="The paper's synthetic experiments (SGD, 30,000 "
+              "steps); other options override the preset.")
+@click.option("--depths", help="Several depths, one run each under --out/depth-M, plus figures (e.g. 1,3,6,9).")
+@click.option("--optimizer", type=click.Choice(["sgd", "adam", "lbfgs"]), default="sgd", show_default=True)
+@click.option("--lr", type=float, help="Learning rate [default: sgd 0.1, adam 1e-3, lbfgs 1].")
+@click.option("--momentum", type=float, default=0.9, show_default=True, help="SGD heavy-ball momentum.")
+@click.option("--steps", type=int, default=30000, show_default=True, help="Optimizer steps (L-BFGS: iterations).")
+@click.option("--schedule", type=click.Choice(["constant", "cosine", "step"]), default="constant",
+              show_default=True, help="Learning-rate schedule.")
+@click.option("--milestones", help="'step' schedule: steps where lr is multiplied by --gamma, e.g. 10000,20000.")
+@click.option("--gamma", type=float, default=0.1, show_default=True, help="'step' schedule factor.")
+@click.option("--init-std", type=float, default=0.1, show_default=True, help="Init N(0, std^2) of every parameter.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--dtype", type=click.Choice(["float64", "float32"]), default="float64", show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@click.option("--gradient", type=click.Choice(["auto", "manual", "autograd"]), default="auto", show_default=True,
+              help="Hand-written gradient (fast) or autograd of the shared objective.")
+@click.option("--snapshot-every", type=int, default=100, show_default=True, help="Metrics row every k steps.")
+@click.option("--checkpoint-every", type=int, default=0, show_default=True,
+              help="Checkpoint every k steps (0: every 10 snapshots).")
+@click.option("--stop-rel-gap", type=float, default=0.0, show_default=True,
+              help="Stop once the relative gap to f* is below this (0: run all steps).")
+@click.option("--threads", type=int, default=0, show_default=True, help="CPU threads (0: automatic).")
+@click.option("--out", "-o", type=click.Path(file_okay=False), help="Run directory (with --depths/--preset: a "
+              "folder of runs) [default: runs/<name>-<time>].")
+@click.option("--resume", is_flag=True, help="Continue the run(s) in --out (same config).")
+@click.option("--overwrite", is_flag=True, help="Replace the run(s) in --out.")
+@click.option("--figures/--no-figures", default=True, show_default=True, help="Write figures (PNG + PDF).")
+@click.option("--progress/--no-progress", default=None, help="Progress bar [default: on a terminal].")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per run instead of the summary.")
+@click.pass_context
+@friendly_errors
+def simulate_cmd(ctx, counts, classes, per_class, depth, widths, width, lambda_w, lambda_h, loss, bias, preset,
+                 depths, optimizer, lr, momentum, steps, schedule, milestones, gamma, init_std, seed, dtype, device,
+                 gradient, snapshot_every, checkpoint_every, stop_rel_gap, threads, out, resume, overwrite, figures,
+                 progress, as_json):
+    """Train the deep linear UFM (free features + M linear layers) and compare with the prediction.
+
+    \b
+    Examples:
+      nclab simulate --preset paper-imbalanced-gof --out runs/gof        # depths 1,3,6,9 + figures
+      nclab simulate --counts 200,100,50,50 -M 3 --optimizer lbfgs --steps 5000 --out runs/lbfgs
+    """
+    from nclab.ufm.config import make_config
+    from nclab.ufm.presets import DEPTHS, preset_options, run_depths
+    from nclab.ufm.trainer import simulate
+
+    if resume and overwrite:
+        raise ValueError("give --resume or --overwrite, not both")
+    kw = problem_kwargs(counts, classes, per_class, depth, widths, width, lambda_w, lambda_h, loss, bias)
+    run_kw = dict(optimizer=optimizer, lr=lr, momentum=momentum, steps=steps, schedule=schedule,
+                  milestones=parse_int_list(milestones, "--milestones") or (), gamma=gamma, init_std=init_std,
+                  seed=seed, dtype=dtype, device=device, gradient=gradient, snapshot_every=snapshot_every,
+                  checkpoint_every=checkpoint_every, stop_rel_gap=stop_rel_gap, threads=threads)
+    explicit = {k for k in list(kw) + list(run_kw) + ["widths", "width"] if _explicit(ctx, k)}
+    if preset is not None:
+        base = preset_options(preset)
+        opts = dict(base)
+        for k, v in {**kw, **run_kw}.items():
+            if k in explicit or (k == "widths" and ("widths" in explicit or "width" in explicit)):
+                opts[k] = v
+        if "counts" in explicit:
+            opts.pop("classes", None)
+            opts.pop("per_class", None)
+        elif "classes" in explicit or "per_class" in explicit:
+            opts.pop("counts", None)
+            opts.setdefault("classes", len(base.get("counts") or []) or None)
+            opts.setdefault("per_class", (base.get("counts") or [None])[0])
+        if milestones is not None:
+            opts["milestones"] = run_kw["milestones"]
+        if "lr" not in explicit and "optimizer" in explicit and optimizer != base["optimizer"]:
+            opts["lr"] = None  # the new optimizer's default
+        name = preset
+    else:
+        opts = {**kw, **run_kw}
+        if opts["counts"] is None and opts["classes"] is None:
+            opts["counts"] = [200, 100, 50, 50]  # the paper's imbalanced configuration, as nclab predict
+        name = "simulate"
+    depth_list = parse_int_list(depths, "--depths")
+    if depth_list is not None:
+        if not depth_list:
+            raise ValueError("--depths needs at least one depth, e.g. 1,3,6,9")
+        if depth is not None:
+            raise ValueError("give --depth or --depths, not both")
+        if widths is not None:
+            raise ValueError("--widths fixes the depth; with --depths give one --width for every layer")
+    elif preset is not None and depth is None and widths is None:
+        depth_list = list(DEPTHS)
+    if out is None:
+        out = f"runs/{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if progress is None:
+        progress = sys.stderr.isatty()
+
+    results = []
+
+    def report(r):
+        results.append(r)
+        if as_json:
+            click.echo(json.dumps({"run_dir": str(r.run_dir), "status": r.status, "step": r.step,
+                                   "message": r.message, "seconds": r.seconds, "final": r.final,
+                                   "predicted_objective": r.prediction.objective,
+                                   "geometry": r.prediction.geometry}, allow_nan=True))
+        else:
+            click.echo(_summary_line(r))
+        if r.status == "diverged":
+            click.echo(f"error: {r.message}", err=True)
+
+    try:
+        if depth_list is None:
+            cfg = make_config(**opts)
+            report(simulate(cfg, out=out, resume=resume, overwrite=overwrite, progress=progress))
+            if figures:
+                from nclab.ufm.figures import plot_runs
+
+                plot_runs([results[0].run_dir], results[0].run_dir / "figures", title=name)
+        else:
+            opts.pop("depth", None)
+            lam = opts.get("lambda_w")
+            if isinstance(lam, list) and len(lam) > 1:
+                raise ValueError("--depths needs a single --lambda-w value (per-layer values fix the depth)")
+            configs = [make_config(**opts, depth=M) for M in depth_list]
+            run_depths(configs, out, resume=resume, overwrite=overwrite, progress=progress, figures=figures,
+                       title=name, on_result=report)
+    except KeyboardInterrupt:
+        click.echo(f"\ninterrupted; the checkpoint is saved: rerun the same command with --resume "
+                   f"(--out {out}) to continue", err=True)
+        sys.exit(130)
+    if not as_json and figures:
+        click.echo(f"figures: {out}/figures")
+    if any(r.status == "diverged" for r in results):
+        fail("a run diverged (non-finite loss); its last good snapshot is kept")

@@ -1,0 +1,145 @@
+"""One metrics row of a UFM run, computed with ``nclab.metrics`` against the theory's prediction.
+
+Columns (M layers, K classes; layer j = 1..M is the layer whose INPUT features are H_j = W_{j-1}..W_1 H):
+
+    objective, gap (f - f*), rel_gap ((f - f*)/|f*|), loss (data term)
+    nc1_L{j}          NC1 = tr(Sigma_W Sigma_B^+)/K of the features entering layer j
+    nc2_w, nc2_h      || G/||G|| - G*/||G*|| || for W W^T (W = W_M..W_1) and the class means' Gram,
+                      G* the predicted Gram (OF, ETF or GOF with the theory's norms)
+    nc3               the same for W Hbar against the predicted W H
+    nc3_L{j}          || P_j/||P_j|| - C_j Hbar_j^T/||C_j Hbar_j^T|| ||, P_j = W_M..W_j, C_j the theory's scale
+    err_WWt, err_HtH, err_WH   relative Frobenius error against the predicted Grams (scale included)
+    w_norm_err, h_norm_err     max_k | ||w_k|| - ||w_k*|| | / max_k ||w_k*|| (same for class means)
+    w_norm_{k}, h_norm_{k}     per-class norms ||w_k|| and ||h_k||
+    balance_H, balance_L{j}    ||lam_1 W_1^T W_1 - lam_H H H^T|| / ||lam_H H H^T||, and
+                               ||lam_{j+1} W_{j+1}^T W_{j+1} - lam_j W_j W_j^T|| / ||lam_j W_j W_j^T||
+    bias_err          ||b - b*|| / ||b*|| (MSE with bias)
+
+Class means are centred by the sample-weighted global mean when the problem has a bias (the theory's
+means have global mean 0 there), uncentred otherwise (OF/GOF targets). Where the predicted Grams are
+not unique (bottleneck ties: only their spectra are), Gram distances compare sorted eigenvalues.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from nclab.metrics import ClassStats, nc1_from_scatter, nc1_projector, nc3_dual
+from nclab.metrics.compare import gram_error, norm_error
+from nclab.metrics.functional import global_mean, normalized_distance
+from nclab.theory import labels_from_counts, ufm_objective_torch
+from nclab.ufm.model import UFM
+
+
+def _spectrum(g: np.ndarray) -> np.ndarray:
+    """Sorted singular values (eigenvalues for a PSD Gram) as a vector."""
+    return np.sort(np.linalg.svd(g, compute_uv=False))[::-1]
+
+
+class Snapshotter:
+    """Computes metric rows for one (problem, prediction); the prediction's targets are prepared once."""
+
+    def __init__(self, prediction):
+        self.pred = pred = prediction
+        self.problem = p = prediction.problem
+        self.labels = torch.as_tensor(labels_from_counts(p.counts))
+        self.counts = np.asarray(p.counts, dtype=np.float64)
+        self.center = bool(p.bias)
+        self.unique = bool(pred.gram_unique)
+        self.f_star = float(pred.objective)
+        self.targets = {k: np.asarray(getattr(pred, k), dtype=np.float64) for k in ("WWt", "HtH", "WH")}
+        self.scales = []
+        for layer in pred.layers:
+            c = layer.get("nc3_scale") if isinstance(layer, dict) else None
+            self.scales.append(None if c is None else np.asarray(c, dtype=np.float64))
+        self.twin = UFM(p, dtype=torch.float64, device="cpu")
+        self.bias_star = None if (pred.bias is None or p.loss != "mse") else np.asarray(pred.bias, dtype=np.float64)
+
+    def _gram(self, name: str, measured: np.ndarray) -> tuple[float, float]:
+        """(shape distance, relative error) of a measured Gram against the predicted one."""
+        target = self.targets[name]
+        if not self.unique:  # only the spectrum is determined
+            a, b = _spectrum(measured), _spectrum(target)
+            nb = np.linalg.norm(b)
+            return normalized_distance(a, b), float(np.linalg.norm(a - b) / nb) if nb > 0 else float("nan")
+        e = gram_error(measured, target)
+        return e["shape"], e["rel"]
+
+    def __call__(self, weights, H, bias=None) -> dict:
+        """Metrics of parameters W_j (d_{j+1}, d_j), H (d, N), b (K,) (tensors, any dtype/device)."""
+        p = self.problem
+        ws = [w.detach().to("cpu", torch.float64) for w in weights]
+        Ht = H.detach().to("cpu", torch.float64)
+        bt = None if bias is None else bias.detach().to("cpu", torch.float64)
+        row: dict = {}
+        # the objective in float64 by the hand-written path (equal to ufm_objective_torch to ~1e-15 relative,
+        # tested; it avoids the M d x d x N products of the layer-by-layer definition)
+        self.twin.set_(ws, Ht, bt)
+        f = float(self.twin.gradient_(with_loss=True))
+        reg = 0.5 * sum(lam * float((w * w).sum()) for lam, w in zip(p.lambda_w, ws))
+        reg += 0.5 * p.lambda_h * float((Ht * Ht).sum())
+        row["objective"] = f
+        row["gap"] = f - self.f_star
+        row["rel_gap"] = (f - self.f_star) / max(abs(self.f_star), 1e-300)
+        row["loss"] = f - reg
+        if not np.isfinite(f):
+            return row
+        stats = ClassStats(p.K).update(Ht.T, self.labels)  # means (K, d), pooled within-class scatter (d, d)
+        means = stats.means.numpy()
+        scatter = stats.scatter.numpy()
+        W = [w.numpy() for w in ws]
+        parts = [W[-1]]  # P_j = W_M..W_j, built from the output side
+        for w in reversed(W[:-1]):
+            parts.append(parts[-1] @ w)
+        parts = parts[::-1]
+        N = p.N
+        # NC1 at layer j without a d_j x d_j scatter: features map linearly, H_j = A_j H with
+        # A_j = W_{j-1}..W_1, so tr(P^T A S A^T P) = tr(B^T S B) with B = A_j^T P (d x r), P = V_r S_r^-1
+        m_j = means
+        for j in range(p.M):
+            if j > 0:
+                m_j = m_j @ W[j - 1].T  # layer-j class means (K, d_j)
+            proj, _, _, _ = nc1_projector(m_j, self.counts)  # (d_j, r)
+            for w in reversed(W[:j]):
+                proj = w.T @ proj  # -> (d, r)
+            row[f"nc1_L{j + 1}"] = nc1_from_scatter(scatter, proj, N)
+            mc = m_j - global_mean(m_j, self.counts) if self.center else m_j
+            row[f"nc3_L{j + 1}"] = nc3_dual(parts[j], mc, scale=self.scales[j]) if self.scales[j] is not None \
+                else float("nan")
+        m = means - global_mean(means, self.counts) if self.center else means
+        w_full = parts[0]
+        measured = {"WWt": w_full @ w_full.T, "HtH": m @ m.T, "WH": w_full @ m.T}
+        for key, col in (("WWt", "nc2_w"), ("HtH", "nc2_h"), ("WH", "nc3")):
+            row[col], row[f"err_{key}"] = self._gram(key, measured[key])
+        wn = norm_error(measured["WWt"], self.targets["WWt"])
+        hn = norm_error(measured["HtH"], self.targets["HtH"])
+        row["w_norm_err"], row["h_norm_err"] = wn["max_rel"], hn["max_rel"]
+        for k in range(p.K):
+            row[f"w_norm_{k}"] = wn["measured"][k]
+        for k in range(p.K):
+            row[f"h_norm_{k}"] = hn["measured"][k]
+        # balancedness (theory.md 1.1-1.2): lam_{j+1} W_{j+1}^T W_{j+1} = lam_j W_j W_j^T, lam_1 W_1^T W_1 = lam_H H H^T
+        lam = p.lambda_w
+        hh = p.lambda_h * (Ht @ Ht.T).numpy()
+        row["balance_H"] = _rel(lam[0] * W[0].T @ W[0], hh)
+        for j in range(p.M - 1):
+            row[f"balance_L{j + 1}"] = _rel(lam[j + 1] * W[j + 1].T @ W[j + 1], lam[j] * W[j] @ W[j].T)
+        if self.bias_star is not None and bt is not None:
+            b = bt.numpy()
+            row["bias_err"] = float(np.linalg.norm(b - self.bias_star) / np.linalg.norm(self.bias_star))
+        return row
+
+
+def shared_objective(prediction, weights, H, bias=None) -> float:
+    """The objective at given parameters by THE definition (nclab.theory.ufm_objective_torch), float64."""
+    p = prediction.problem
+    f64 = lambda t: None if t is None else torch.as_tensor(t).detach().to("cpu", torch.float64)  # noqa: E731
+    y = torch.as_tensor(labels_from_counts(p.counts))
+    return float(ufm_objective_torch([f64(w) for w in weights], f64(H), y, p.lambda_w, p.lambda_h, f64(bias),
+                                     p.loss, p.K))
+
+
+def _rel(a: np.ndarray, b: np.ndarray) -> float:
+    nb = np.linalg.norm(b)
+    return float(np.linalg.norm(a - b) / nb) if nb > 0 else float("nan")

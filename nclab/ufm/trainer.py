@@ -1,0 +1,479 @@
+"""Full-batch training of the deep linear UFM, with snapshots, checkpoints and exact resume.
+
+Read top-down: optimizers, the Trainer (one run: init, step loop, snapshots, checkpoints), then
+:func:`simulate`, the public entry point that wires a run directory around a Trainer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from nclab.results import CHECKPOINT, SUMMARY, WEIGHTS, RunStore, config_diff
+from nclab.ufm.config import SimulateConfig, make_config
+from nclab.ufm.model import UFM
+from nclab.ufm.snapshot import Snapshotter
+
+KIND = "ufm-simulation"
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def lr_at(cfg: SimulateConfig, step: int) -> float:
+    """Learning rate used by the update that takes the iterate from ``step`` to ``step + 1``."""
+    if cfg.schedule == "cosine":
+        return 0.5 * cfg.lr * (1.0 + math.cos(math.pi * step / cfg.steps))
+    if cfg.schedule == "step":
+        return cfg.lr * cfg.gamma ** sum(1 for m in cfg.milestones if step >= m)
+    return cfg.lr
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    old = torch.get_num_threads()
+    if n and n != old:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != old:
+            torch.set_num_threads(old)
+
+
+def auto_threads(cfg: SimulateConfig) -> int:
+    """Small problems are dominated by per-op overhead, where one thread is fastest (measured: 2 threads
+    are 1.2-4x slower at K = 4, N = 400, d = 64); large ones use torch's default."""
+    if cfg.threads:
+        return cfg.threads
+    work = max(cfg.widths) * sum(cfg.counts) * len(cfg.counts)
+    return 1 if work <= 2_000_000 else torch.get_num_threads()
+
+
+class _SigintFlag:
+    """While active (main thread only): the first Ctrl-C sets a flag (the run stops at the next snapshot
+    boundary, checkpointed), a second one interrupts at once."""
+
+    def __init__(self):
+        self.set = False
+        self._old = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.getsignal(signal.SIGINT)
+
+            def handler(signum, frame):
+                if self.set:
+                    raise KeyboardInterrupt
+                self.set = True
+
+            signal.signal(signal.SIGINT, handler)
+        return self
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+
+@dataclass
+class SimulationResult:
+    """Outcome of :func:`simulate`.
+
+    Attributes
+    ----------
+    config : SimulateConfig
+    run_dir : Path or None (None: nothing written)
+    status : "complete" (all steps), "converged" (L-BFGS stopped early), "diverged" (non-finite loss;
+        the parameters are the last good snapshot's), "interrupted"
+    step : int, steps done (of the returned parameters)
+    final : dict, last good metrics row (see nclab.ufm.snapshot)
+    history : list of dict, all metrics rows
+    prediction : nclab.theory.Prediction
+    weights : list of float64 ndarrays W_j (d_{j+1}, d_j); H : ndarray (d, N); bias : ndarray (K,) or None
+    seconds : wall time of this call's training loop (excluding snapshots: ``snapshot_seconds``)
+    message : str
+    """
+
+    config: SimulateConfig
+    run_dir: object
+    status: str
+    step: int
+    final: dict
+    history: list
+    prediction: object
+    weights: list
+    H: np.ndarray
+    bias: np.ndarray | None
+    seconds: float = 0.0
+    snapshot_seconds: float = 0.0
+    message: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        return (f"SimulationResult(status={self.status!r}, step={self.step}, "
+                f"objective={self.final.get('objective', float('nan')):.10g}, "
+                f"rel_gap={self.final.get('rel_gap', float('nan')):.3g}, run_dir={str(self.run_dir)!r})")
+
+
+# ---------------------------------------------------------------------------------------------- trainer
+class Trainer:
+    """One run: model, optimizer, step counter; ``run()`` advances to ``config.steps``.
+
+    ``store`` (a RunStore or None) receives metric rows and checkpoints; ``callback(row)`` is called
+    after every snapshot (raising KeyboardInterrupt there stops the run cleanly, checkpointed).
+    """
+
+    def __init__(self, config: SimulateConfig, *, prediction=None, store: RunStore | None = None,
+                 callback: Callable[[dict], None] | None = None, progress: bool = False):
+        from nclab.theory import predict
+
+        self.cfg = cfg = config
+        self.problem = config.problem
+        if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"device {cfg.device!r} requested but CUDA is not available (torch.cuda.is_available() "
+                             "is False); use --device cpu")
+        self.pred = prediction if prediction is not None else predict(self.problem)
+        self.dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
+        self.model = UFM(self.problem, dtype=self.dtype, device=cfg.device)
+        self.model.init_(cfg.seed, cfg.init_std)
+        self.snapshotter = Snapshotter(self.pred)
+        self.store, self.callback, self.progress = store, callback, progress
+        self.step = 0
+        self.rows: list[dict] = []
+        self.status, self.message = "running", ""
+        self.last_good = self.model.flat.clone()
+        self.last_good_step = 0
+        self.train_seconds = self.snapshot_seconds = 0.0
+        use_manual = cfg.gradient in ("auto", "manual")
+        self._grad = self.model.gradient_ if use_manual else (lambda with_loss=False: self.model.autograd_loss())
+        self._build_optimizer()
+
+    # -------------------------------------------------------------------- optimizers
+    def _build_optimizer(self) -> None:
+        cfg, flat = self.cfg, self.model.flat
+        self.buf = None
+        self.opt = None
+        if cfg.optimizer == "sgd":
+            self.buf = torch.zeros_like(flat)  # momentum buffer (torch.optim.SGD semantics)
+        elif cfg.optimizer == "adam":
+            flat.grad = self.model.grad
+            self.opt = torch.optim.Adam([flat], lr=cfg.lr)
+        else:
+            flat.grad = self.model.grad
+            tol = 1e-14 if self.dtype == torch.float64 else 1e-7
+            self.opt = torch.optim.LBFGS([flat], lr=cfg.lr, max_iter=cfg.snapshot_every, history_size=10,
+                                         tolerance_grad=tol * 1e-2, tolerance_change=tol * 1e-2,
+                                         line_search_fn="strong_wolfe")
+
+    def _closure(self):
+        return self._grad(with_loss=True)
+
+    def _advance(self, n: int) -> int:
+        """Take up to n optimizer steps; returns how many were taken (L-BFGS may stop converged)."""
+        cfg, m = self.cfg, self.model
+        if cfg.optimizer == "sgd":
+            flat, grad, buf, mu, grad_fn = m.flat, m.grad, self.buf, cfg.momentum, self._grad
+            const = cfg.schedule == "constant"
+            neg_lr = -cfg.lr
+            for i in range(n):
+                grad_fn()
+                torch.add(grad, buf, alpha=mu, out=buf)  # buf = mu * buf + g
+                flat.add_(buf, alpha=neg_lr if const else -lr_at(cfg, self.step + i))  # p -= lr * buf
+            return n
+        if cfg.optimizer == "adam":
+            group = self.opt.param_groups[0]
+            for i in range(n):
+                group["lr"] = lr_at(cfg, self.step + i)
+                self._grad()
+                self.opt.step()
+            return n
+        state = self.opt.state[m.flat]
+        before = state.get("n_iter", 0)
+        group = self.opt.param_groups[0]
+        group["max_iter"], group["max_eval"] = n, 25 * n
+        with torch.no_grad():
+            self.opt.step(self._closure)
+        return state["n_iter"] - before
+
+    def _optimizer_state(self):
+        if self.buf is not None:
+            return {"momentum_buffer": self.buf.clone()}
+        return self.opt.state_dict()
+
+    def _load_optimizer_state(self, state) -> None:
+        if self.buf is not None:
+            self.buf.copy_(state["momentum_buffer"])
+        else:
+            self.opt.load_state_dict(state)
+
+    # -------------------------------------------------------------------- snapshots, checkpoints
+    def _snapshot(self) -> dict:
+        t0 = time.perf_counter()
+        ws, H, b = self.model.weights, self.model.H, self.model.bias
+        row = {"step": self.step, "lr": lr_at(self.cfg, max(self.step - 1, 0))}
+        row.update(self.snapshotter(ws, H, b))
+        self.snapshot_seconds += time.perf_counter() - t0
+        return row
+
+    def checkpoint(self) -> None:
+        if self.store is None:
+            return
+        self.store.save_torch(CHECKPOINT, {
+            "step": self.step,
+            "flat": self.model.flat.detach().clone(),
+            "optimizer": self._optimizer_state(),
+            "torch_rng": torch.get_rng_state(),
+            "last_good": self.last_good.clone(),
+            "last_good_step": self.last_good_step,
+            "config": self.cfg.to_dict(),
+        })
+
+    def load_checkpoint(self, ckpt: dict) -> None:
+        dev = self.model.flat.device
+        self.step = int(ckpt["step"])
+        self.model.flat.copy_(ckpt["flat"].to(dev))
+        self.last_good.copy_(ckpt["last_good"].to(dev))
+        self.last_good_step = int(ckpt["last_good_step"])
+        self._load_optimizer_state(ckpt["optimizer"])
+        torch.set_rng_state(ckpt["torch_rng"])
+
+    def _record(self, row: dict) -> bool:
+        """Store a snapshot row; False (and status "diverged") if the objective is not finite."""
+        if not math.isfinite(row["objective"]):
+            self.status = "diverged"
+            self.message = (f"diverged: non-finite objective at step {self.step}; stopped, keeping the last good "
+                            f"snapshot (step {self.last_good_step}). Lower the learning rate (now {self.cfg.lr:g}).")
+            self.model.flat.copy_(self.last_good)
+            self.step = self.last_good_step
+            return False
+        self.rows.append(row)
+        self.last_good.copy_(self.model.flat)
+        self.last_good_step = self.step
+        if self.store is not None:
+            self.store.append_rows([row])
+        return True
+
+    # -------------------------------------------------------------------- the loop
+    def run(self) -> None:
+        """Advance to ``config.steps`` (or convergence / divergence / interrupt)."""
+        cfg = self.cfg
+        every = cfg.snapshot_every
+        ckpt_every = cfg.checkpoint_every or 10 * every
+        bar = None
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=cfg.steps, initial=self.step, unit="step", dynamic_ncols=True, leave=True)
+        with torch_threads(auto_threads(cfg)), torch.no_grad(), _SigintFlag() as sigint:
+            try:
+                if self.step == 0 and not self.rows:
+                    if not self._record(self._snapshot()):
+                        return
+                    self._after_snapshot(bar)
+                while self.step < cfg.steps:
+                    target = min(cfg.steps, (self.step // every + 1) * every)
+                    wanted = target - self.step
+                    t0 = time.perf_counter()
+                    done = self._advance(wanted)
+                    self.train_seconds += time.perf_counter() - t0
+                    self.step += done
+                    converged = done < wanted
+                    if done == 0:  # L-BFGS made no progress at all: nothing new to record
+                        self.status = "converged"
+                        self.message = f"L-BFGS converged at iteration {self.step} (no further progress)"
+                        break
+                    if not self._record(self._snapshot()):
+                        break
+                    self._after_snapshot(bar)
+                    if converged:
+                        self.status = "converged"
+                        self.message = f"L-BFGS converged at iteration {self.step} (no further progress)"
+                        break
+                    if cfg.stop_rel_gap and self.rows[-1]["rel_gap"] <= cfg.stop_rel_gap:
+                        self.status = "converged"
+                        self.message = f"reached relative gap {self.rows[-1]['rel_gap']:.3g} at step {self.step}"
+                        break
+                    if self.step % ckpt_every == 0 and self.step < cfg.steps:
+                        self.checkpoint()
+                    if sigint.set:
+                        raise KeyboardInterrupt
+            except KeyboardInterrupt:
+                # raised at a step boundary (callback or the Ctrl-C flag): the state is consistent
+                self.status = "interrupted"
+                self.message = f"interrupted at step {self.step}; run again with resume to continue"
+                self.checkpoint()
+                raise
+            finally:
+                if bar is not None:
+                    bar.close()
+        if self.status == "running":
+            self.status = "complete"
+            self.message = f"completed {self.step} steps"
+        self.checkpoint()
+
+    def _after_snapshot(self, bar) -> None:
+        row = self.rows[-1]
+        if bar is not None:
+            bar.n = self.step
+            bar.set_postfix(loss=f"{row['objective']:.6g}", gap=f"{row['rel_gap']:.2e}", refresh=False)
+            bar.refresh()
+        if self.callback is not None:
+            self.callback(row)
+
+    # -------------------------------------------------------------------- outputs
+    def parameters(self):
+        m = self.model
+        ws = [w.detach().to("cpu", torch.float64).numpy().copy() for w in m.weights]
+        H = m.H.detach().to("cpu", torch.float64).numpy().copy()
+        b = None if m.bias is None else m.bias.detach().to("cpu", torch.float64).numpy().copy()
+        return ws, H, b
+
+
+# ---------------------------------------------------------------------------------------------- public API
+def _result_from_store(cfg: SimulateConfig, store: RunStore, pred) -> SimulationResult:
+    summary = store.read_json(SUMMARY)
+    w = store.load_torch(WEIGHTS)
+    rows = store.read_rows()
+    return SimulationResult(
+        config=cfg, run_dir=store.path, status=summary["status"], step=summary["step"],
+        final=rows[-1] if rows else {}, history=rows, prediction=pred,
+        weights=[t.numpy() for t in w["weights"]], H=w["H"].numpy(),
+        bias=None if w["bias"] is None else w["bias"].numpy(), seconds=0.0,
+        message=summary.get("message", ""), extra={"reused": True},
+    )
+
+
+def simulate(
+    config: SimulateConfig | None = None,
+    *,
+    out=None,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = False,
+    callback: Callable[[dict], None] | None = None,
+    prediction=None,
+    **options,
+) -> SimulationResult:
+    """Train the deep linear UFM from a random start and compare it with ``nclab.predict``.
+
+    Parameters
+    ----------
+    config : SimulateConfig, or None to build one from ``options`` (keyword arguments of
+        :func:`nclab.ufm.make_config`: the problem as for ``nclab.predict`` -- counts / classes,
+        per_class, depth, widths, lambda_w, lambda_h, bias, loss -- and optimizer ("sgd", "adam",
+        "lbfgs"), lr, momentum, steps, schedule, milestones, gamma, init_std, seed, dtype, device,
+        gradient, snapshot_every, checkpoint_every, threads).
+    out : path of the run directory, or None to write nothing.
+    resume : continue the run in ``out`` (same config required; a finished run is loaded, not re-run).
+    overwrite : replace whatever run ``out`` holds.
+    progress : show a progress bar (step, loss, relative gap).
+    callback : called with each metrics row (dict) after it is recorded.
+    prediction : a precomputed ``nclab.predict`` result for the same problem (else computed).
+
+    Returns
+    -------
+    SimulationResult (``.final["rel_gap"]``, ``.history``, ``.weights``, ``.prediction``, ...)
+
+    Examples
+    --------
+    >>> r = simulate(classes=3, per_class=4, depth=2, widths=6, lambda_w=0.01, lambda_h=0.01,
+    ...              optimizer="lbfgs", steps=2000, init_std=0.5)
+    >>> r.final["rel_gap"] < 1e-8
+    True
+    """
+    from nclab import __version__
+    from nclab.environment import environment
+    from nclab.theory import predict
+
+    if config is None:
+        config = make_config(**options)
+    elif options:
+        raise ValueError("give either a SimulateConfig or keyword options, not both")
+    if not isinstance(config, SimulateConfig):
+        raise ValueError(f"config must be a SimulateConfig, got {type(config).__name__}")
+    if prediction is not None and prediction.problem != config.problem:
+        raise ValueError("the given prediction is for another problem than the config's")
+    pred = prediction if prediction is not None else predict(config.problem)
+    store = None
+    ckpt = None
+    if out is not None:
+        store = RunStore(out)
+        if store.path.exists() and not store.path.is_dir():
+            raise ValueError(f"{store.path} exists and is not a directory")
+        if store.exists():
+            old = store.read_config().get("config", {})
+            diff = config_diff(old, config.to_dict())
+            if overwrite:
+                store.clear()
+            elif resume:
+                if diff:
+                    raise ValueError(f"{store.path} holds a run with another config ({'; '.join(diff)}); "
+                                     "use --overwrite to replace it, or another output directory")
+                if store.has(SUMMARY) and store.read_json(SUMMARY).get("status") in ("complete", "converged",
+                                                                                       "diverged"):
+                    return _result_from_store(config, store, pred)
+                if store.has(CHECKPOINT):
+                    ckpt = store.load_torch(CHECKPOINT)  # on the CPU; load_checkpoint moves it
+            else:
+                what = f"a run with another config ({'; '.join(diff)})" if diff else "a run with this config"
+                raise ValueError(f"{store.path} already holds {what}; pass --resume to continue it or "
+                                 "--overwrite to replace it")
+        store.create()
+        store.write_config(config.to_dict(), kind=KIND, version=__version__)
+        env = environment()
+        env["threads_used"] = auto_threads(config)
+        store.write_environment(env)
+        store.write_json("prediction.json", pred.to_dict())
+
+    trainer = Trainer(config, prediction=pred, store=store, callback=callback, progress=progress)
+    if store is not None:
+        if ckpt is not None:
+            trainer.load_checkpoint(ckpt)
+            trainer.rows = store.truncate_rows(trainer.step)
+        else:
+            store.truncate_rows(-1)  # no usable checkpoint: start over, empty table
+            trainer.rows = []
+    try:
+        trainer.run()
+    finally:
+        if store is not None:
+            _write_outputs(trainer, store)
+    ws, H, b = trainer.parameters()
+    return SimulationResult(
+        config=config, run_dir=None if store is None else store.path, status=trainer.status, step=trainer.step,
+        final=trainer.rows[-1] if trainer.rows else {}, history=list(trainer.rows), prediction=pred,
+        weights=ws, H=H, bias=b, seconds=trainer.train_seconds, snapshot_seconds=trainer.snapshot_seconds,
+        message=trainer.message,
+    )
+
+
+def _write_outputs(trainer: Trainer, store: RunStore) -> None:
+    m = trainer.model
+    cpu = lambda t: t.detach().to("cpu").clone()  # noqa: E731
+    store.save_torch(WEIGHTS, {
+        "step": trainer.step,
+        "weights": [cpu(w) for w in m.weights],
+        "H": cpu(m.H),
+        "bias": None if m.bias is None else cpu(m.bias),
+        "labels": m.labels.cpu(),
+    })
+    final = trainer.rows[-1] if trainer.rows else {}
+    steps = max(trainer.step, 1)
+    store.write_json(SUMMARY, {
+        "status": "failed" if trainer.status == "running" else trainer.status,  # an exception escaped the loop
+        "message": trainer.message,
+        "step": trainer.step,
+        "steps": trainer.cfg.steps,
+        "train_seconds": trainer.train_seconds,
+        "snapshot_seconds": trainer.snapshot_seconds,
+        "ms_per_step": 1e3 * trainer.train_seconds / steps,
+        "prediction": {"objective": trainer.pred.objective, "geometry": trainer.pred.geometry,
+                       "gram_unique": trainer.pred.gram_unique},
+        "final": final,
+    })
