@@ -57,7 +57,7 @@ def test_preset_with_overrides_and_resume(tmp_path):
     [
         (["--lr", "0"], "lr must be > 0"),
         (["--lr", "-1"], "lr must be > 0"),
-        (["--steps", "0"], "steps must be an integer >= 1"),
+        (["--steps", "0"], "steps must be a positive integer"),
         (["--snapshot-every", "0"], "snapshot interval"),
         (["--counts", "5"], "at least K = 2"),
         (["--lambda-w", "0"], "lambda_w must be a finite number > 0"),

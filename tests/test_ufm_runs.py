@@ -103,8 +103,8 @@ def test_run_directory_contents(tmp_path):
     [
         (dict(lr=0), "lr must be > 0"),
         (dict(lr=-0.1), "lr must be > 0"),
-        (dict(steps=0), "steps must be an integer >= 1"),
-        (dict(steps=2.5), "steps must be an integer"),
+        (dict(steps=0), "steps must be a positive integer"),
+        (dict(steps=2.5), "steps must be a positive integer"),
         (dict(snapshot_every=0), "snapshot interval"),
         (dict(momentum=1.0), "momentum must be in"),
         (dict(optimizer="rmsprop"), "optimizer must be one of"),

@@ -78,16 +78,22 @@ def _positive_float(value, name: str) -> float:
     return v
 
 
-def _positive_int(value, name: str) -> int:
+def check_int(value, name: str, low: int = 1) -> int:
+    """``value`` as an int >= ``low``, or one clear ValueError (bools, NaN, inf and fractions refused)."""
+    what = "a positive integer" if low == 1 else f"an integer >= {low}"
     if isinstance(value, bool):
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        raise ValueError(f"{name} must be {what}, got {value!r}")
     try:
         v = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a positive integer, got {value!r}") from None
-    if math.isnan(v) or v != int(v) or v < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        raise ValueError(f"{name} must be {what}, got {value!r}") from None
+    if not math.isfinite(v) or v != int(v) or v < low:
+        raise ValueError(f"{name} must be {what}, got {value!r}")
     return int(v)
+
+
+def _positive_int(value, name: str) -> int:
+    return check_int(value, name, 1)
 
 
 def make_problem(

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from nclab.theory import Problem, make_problem
+from nclab.theory.problem import check_int
 
 OPTIMIZERS = ("sgd", "adam", "lbfgs")
 SCHEDULES = ("constant", "cosine", "step")
@@ -82,18 +83,6 @@ def _number(value, name: str, *, low: float | None = None, strict: bool = True) 
     return v
 
 
-def _int(value, name: str, low: int) -> int:
-    if isinstance(value, bool):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be an integer, got {value!r}") from None
-    if math.isnan(v) or math.isinf(v) or v != int(v) or v < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    return int(v)
-
-
 def make_config(
     counts: Sequence[int] | None = None,
     *,
@@ -135,17 +124,17 @@ def make_config(
     momentum = _number(momentum, "momentum", low=0.0, strict=False)
     if momentum >= 1:
         raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
-    steps = _int(steps, "steps", 1)
+    steps = check_int(steps, "steps", 1)
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
-    milestones = tuple(_int(m, "every milestone", 1) for m in (milestones or ()))
+    milestones = tuple(check_int(m, "every milestone", 1) for m in (milestones or ()))
     if list(milestones) != sorted(set(milestones)):
         raise ValueError(f"milestones must be increasing, got {list(milestones)}")
     if schedule == "step" and not milestones:
         raise ValueError("the 'step' schedule needs milestones (steps at which lr is multiplied by gamma)")
     gamma = _number(gamma, "gamma", low=0.0)
     init_std = _number(init_std, "init_std", low=0.0)
-    seed = _int(seed, "seed", 0)
+    seed = check_int(seed, "seed", 0)
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
     if gradient not in GRADIENTS:
@@ -154,9 +143,9 @@ def make_config(
     if not (device == "cpu" or device == "cuda" or device.startswith("cuda:")):
         raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
     stop_rel_gap = _number(stop_rel_gap, "stop_rel_gap", low=0.0, strict=False)
-    snapshot_every = _int(snapshot_every, "snapshot interval", 1)
-    checkpoint_every = _int(checkpoint_every, "checkpoint interval", 0)
-    threads = _int(threads, "threads", 0)
+    snapshot_every = check_int(snapshot_every, "snapshot interval", 1)
+    checkpoint_every = check_int(checkpoint_every, "checkpoint interval", 0)
+    threads = check_int(threads, "threads", 0)
     return SimulateConfig(
         counts=prob.counts, widths=prob.widths, lambda_w=prob.lambda_w, lambda_h=prob.lambda_h,
         bias=prob.bias, loss=prob.loss, optimizer=optimizer, lr=lr, momentum=momentum, steps=steps,
