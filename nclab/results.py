@@ -237,3 +237,32 @@ def config_diff(old: dict, new: dict) -> list[str]:
     """Human-readable differences between two config dicts (``field: old -> new``)."""
     keys = sorted(set(old) | set(new))
     return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
+
+
+class TensorBoardLogger:
+    """Mirror metric rows into TensorBoard event files under ``run_dir/tensorboard`` (optional extra).
+
+    A callable for the trainers' ``callback``: every finite numeric column of a row becomes a scalar
+    ``nc/<column>``, at the row's ``step`` (UFM) or ``epoch`` (real networks). The CSV stays the record;
+    this is a view of it. Needs the ``tensorboard`` package (``pip install nclab[tensorboard]``).
+    """
+
+    def __init__(self, run_dir):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as exc:  # torch raises ImportError when the tensorboard package is missing
+            raise ValueError("--tensorboard needs the tensorboard package: pip install tensorboard") from exc
+        self.writer = SummaryWriter(log_dir=str(pathlib.Path(run_dir) / "tensorboard"))
+
+    def __call__(self, row: dict) -> None:
+        step = row.get("step", row.get("epoch"))
+        step = int(step) if isinstance(step, (int, float)) and math.isfinite(step) else None
+        for key, value in row.items():
+            if key in ("step", "epoch") or isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            if math.isfinite(value):
+                self.writer.add_scalar(f"nc/{key}", value, global_step=step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()

@@ -63,12 +63,14 @@ def _summary_line(r) -> str:
 @click.option("--figures/--no-figures", default=True, show_default=True, help="Write figures (PNG + PDF).")
 @click.option("--progress/--no-progress", default=None, help="Progress bar [default: on a terminal].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per run instead of the summary.")
+@click.option("--tensorboard", is_flag=True, help="Also write the metrics as TensorBoard scalars (run/tensorboard; "
+              "needs the tensorboard package).")
 @click.pass_context
 @friendly_errors
 def simulate_cmd(ctx, counts, classes, per_class, depth, widths, width, lambda_w, lambda_h, loss, bias, preset,
                  depths, optimizer, lr, momentum, steps, schedule, milestones, gamma, init_std, seed, dtype, device,
                  gradient, snapshot_every, checkpoint_every, stop_rel_gap, threads, out, resume, overwrite, figures,
-                 progress, as_json):
+                 progress, as_json, tensorboard):
     """Train the deep linear UFM (free features + M linear layers) and compare with the prediction.
 
     \b
@@ -143,7 +145,8 @@ def simulate_cmd(ctx, counts, classes, per_class, depth, widths, width, lambda_w
     try:
         if depth_list is None:
             cfg = make_config(**opts)
-            report(simulate(cfg, out=out, resume=resume, overwrite=overwrite, progress=progress))
+            report(simulate(cfg, out=out, resume=resume, overwrite=overwrite, progress=progress,
+                            tensorboard=tensorboard))
             if figures:
                 from nclab.ufm.figures import plot_runs
 
@@ -155,7 +158,7 @@ def simulate_cmd(ctx, counts, classes, per_class, depth, widths, width, lambda_w
                 raise ValueError("--depths needs a single --lambda-w value (per-layer values fix the depth)")
             configs = [make_config(**opts, depth=M) for M in depth_list]
             run_depths(configs, out, resume=resume, overwrite=overwrite, progress=progress, figures=figures,
-                       title=name, on_result=report)
+                       title=name, on_result=report, tensorboard=tensorboard)
     except KeyboardInterrupt:
         click.echo(f"\ninterrupted; the checkpoint is saved: rerun the same command with --resume "
                    f"(--out {out}) to continue", err=True)

@@ -59,6 +59,7 @@ def run_depths(
     figures: bool = True,
     title: str = "",
     on_result: Callable | None = None,
+    tensorboard: bool = False,
 ) -> list:
     """One run per config under ``out/depth-M`` (M = the config's depth), then figures in ``out/figures``."""
     from nclab.ufm.trainer import simulate
@@ -70,7 +71,7 @@ def run_depths(
     results = []
     for cfg in configs:
         r = simulate(cfg, out=out / f"depth-{len(cfg.widths)}", resume=resume, overwrite=overwrite,
-                     progress=progress)
+                     progress=progress, tensorboard=tensorboard)
         results.append(r)
         if on_result is not None:
             on_result(r)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from nclab.results import CHECKPOINT, SUMMARY, WEIGHTS, RunStore, config_diff
+from nclab.results import CHECKPOINT, SUMMARY, WEIGHTS, RunStore, TensorBoardLogger, config_diff
 from nclab.ufm.config import SimulateConfig, make_config
 from nclab.ufm.model import UFM
 from nclab.ufm.snapshot import Snapshotter
@@ -358,6 +358,7 @@ def simulate(
     progress: bool = False,
     callback: Callable[[dict], None] | None = None,
     prediction=None,
+    tensorboard: bool = False,
     **options,
 ) -> SimulationResult:
     """Train the deep linear UFM from a random start and compare it with ``nclab.predict``.
@@ -375,6 +376,7 @@ def simulate(
     progress : show a progress bar (step, loss, relative gap).
     callback : called with each metrics row (dict) after it is recorded.
     prediction : a precomputed ``nclab.predict`` result for the same problem (else computed).
+    tensorboard : also write every metrics row as TensorBoard scalars under ``out/tensorboard``.
 
     Returns
     -------
@@ -431,6 +433,12 @@ def simulate(
         store.write_environment(env)
         store.write_json("prediction.json", pred.to_dict())
 
+    board = None
+    if tensorboard:
+        if store is None:
+            raise ValueError("tensorboard needs an output directory (out=...)")
+        board = TensorBoardLogger(store.path)
+        callback = board if callback is None else _both(callback, board)
     trainer = Trainer(config, prediction=pred, store=store, callback=callback, progress=progress)
     if store is not None:
         if ckpt is not None:
@@ -444,6 +452,8 @@ def simulate(
     finally:
         if store is not None:
             _write_outputs(trainer, store)
+        if board is not None:
+            board.close()
     ws, H, b = trainer.parameters()
     return SimulationResult(
         config=config, run_dir=None if store is None else store.path, status=trainer.status, step=trainer.step,
@@ -451,6 +461,14 @@ def simulate(
         weights=ws, H=H, bias=b, seconds=trainer.train_seconds, snapshot_seconds=trainer.snapshot_seconds,
         message=trainer.message,
     )
+
+
+def _both(first: Callable[[dict], None], second: Callable[[dict], None]) -> Callable[[dict], None]:
+    def call(row: dict) -> None:
+        first(row)
+        second(row)
+
+    return call
 
 
 def _write_outputs(trainer: Trainer, store: RunStore) -> None:
