@@ -3,6 +3,7 @@ speed-up over the per-sample outer-product approach of public NC code.
 
     python benchmarks/metrics.py           # full run (a few minutes on 2 cores)
     python benchmarks/metrics.py --quick   # small sizes, seconds
+    python benchmarks/metrics.py --device cuda   # features and statistics on the GPU
 
 Targets (issue 3): N=50,000, D=512, K=10: all metrics <= 1.5x one H^T H (float32); K=1000, D=2048,
 N=1,000,000 streamed in batches with peak memory < 2 GB.
@@ -26,12 +27,19 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from nclab.metrics import ClassStats, nc_metrics  # noqa: E402
 
 
+def _sync():
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()  # GPU work is asynchronous: time it to completion
+
+
 def best_of(fn, repeat=5):
     fn()
+    _sync()
     ts = []
     for _ in range(repeat):
         t0 = time.perf_counter()
         fn()
+        _sync()
         ts.append(time.perf_counter() - t0)
     return min(ts), float(np.median(ts))
 
@@ -40,11 +48,12 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def one_shot(N, D, K, repeat):
+def one_shot(N, D, K, repeat, device="cpu"):
     g = torch.Generator().manual_seed(0)
     y = torch.randint(0, K, (N,), generator=g)
     H = torch.randn(K, D, generator=g)[y] + 0.1 * torch.randn(N, D, generator=g)  # float32
     W, b = torch.randn(K, D, generator=g), torch.randn(K, generator=g)
+    y, H, W, b = (t.to(device) for t in (y, H, W, b))
     t_gemm = best_of(lambda: H.T @ H, repeat)
     t_all = best_of(lambda: nc_metrics(H, y, W, b), repeat)
     t_stream = best_of(lambda: ClassStats(K).update(H, y).compute(W, b), max(2, repeat // 2))
@@ -55,15 +64,16 @@ def one_shot(N, D, K, repeat):
         Hd, yd = H.double(), y
         mu = torch.stack([Hd[yd == k].mean(0) for k in range(K)])
         muG = Hd.mean(0)
-        Sw = torch.zeros(D, D, dtype=torch.float64)
+        Sw = torch.zeros(D, D, dtype=torch.float64, device=H.device)
         for i in range(n_sub):
             d = Hd[i] - mu[yd[i]]
             Sw += torch.outer(d, d)
         Sb = (mu - muG).T @ (mu - muG) / K
-        return np.trace(Sw.numpy() / N @ np.linalg.pinv(Sb.numpy())) / K
+        return np.trace(Sw.cpu().numpy() / N @ np.linalg.pinv(Sb.cpu().numpy())) / K
 
     t0 = time.perf_counter()
     public()
+    _sync()
     t_pub_sub = time.perf_counter() - t0
     t_pinv = best_of(lambda: np.linalg.pinv(np.eye(D) + 0.0), 1)[0]
     t_pub = (t_pub_sub - t_pinv) * N / n_sub + t_pinv
@@ -72,20 +82,21 @@ def one_shot(N, D, K, repeat):
             "public_extrapolated_s": t_pub, "public_subset": n_sub, "speedup": t_pub / t_all[0]}
 
 
-def stream_child(N, D, K, B, gemm):
+def stream_child(N, D, K, B, gemm, device="cpu"):
     torch.manual_seed(0)
-    means = torch.randn(K, D)  # (K, D) float32
-    buf = torch.empty(B, D)
-    stats = ClassStats(K, D, gemm_dtype=torch.float64 if gemm == "float64" else torch.float32)
+    means = torch.randn(K, D).to(device)  # (K, D) float32
+    buf = torch.empty(B, D, device=device)
+    stats = ClassStats(K, D, gemm_dtype=torch.float64 if gemm == "float64" else torch.float32, device=device)
     base = peak_rss_mb()
     t0 = time.perf_counter()
     done = 0
     while done < N:
         b = min(B, N - done)
-        y = torch.randint(0, K, (b,))
+        y = torch.randint(0, K, (b,)).to(device)
         x = torch.randn(b, D, out=buf[:b]).mul_(0.1).add_(means[y])  # generated batch by batch
         stats.update(x, y)
         done += b
+    _sync()
     t_stream = time.perf_counter() - t0
     t1 = time.perf_counter()
     m = stats.compute()
@@ -98,17 +109,19 @@ def stream_child(N, D, K, B, gemm):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small sizes (seconds)")
-    ap.add_argument("--stream-child", nargs=5, help=argparse.SUPPRESS)
+    ap.add_argument("--stream-child", nargs=6, help=argparse.SUPPRESS)
+    ap.add_argument("--device", default="cpu", help="where features and statistics live (cpu, cuda)")
     ap.add_argument("--gemm", choices=["float64", "float32"], default="float64",
                     help="dtype of the stream's per-batch scatter product (statistics stay float64)")
     a = ap.parse_args()
     if a.stream_child:
         N, D, K, B = map(int, a.stream_child[:4])
-        return stream_child(N, D, K, B, a.stream_child[4])
+        return stream_child(N, D, K, B, a.stream_child[4], a.stream_child[5])
     print(f"machine: {platform.platform()}, {platform.processor() or platform.machine()}, "
-          f"cpu_count={os.cpu_count()}, torch {torch.__version__} threads={torch.get_num_threads()}")
+          f"cpu_count={os.cpu_count()}, torch {torch.__version__} threads={torch.get_num_threads()}, device={a.device}"
+          + (f" ({torch.cuda.get_device_name()})" if a.device.startswith("cuda") else ""))
     N, D, K = (20_000, 256, 10) if a.quick else (50_000, 512, 10)
-    r = one_shot(N, D, K, 3 if a.quick else 7)
+    r = one_shot(N, D, K, 3 if a.quick else 7, a.device)
     print(f"\n[1] N={N} D={D} K={K}, float32 features (best / median of repeats)")
     print(f"  one H^T H (float32)           {r['HtH_s'][0] * 1e3:8.1f} / {r['HtH_s'][1] * 1e3:.1f} ms")
     print(f"  all metrics, nc_metrics       {r['all_metrics_s'][0] * 1e3:8.1f} / {r['all_metrics_s'][1] * 1e3:.1f} ms"
@@ -124,7 +137,7 @@ def main():
     N2, D2, K2, B2 = (50_000, 512, 100, 4096) if a.quick else (1_000_000, 2048, 1000, 8192)
     print(f"\n[2] stream K={K2} D={D2} N={N2} in batches of {B2} ({a.gemm} scatter GEMM), separate process")
     out = subprocess.run([sys.executable, os.path.abspath(__file__), "--stream-child", str(N2), str(D2), str(K2),
-                          str(B2), a.gemm], capture_output=True, text=True, check=True)
+                          str(B2), a.gemm, a.device], capture_output=True, text=True, check=True)
     s = json.loads(out.stdout.strip().splitlines()[-1])
     ok2 = s["peak_rss_mb"] < 2048
     gflop = 2 * N2 * D2 * D2 / 1e9

@@ -1,0 +1,126 @@
+"""``nclab train``: a backbone + deep linear head, with NC tracked on the training set as it trains.
+
+Every TrainConfig field is a flag (generated from the dataclass, so the two never drift apart); values
+come from, in increasing priority: the preset, the TOML file, the flags.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import click
+
+from nclab.cli._common import fail, friendly_errors, parse_int_list
+from nclab.experiments.config import CHOICES, FIELDS
+from nclab.experiments.presets import DESCRIPTIONS, PRESETS
+
+
+def _field_options(fn):
+    """One click option per TrainConfig field, default None (= not given: the file or preset decides)."""
+    for name, f in reversed(list(FIELDS.items())):
+        flag, typ, doc = "--" + name.replace("_", "-"), str(f.type), f.metadata["help"]
+        if typ == "bool":
+            opt = click.option(f"{flag}/--no-{name.replace('_', '-')}", name, default=None, help=doc)
+        elif "tuple" in typ:
+            opt = click.option(flag, name, type=str, help=doc + " (comma-separated)")
+        elif name in CHOICES:
+            opt = click.option(flag, name, type=click.Choice(CHOICES[name]), help=doc)
+        else:
+            kind = int if typ.startswith("int") else float if typ.startswith("float") else str
+            opt = click.option(flag, name, type=kind, help=doc)
+        fn = opt(fn)
+    return fn
+
+
+def _summary_line(r) -> str:
+    first, last = r.history[0], r.final
+    M = r.config.depth
+    nc1 = "; ".join(f"L{j} {first[f'nc1_L{j}']:.3g} -> {last.get(f'nc1_L{j}') or float('nan'):.3g}"
+                    for j in range(1, M + 1))
+    test = last.get("test_acc")
+    return (f"M = {M}: {r.status} at epoch {r.epoch}; NC1 (first -> last row) {nc1}; "
+            f"NC2(W) {last.get('nc2_w_L1'):.3g}, NC3 {last.get('nc3'):.3g} vs {r.target or 'stored'}; "
+            f"train acc {last.get('train_acc'):.4f}"
+            + (f", test acc {test:.4f}" if test is not None else "")
+            + f"; {r.seconds:.1f} s training, {r.track_seconds:.1f} s NC tracking"
+            + (f" -> {r.run_dir}" if r.run_dir is not None else ""))
+
+
+@click.command("train")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML file of TrainConfig fields "
+              "(and optionally preset = NAME); flags override it.")
+@click.option("--preset", type=click.Choice(list(PRESETS)), help="A paper experiment (paper-*, GPU) or its CPU-sized "
+              "version (cpu-*); the file and flags override it.")
+@click.option("--list-presets", is_flag=True, help="List the presets and exit.")
+@click.option("--per-class", type=int, help="Balanced subset: this many training samples of each of the 10 classes.")
+@click.option("--depths", help="Several head depths, one run each under --out/depth-M (e.g. 1,3,6).")
+@_field_options
+@click.option("--out", "-o", type=click.Path(file_okay=False), help="Run directory [default: runs/<name>-<time>].")
+@click.option("--resume", is_flag=True, help="Continue the run(s) in --out (same config).")
+@click.option("--overwrite", is_flag=True, help="Replace the run(s) in --out.")
+@click.option("--progress/--no-progress", default=None, help="Progress bar [default: on a terminal].")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per run instead of the summary.")
+@friendly_errors
+def train_cmd(config_file, preset, list_presets, per_class, depths, out, resume, overwrite, progress, as_json,
+              **fields):
+    """Train a network with a deep linear head and track neural collapse at every head layer.
+
+    \b
+    Examples:
+      nclab train --preset cpu-mlp-balanced --depths 1,3,6 --out runs/mlp     # minutes on a CPU
+      nclab train --preset paper-resnet18-cifar10 --data-root ~/data --depth 6 --out runs/r18
+      nclab train --config run.toml --epochs 50 --resume --out runs/mine
+      torchrun --nproc-per-node 4 -m nclab train --preset paper-vgg16-cifar10 --data-root ~/data -o runs/v
+    """
+    from nclab.experiments.config import load_toml, make_train_config
+    from nclab.experiments.trainer import train
+
+    if list_presets:
+        for name in PRESETS:
+            click.echo(f"{name:<30} {DESCRIPTIONS[name]}")
+        return
+    if resume and overwrite:
+        raise ValueError("give --resume or --overwrite, not both")
+    opts = load_toml(config_file) if config_file else {}
+    if preset is not None:
+        opts["preset"] = preset
+    if per_class is not None:
+        opts["per_class"] = per_class
+    opts.update({k: v for k, v in fields.items() if v is not None})
+    cfg = make_train_config(**opts)
+    depth_list = parse_int_list(depths, "--depths")
+    if depth_list is not None and not depth_list:
+        raise ValueError("--depths needs at least one depth, e.g. 1,3,6")
+    name = opts.get("preset", "train")
+    if out is None:
+        out = f"runs/{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if progress is None:
+        progress = sys.stderr.isatty()
+    main = os.environ.get("RANK", "0") == "0"  # under torchrun only process 0 reports
+    runs = [(cfg, out)] if depth_list is None else [(cfg.replace(depth=M), os.path.join(out, f"depth-{M}"))
+                                                    for M in depth_list]
+    diverged = False
+    for c, path in runs:
+        try:
+            r = train(c, out=path, resume=resume, overwrite=overwrite, progress=progress)
+        except KeyboardInterrupt:
+            click.echo(f"\ninterrupted; the checkpoint is saved: rerun the same command with --resume "
+                       f"(--out {out}) to continue", err=True)
+            sys.exit(130)
+        diverged |= r.status == "diverged"
+        if not main:
+            continue
+        if as_json:
+            click.echo(json.dumps({"run_dir": str(r.run_dir), "status": r.status, "epoch": r.epoch,
+                                   "message": r.message, "target": r.target, "seconds": r.seconds,
+                                   "track_seconds": r.track_seconds, "initial": r.history[0], "final": r.final},
+                                  allow_nan=True))
+        else:
+            click.echo(_summary_line(r))
+        if r.status == "diverged":
+            click.echo(f"error: {r.message}", err=True)
+    if diverged:
+        fail("a run diverged (non-finite loss); its last good model is kept")
