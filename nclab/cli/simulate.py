@@ -148,7 +148,7 @@ def simulate_cmd(ctx, counts, classes, per_class, depth, widths, width, lambda_w
             report(simulate(cfg, out=out, resume=resume, overwrite=overwrite, progress=progress,
                             tensorboard=tensorboard))
             if figures:
-                from nclab.ufm.figures import plot_runs
+                from nclab.report.figures import plot_runs
 
                 plot_runs([results[0].run_dir], results[0].run_dir / "figures", title=name)
         else:

@@ -1,0 +1,34 @@
+"""``nclab report``: one self-contained HTML page (figures embedded) for one run, several, or a sweep."""
+
+from __future__ import annotations
+
+import click
+
+from nclab.cli._common import friendly_errors
+
+
+@click.command("report")
+@click.argument("dirs", nargs=-1, required=True, type=click.Path())
+@click.option("--out", "-o", type=click.Path(), help="HTML file [default: DIR/report.html for one DIR, else "
+              "./report.html].")
+@click.option("--title", help="Page title [default: the folder name].")
+@click.option("--figures-dir", type=click.Path(), help="Also write every figure there as PNG + PDF.")
+@click.option("--phase-diagram/--no-phase-diagram", default=True, show_default=True,
+              help="Include the minority-collapse phase diagram (about a second of nclab.predict calls).")
+@friendly_errors
+def report_cmd(dirs, out, title, figures_dir, phase_diagram):
+    """Write an HTML report for the runs given or found (recursively) under DIRS.
+
+    The page holds everything inline (figures as PNG, no external files) and opens offline: runs and
+    their parameters, theory predictions next to the measurements, NC metrics figures, class norms,
+    Gram heatmaps, the minority-collapse phase diagram, metrics tables, configs and environments.
+
+    \b
+    Examples:
+      nclab report runs/gof                        # the depth folders of a --depths run -> runs/gof/report.html
+      nclab report runs/a runs/b --out cmp.html    # several runs on one page
+    """
+    from nclab.report import build_report
+
+    path = build_report(list(dirs), out, title=title, figures_dir=figures_dir, phase_diagram=phase_diagram)
+    click.echo(f"report: {path} (open file://{path.resolve()})")
