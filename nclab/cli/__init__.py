@@ -11,7 +11,11 @@ import click
 from nclab import __version__
 from nclab.cli.measure import measure_cmd
 from nclab.cli.predict import predict_cmd
+from nclab.cli.report import report_cmd
+from nclab.cli.runs import runs_cmd
 from nclab.cli.simulate import simulate_cmd
+from nclab.cli.sweep import sweep_cmd
+from nclab.cli.train import train_cmd
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -23,6 +27,10 @@ def cli() -> None:
 cli.add_command(predict_cmd)
 cli.add_command(simulate_cmd)
 cli.add_command(measure_cmd)
+cli.add_command(runs_cmd)
+cli.add_command(report_cmd)
+cli.add_command(sweep_cmd)
+cli.add_command(train_cmd)
 
 
 def main() -> None:
