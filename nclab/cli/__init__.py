@@ -9,6 +9,7 @@ from __future__ import annotations
 import click
 
 from nclab import __version__
+from nclab.cli.demo import demo_cmd
 from nclab.cli.measure import measure_cmd
 from nclab.cli.predict import predict_cmd
 from nclab.cli.report import report_cmd
@@ -24,6 +25,7 @@ def cli() -> None:
     """Neural collapse in deep linear networks: theory, simulation, measurement."""
 
 
+cli.add_command(demo_cmd)
 cli.add_command(predict_cmd)
 cli.add_command(simulate_cmd)
 cli.add_command(measure_cmd)
