@@ -243,7 +243,7 @@ class TensorBoardLogger:
     """Mirror metric rows into TensorBoard event files under ``run_dir/tensorboard`` (optional extra).
 
     A callable for the trainers' ``callback``: every finite numeric column of a row becomes a scalar
-    ``nc/<column>``, at the row's ``step`` (UFM) or ``epoch`` (real networks). The CSV stays the record;
+    ``nc/<column>``, at the row's ``epoch`` (real networks) or else its ``step`` (UFM). The CSV stays the record;
     this is a view of it. Needs the ``tensorboard`` package (``pip install nclab[tensorboard]``).
     """
 
@@ -255,7 +255,7 @@ class TensorBoardLogger:
         self.writer = SummaryWriter(log_dir=str(pathlib.Path(run_dir) / "tensorboard"))
 
     def __call__(self, row: dict) -> None:
-        step = row.get("step", row.get("epoch"))
+        step = row.get("epoch", row.get("step"))  # real networks are tracked per epoch
         step = int(step) if isinstance(step, (int, float)) and math.isfinite(step) else None
         for key, value in row.items():
             if key in ("step", "epoch") or isinstance(value, bool) or not isinstance(value, (int, float)):

@@ -16,6 +16,7 @@ import click
 from nclab.cli._common import fail, friendly_errors, parse_int_list
 from nclab.experiments.config import CHOICES, FIELDS
 from nclab.experiments.presets import DESCRIPTIONS, PRESETS
+from nclab.results import TensorBoardLogger
 
 
 def _field_options(fn):
@@ -63,9 +64,11 @@ def _summary_line(r) -> str:
 @click.option("--overwrite", is_flag=True, help="Replace the run(s) in --out.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar [default: on a terminal].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per run instead of the summary.")
+@click.option("--tensorboard", is_flag=True, help="Also write the metrics as TensorBoard scalars (run/tensorboard; "
+              "needs the tensorboard package).")
 @friendly_errors
 def train_cmd(config_file, preset, list_presets, per_class, depths, out, resume, overwrite, progress, as_json,
-              **fields):
+              tensorboard, **fields):
     """Train a network with a deep linear head and track neural collapse at every head layer.
 
     \b
@@ -105,7 +108,12 @@ def train_cmd(config_file, preset, list_presets, per_class, depths, out, resume,
     diverged = False
     for c, path in runs:
         try:
-            r = train(c, out=path, resume=resume, overwrite=overwrite, progress=progress)
+            board = TensorBoardLogger(path) if tensorboard and main else None
+            try:
+                r = train(c, out=path, resume=resume, overwrite=overwrite, progress=progress, callback=board)
+            finally:
+                if board is not None:
+                    board.close()
         except KeyboardInterrupt:
             click.echo(f"\ninterrupted; the checkpoint is saved: rerun the same command with --resume "
                        f"(--out {out}) to continue", err=True)
