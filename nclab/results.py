@@ -266,3 +266,34 @@ class TensorBoardLogger:
 
     def close(self) -> None:
         self.writer.close()
+
+
+def open_run(out, config: dict, *, kind: str, resume: bool, overwrite: bool, finished: tuple[str, ...]):
+    """Apply the resume/overwrite rules of every trainer to the run directory ``out``.
+
+    Returns ``(store, checkpoint or None, done)``: ``done`` is True when ``resume`` finds a run of this
+    config whose summary status is one of ``finished`` (load it, don't re-run). A run of another config
+    or kind is refused unless ``overwrite``; an existing run is refused unless ``resume`` or ``overwrite``.
+    """
+    store = RunStore(out)
+    if store.path.exists() and not store.path.is_dir():
+        raise ValueError(f"{store.path} exists and is not a directory")
+    if not store.exists():
+        return store, None, False
+    old = store.read_config()
+    diff = config_diff(old.get("config", {}), config)
+    if old.get("kind", kind) != kind:
+        diff.insert(0, f"kind: {old.get('kind')!r} -> {kind!r}")
+    if overwrite:
+        store.clear()
+        return store, None, False
+    if not resume:
+        what = f"a run with another config ({'; '.join(diff)})" if diff else "a run with this config"
+        raise ValueError(f"{store.path} already holds {what}; pass --resume to continue it or "
+                         "--overwrite to replace it")
+    if diff:
+        raise ValueError(f"{store.path} holds a run with another config ({'; '.join(diff)}); "
+                         "use --overwrite to replace it, or another output directory")
+    if store.has(SUMMARY) and store.read_json(SUMMARY).get("status") in finished:
+        return store, None, True
+    return store, (store.load_torch(CHECKPOINT) if store.has(CHECKPOINT) else None), False

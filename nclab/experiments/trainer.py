@@ -37,7 +37,7 @@ from nclab.experiments.objective import batch_loss, head_penalty, sample_losses
 from nclab.experiments.tracking import HeadTracker, choose_target
 from nclab.metrics import ClassStats, capture_inputs
 from nclab.models import build_model
-from nclab.results import CHECKPOINT, CONFIG, SUMMARY, WEIGHTS, RunStore, config_diff
+from nclab.results import CHECKPOINT, CONFIG, SUMMARY, WEIGHTS, RunStore, open_run
 from nclab.ufm.trainer import _SigintFlag, torch_threads
 
 KIND = "train"
@@ -374,34 +374,6 @@ def load_model(run_dir, device="cpu") -> tuple[TrainConfig, nn.Module]:
     return cfg, net
 
 
-def _open_store(cfg: TrainConfig, out, resume: bool, overwrite: bool):
-    """(store, checkpoint or None, finished?) after the resume/overwrite rules of nclab simulate."""
-    store = RunStore(out)
-    if store.path.exists() and not store.path.is_dir():
-        raise ValueError(f"{store.path} exists and is not a directory")
-    ckpt, finished = None, False
-    if store.exists():
-        old = store.read_config()
-        diff = config_diff(old.get("config", {}), cfg.to_dict())
-        if old.get("kind") != KIND:
-            diff.insert(0, f"kind: {old.get('kind')!r} -> {KIND!r}")
-        if overwrite:
-            store.clear()
-        elif resume:
-            if diff:
-                raise ValueError(f"{store.path} holds a run with another config ({'; '.join(diff)}); "
-                                 "use --overwrite to replace it, or another output directory")
-            if store.has(SUMMARY) and store.read_json(SUMMARY).get("status") in FINISHED:
-                return store, None, True
-            if store.has(CHECKPOINT):
-                ckpt = store.load_torch(CHECKPOINT)
-        else:
-            what = f"a run with another config ({'; '.join(diff)})" if diff else "a run with this config"
-            raise ValueError(f"{store.path} already holds {what}; pass --resume to continue it or "
-                             "--overwrite to replace it")
-    return store, ckpt, finished
-
-
 def train(
     config: TrainConfig | None = None,
     *,
@@ -456,7 +428,8 @@ def train(
         store, ckpt, finished, error, rows = None, None, False, None, []
         if out is not None and d.main:
             try:
-                store, ckpt, finished = _open_store(config, out, resume, overwrite)
+                store, ckpt, finished = open_run(out, config.to_dict(), kind=KIND, resume=resume,
+                                                 overwrite=overwrite, finished=FINISHED)
                 rows = store.truncate_rows(int(ckpt["epoch"]), key="epoch") if ckpt is not None else []
             except (ValueError, OSError) as exc:
                 error = exc

@@ -164,6 +164,16 @@ def _series(run: runlib.Run, key: str) -> tuple[np.ndarray, np.ndarray]:
     return x, np.array(y, dtype=float)
 
 
+def _finish(fig: Figure, axes, used: int, ncols: int, title: str) -> Figure:
+    """Hide the unused panels of a grid, add the shared legend and the title."""
+    for ax in axes[used:]:
+        ax.set_visible(False)
+    _legend(axes, ncols)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
 @_styled
 def metrics_figure(runs: list[runlib.Run], labels: list[str] | None = None, title: str = "") -> Figure | None:
     """NC metrics against step/epoch (log y), one curve per run (accuracies: one panel, linear, a line
@@ -200,12 +210,7 @@ def metrics_figure(runs: list[runlib.Run], labels: list[str] | None = None, titl
             _log_y(ax)
             ax.set_title(panel_title(key))
         ax.set_xlabel(x_names)
-    for ax in axes[len(panels):]:
-        ax.set_visible(False)
-    _legend(axes, ncols)
-    if title:
-        fig.suptitle(title)
-    return fig
+    return _finish(fig, axes, len(panels), ncols, title)
 
 
 @_styled
@@ -233,12 +238,7 @@ def layers_figure(runs: list[runlib.Run], labels: list[str] | None = None, title
         ax.set_xlabel("layer j (input of W_j)")
         ax.set_title(f"final {base} per layer")
         ax.xaxis.get_major_locator().set_params(integer=True)
-    for ax in axes[len(families):]:
-        ax.set_visible(False)
-    _legend(axes, ncols)
-    if title:
-        fig.suptitle(title)
-    return fig
+    return _finish(fig, axes, len(families), ncols, title)
 
 
 # ---------------------------------------------------------------------------------------------- theory

@@ -4,7 +4,7 @@
   store everything in a run directory (resumable).
 * :class:`SimulateConfig` / :func:`make_config` -- the validated, frozen run configuration.
 * :class:`UFM` -- parameters in one flat tensor with a hand-written gradient of the shared objective.
-* :mod:`nclab.ufm.presets` -- the paper's synthetic experiments; :mod:`nclab.ufm.figures` -- plots.
+* :mod:`nclab.ufm.presets` -- the paper's synthetic experiments (figures: :mod:`nclab.report.figures`).
 
 What to expect. From a random start, float64 L-BFGS reaches the predicted f* to ~1e-13 relative and the
 predicted Grams to ~1e-8 in every MSE setting (balanced, bias, imbalanced, bottleneck, per-layer lambdas)

@@ -76,7 +76,7 @@ def run_depths(
         if on_result is not None:
             on_result(r)
     if figures:
-        from nclab.ufm.figures import plot_runs
+        from nclab.report.figures import plot_runs
 
         plot_runs([r.run_dir for r in results], out / "figures", title=title)
     return results

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from nclab.results import CHECKPOINT, SUMMARY, WEIGHTS, RunStore, TensorBoardLogger, config_diff
+from nclab.results import CHECKPOINT, SUMMARY, WEIGHTS, RunStore, TensorBoardLogger, open_run
 from nclab.ufm.config import SimulateConfig, make_config
 from nclab.ufm.model import UFM
 from nclab.ufm.snapshot import Snapshotter
@@ -405,27 +405,10 @@ def simulate(
     store = None
     ckpt = None
     if out is not None:
-        store = RunStore(out)
-        if store.path.exists() and not store.path.is_dir():
-            raise ValueError(f"{store.path} exists and is not a directory")
-        if store.exists():
-            old = store.read_config().get("config", {})
-            diff = config_diff(old, config.to_dict())
-            if overwrite:
-                store.clear()
-            elif resume:
-                if diff:
-                    raise ValueError(f"{store.path} holds a run with another config ({'; '.join(diff)}); "
-                                     "use --overwrite to replace it, or another output directory")
-                if store.has(SUMMARY) and store.read_json(SUMMARY).get("status") in ("complete", "converged",
-                                                                                       "diverged"):
-                    return _result_from_store(config, store, pred)
-                if store.has(CHECKPOINT):
-                    ckpt = store.load_torch(CHECKPOINT)  # on the CPU; load_checkpoint moves it
-            else:
-                what = f"a run with another config ({'; '.join(diff)})" if diff else "a run with this config"
-                raise ValueError(f"{store.path} already holds {what}; pass --resume to continue it or "
-                                 "--overwrite to replace it")
+        store, ckpt, done = open_run(out, config.to_dict(), kind=KIND, resume=resume, overwrite=overwrite,
+                                     finished=("complete", "converged", "diverged"))
+        if done:
+            return _result_from_store(config, store, pred)
         store.create()
         store.write_config(config.to_dict(), kind=KIND, version=__version__)
         env = environment()
