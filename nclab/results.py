@@ -9,7 +9,15 @@ Layout::
       summary.json       status, final metrics, timings (rewritten at the end / on interrupt)
       checkpoint.pt      latest resumable state (torch.save to a temp file, then os.replace)
       weights.pt         final (or last good) parameters
-      + any extra JSON (e.g. prediction.json) via write_json
+      prediction.json    nclab.predict for the run's problem
+      .lock              the writer's OS lock (holder pid inside)
+
+One writer at a time: a trainer holds an exclusive ``flock`` on ``.lock`` for the whole run (the kernel
+releases it when the process dies, however it dies); a second writer is refused with the holder's pid.
+The checkpoint carries the metrics rows written so far, so a resume needs only the checkpoint (and
+config.json): a truncated or corrupt metrics.csv, summary.json or weights.pt is rebuilt from it, with a
+warning naming the file. A file that cannot be rebuilt (config.json, checkpoint.pt) is named in one error
+with the way out.
 
 JSON and checkpoints go to a temporary file in the same folder, are flushed, and replace the target with
 ``os.replace`` (atomic on POSIX): a reader never sees half a file. Metric rows are appended with one
@@ -20,17 +28,40 @@ rewrites the table (temp file + ``os.replace``) truncated to the checkpoint.
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import math
 import os
 import pathlib
+import re
 import shutil
 import tempfile
+import warnings
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; the folder is not locked there
+    fcntl = None
 
 CONFIG, ENVIRONMENT, METRICS, SUMMARY, CHECKPOINT, WEIGHTS = (
     "config.json", "environment.json", "metrics.csv", "summary.json", "checkpoint.pt", "weights.pt",
 )
+PREDICTION, LOCK = "prediction.json", ".lock"
+# Every file and folder a run writes: --overwrite removes these and nothing else (the user's notes stay).
+OWNED_FILES = (CONFIG, ENVIRONMENT, METRICS, SUMMARY, CHECKPOINT, WEIGHTS, PREDICTION, "head.json")
+OWNED_DIRS = ("figures", "tensorboard")
+_TEMP = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")  # atomic_write_bytes' mkstemp names
+# Config fields that change how a run executes, not its result: a resume may change them.
+EXECUTION_FIELDS = ("threads", "checkpoint_every")
+
+
+class RunFolderError(ValueError):
+    """A run folder that cannot be used as asked (corrupt file, another config, no config, ...)."""
+
+
+class RunLockedError(RunFolderError):
+    """Another live process is writing this run folder."""
 
 
 def _jsonable(obj):
@@ -120,21 +151,65 @@ class RunStore:
         return self.file(CONFIG).is_file()
 
     def create(self) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:
+            raise RunFolderError(f"{self.path} exists and is not a directory") from None
+        except OSError as exc:
+            raise RunFolderError(f"cannot create run directory {self.path}: {exc.strerror or exc}") from None
 
     def clear(self) -> None:
-        """Remove the files of a previous run (only those a run writes; other files are left alone)."""
+        """Remove the files of a previous run (only those nclab writes; the user's own files stay)."""
         if not self.path.is_dir():
             return
-        for name in (CONFIG, ENVIRONMENT, METRICS, SUMMARY, CHECKPOINT, WEIGHTS):
+        for name in OWNED_FILES:
             p = self.file(name)
-            if p.exists():
+            if p.is_file() or p.is_symlink():
                 p.unlink()
-        for p in self.path.glob("*.json"):
-            p.unlink()
-        fig = self.path / "figures"
-        if fig.is_dir():
-            shutil.rmtree(fig)
+        for name in OWNED_DIRS:
+            if self.file(name).is_dir():
+                shutil.rmtree(self.file(name))
+        self.remove_temp_files()
+
+    def remove_temp_files(self) -> list[str]:
+        """Delete the temporary files of interrupted atomic writes (``.NAME.XXXXXXXX.tmp``); their names."""
+        gone = []
+        for p in self.path.iterdir() if self.path.is_dir() else ():
+            if _TEMP.match(p.name) and p.is_file():
+                p.unlink(missing_ok=True)
+                gone.append(p.name)
+        return gone
+
+    # ---------------------------------------------------------------- the writer's lock
+    def lock(self) -> None:
+        """Take the folder's exclusive OS lock for this process (created on demand); RunLockedError if held."""
+        if getattr(self, "_lock_fd", None) is not None:
+            return
+        self.create()
+        try:
+            fd = os.open(self.file(LOCK), os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:
+            raise RunFolderError(f"cannot lock run folder {self.path}: {exc.strerror or exc}") from None
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise RunLockedError(f"{self.path} is in use by another nclab process (pid {holder}); wait for "
+                                         "it to finish or stop it, or use another output directory") from None
+                raise RunFolderError(f"cannot lock run folder {self.path}: {exc.strerror or exc}") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        """Release the lock (also released by the kernel when the process ends)."""
+        fd = getattr(self, "_lock_fd", None)
+        if fd is not None:
+            self._lock_fd = None
+            os.close(fd)  # closing the last descriptor releases the flock
 
     # ---------------------------------------------------------------- JSON documents
     def write_json(self, name: str, obj) -> None:
@@ -186,7 +261,10 @@ class RunStore:
         path = self.file(METRICS)
         if not path.is_file():
             return []
-        text = path.read_text()
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise RunFolderError(f"{path} is unreadable ({_describe(exc)})") from None
         if text and not text.endswith("\n"):
             text = text[: text.rfind("\n") + 1]  # torn last line
         reader = csv.reader(io.StringIO(text))
@@ -195,6 +273,19 @@ class RunStore:
         except StopIteration:
             return []
         return [{k: _parse(v) for k, v in zip(header, line)} for line in reader if len(line) == len(header)]
+
+    def write_rows(self, rows: list[dict]) -> None:
+        """Replace the table by ``rows`` (temp file + os.replace); the header is the first row's keys."""
+        self.create()
+        buf = io.StringIO()
+        header = list(rows[0].keys()) if rows else []
+        w = csv.writer(buf, lineterminator="\n")
+        if rows:
+            w.writerow(header)
+        for r in rows:
+            w.writerow([_format(r.get(k)) for k in header])
+        atomic_write_bytes(self.file(METRICS), buf.getvalue().encode())
+        self._header = header or None
 
     def truncate_rows(self, max_step: int, key: str = "step") -> list[dict]:
         """Keep the rows with ``row[key] <= max_step`` (rewrite via temp file + os.replace); returns them."""
@@ -268,32 +359,158 @@ class TensorBoardLogger:
         self.writer.close()
 
 
-def open_run(out, config: dict, *, kind: str, resume: bool, overwrite: bool, finished: tuple[str, ...]):
-    """Apply the resume/overwrite rules of every trainer to the run directory ``out``.
+def resume_rows(store: RunStore, ckpt: dict, key: str = "step") -> list[dict]:
+    """The metrics rows up to the checkpoint ``ckpt`` (at ``ckpt[key]``), with metrics.csv rewritten to them.
 
-    Returns ``(store, checkpoint or None, done)``: ``done`` is True when ``resume`` finds a run of this
-    config whose summary status is one of ``finished`` (load it, don't re-run). A run of another config
-    or kind is refused unless ``overwrite``; an existing run is refused unless ``resume`` or ``overwrite``.
+    From the checkpoint's own copy when it has one; else (older checkpoints) from metrics.csv, refused with
+    a RunFolderError naming it when rows are missing (no silent gap in the history).
+    """
+    if ckpt.get("rows") is not None:
+        rows = list(ckpt["rows"])
+        store.write_rows(rows)
+        return rows
+    rows = store.truncate_rows(int(ckpt[key]), key=key)
+    steps = [r.get(key) for r in rows]
+    if not rows or steps[0] != 0 or steps[-1] != ckpt[key] or any(b <= a for a, b in zip(steps, steps[1:])):
+        raise RunFolderError(f"{store.file(METRICS)} lacks rows up to the checkpoint ({key} {ckpt[key]}); the "
+                             "history cannot be rebuilt: use --overwrite to start over")
+    return rows
+
+
+def identity(config: dict) -> dict:
+    """The part of a config that determines the run's result (execution-only fields dropped; ``cuda:N``
+    and ``cuda`` are the same device for the result)."""
+    out = {k: v for k, v in config.items() if k not in EXECUTION_FIELDS}
+    if isinstance(out.get("device"), str) and out["device"].startswith("cuda"):
+        out["device"] = "cuda"
+    return out
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def read_saved_config(out, kind: str | None = None) -> dict | None:
+    """The ``config`` dict saved in run folder ``out`` (None when it holds no config.json).
+
+    Raises RunFolderError naming config.json when it is unreadable, not a config, or of another ``kind``.
     """
     store = RunStore(out)
-    if store.path.exists() and not store.path.is_dir():
-        raise ValueError(f"{store.path} exists and is not a directory")
     if not store.exists():
-        return store, None, False
-    old = store.read_config()
-    diff = config_diff(old.get("config", {}), config)
-    if old.get("kind", kind) != kind:
-        diff.insert(0, f"kind: {old.get('kind')!r} -> {kind!r}")
+        return None
+    try:
+        doc = store.read_json(CONFIG)
+        if not isinstance(doc, dict) or not isinstance(doc.get("config"), dict):
+            raise ValueError("not an nclab config document")
+    except (OSError, ValueError) as exc:
+        raise RunFolderError(f"{store.file(CONFIG)} is corrupt ({_describe(exc)}); use --overwrite to start over "
+                             "(it deletes the run's files)") from None
+    if kind is not None and doc.get("kind", kind) != kind:
+        raise RunFolderError(f"{store.path} holds a {doc.get('kind')!r} run, not a {kind!r} run; use --overwrite to "
+                             "replace it, or another output directory")
+    return doc["config"]
+
+
+def _load_checkpoint(store: RunStore):
+    try:
+        ckpt = store.load_torch(CHECKPOINT)
+        if not isinstance(ckpt, dict):
+            raise ValueError("not an nclab checkpoint")
+        return ckpt
+    except Exception as exc:  # torch.load raises EOFError, UnpicklingError, RuntimeError, ... on damage
+        raise RunFolderError(f"{store.file(CHECKPOINT)} is corrupt ({_describe(exc)}); nothing to resume from: use "
+                             "--overwrite to start over") from None
+
+
+def _readable(store: RunStore, name: str) -> str | None:
+    """None when file ``name`` loads, else why not."""
+    try:
+        if name.endswith(".json"):
+            doc = store.read_json(name)
+            if not isinstance(doc, dict):
+                return "not a JSON object"
+        else:
+            store.load_torch(name)
+    except Exception as exc:
+        return _describe(exc)
+    return None
+
+
+def open_run(out, config: dict, *, kind: str, resume: bool, overwrite: bool, finished: tuple[str, ...]):
+    """Lock the run directory ``out`` for this process and apply the resume/overwrite rules of every trainer.
+
+    Returns ``(store, checkpoint or None, done)`` with ``store`` locked (call ``store.unlock()`` when the run
+    ends): ``done`` is True when ``resume`` finds a finished run of this config (load it, don't re-run).
+    The checkpoint, when resuming, has ``ckpt["rows"]``: the metrics rows up to it (metrics.csv is
+    rewritten from them). Refused with a RunFolderError that names the cause: another live writer, a run
+    of another config or kind (execution-only fields such as ``threads`` may differ), an existing run
+    without ``resume`` or ``overwrite``, run files without config.json, a corrupt config.json or
+    checkpoint.pt. Temporary files of interrupted writes are removed.
+    """
+    store = RunStore(out)
+    if str(out).strip() == "":
+        raise RunFolderError("the run directory must not be empty")
+    if store.path.exists() and not store.path.is_dir():
+        raise RunFolderError(f"{store.path} exists and is not a directory")
+    store.lock()
+    try:
+        return _open_locked(store, config, kind=kind, resume=resume, overwrite=overwrite, finished=finished)
+    except BaseException:
+        store.unlock()
+        raise
+
+
+def _open_locked(store: RunStore, config: dict, *, kind, resume, overwrite, finished):
+    removed = store.remove_temp_files()
+    if removed:
+        warnings.warn(f"removed {len(removed)} temporary file(s) of an interrupted write in {store.path}: "
+                      f"{', '.join(removed)}", stacklevel=3)
     if overwrite:
         store.clear()
         return store, None, False
+    leftovers = [n for n in (CHECKPOINT, METRICS, WEIGHTS, SUMMARY) if store.has(n)]
+    if not store.exists():
+        if leftovers:
+            raise RunFolderError(f"{store.path} holds {', '.join(leftovers)} but no config.json, so the run they "
+                                 "belong to is unknown; restore config.json, or use --overwrite to start over (it "
+                                 "deletes them)")
+        return store, None, False
+    old = read_saved_config(store.path)
+    old_kind = store.read_json(CONFIG).get("kind", kind)
+    diff = config_diff(identity(old), identity(config))
+    if old_kind != kind:
+        diff.insert(0, f"kind: {old_kind!r} -> {kind!r}")
     if not resume:
         what = f"a run with another config ({'; '.join(diff)})" if diff else "a run with this config"
-        raise ValueError(f"{store.path} already holds {what}; pass --resume to continue it or "
-                         "--overwrite to replace it")
+        raise RunFolderError(f"{store.path} already holds {what}; pass --resume to continue it or "
+                             "--overwrite to replace it")
     if diff:
-        raise ValueError(f"{store.path} holds a run with another config ({'; '.join(diff)}); "
-                         "use --overwrite to replace it, or another output directory")
-    if store.has(SUMMARY) and store.read_json(SUMMARY).get("status") in finished:
-        return store, None, True
-    return store, (store.load_torch(CHECKPOINT) if store.has(CHECKPOINT) else None), False
+        raise RunFolderError(f"{store.path} holds a run with another config ({'; '.join(diff)}); use --overwrite to "
+                             "replace it, or another output directory")
+    ckpt = _load_checkpoint(store) if store.has(CHECKPOINT) else None
+    if store.has(SUMMARY):
+        bad = _readable(store, SUMMARY)
+        summary = None if bad else store.read_json(SUMMARY)
+        if summary is not None and summary.get("status") in finished:
+            problems = [f"{n} ({why})" for n in (WEIGHTS,) if (why := "missing" if not store.has(n)
+                                                             else _readable(store, n))]
+            rows = store.read_rows()
+            if isinstance(summary.get("rows"), int) and len(rows) != summary["rows"]:
+                problems.append(f"{METRICS} ({len(rows)} of {summary['rows']} rows)")
+            if not problems:
+                return store, None, True
+            bad = "; ".join(problems)
+        if bad:
+            if ckpt is None or "rows" not in ckpt:
+                raise RunFolderError(f"{store.path}: {bad}, and no checkpoint to rebuild from; use --overwrite to "
+                                     "start over")
+            warnings.warn(f"{store.path}: {bad}; rebuilding from {CHECKPOINT}", stacklevel=3)
+    if ckpt is None:
+        if store.has(METRICS) and store.read_rows():
+            warnings.warn(f"{store.path} has metrics rows but no {CHECKPOINT} yet (stopped before the first "
+                          "checkpoint): starting over from the beginning", stacklevel=3)
+        return store, None, False
+    if "rows" not in ckpt:  # a checkpoint of nclab <= 0.1.0: its rows come from metrics.csv
+        ckpt["rows"] = None
+    return store, ckpt, False

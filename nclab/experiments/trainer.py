@@ -37,7 +37,7 @@ from nclab.experiments.objective import batch_loss, head_penalty, sample_losses
 from nclab.experiments.tracking import HeadTracker, choose_target
 from nclab.metrics import ClassStats, capture_inputs
 from nclab.models import build_model
-from nclab.results import CHECKPOINT, CONFIG, SUMMARY, WEIGHTS, RunStore, open_run
+from nclab.results import CHECKPOINT, CONFIG, SUMMARY, WEIGHTS, RunFolderError, RunStore, open_run, resume_rows
 from nclab.ufm.trainer import _SigintFlag, torch_threads
 
 KIND = "train"
@@ -289,6 +289,7 @@ class Trainer:
             "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
             "seconds": [self.train_seconds, self.track_seconds, self.test_seconds],
             "world": self.dist.world, "config": self.cfg.to_dict(),
+            "rows": list(self.rows),  # the history up to here: a resume rebuilds metrics.csv from it
         })
 
     def load_checkpoint(self, ckpt: dict) -> None:
@@ -357,20 +358,29 @@ class Trainer:
 
 # ---------------------------------------------------------------------------------------------- public API
 def load_model(run_dir, device="cpu") -> tuple[TrainConfig, nn.Module]:
-    """The config and the trained NCNet (weights.pt) of a run directory, on ``device``."""
+    """The config and the trained NCNet (weights.pt) of a training run directory, on ``device``.
+
+    Raises FileNotFoundError when the folder holds no finished run, RunFolderError (a ValueError) naming the
+    file when config.json or weights.pt is corrupt or does not belong to a training run.
+    """
+    from nclab.results import read_saved_config
+
     store = RunStore(run_dir)
     if not store.has(CONFIG) or not store.has(WEIGHTS):
         raise FileNotFoundError(f"{store.path} holds no finished training run (config.json and weights.pt)")
-    doc = store.read_config()
-    if doc.get("kind") != KIND:
-        raise ValueError(f"{store.path} holds a {doc.get('kind')!r} run, not a training run")
-    cfg = TrainConfig.from_dict(doc["config"])
-    w = store.load_torch(WEIGHTS)
-    dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
-    net = build_model(cfg.arch, tuple(w["in_shape"]), w["num_classes"], cfg.depth, cfg.width, cfg.bias,
-                      mlp_depth=cfg.mlp_depth, mlp_width=cfg.mlp_width, batch_norm=cfg.batch_norm)
-    net = net.to(device=device, dtype=dtype)  # before loading: float64 weights must not pass through float32
-    net.load_state_dict(w["state_dict"])
+    cfg = TrainConfig.from_dict(read_saved_config(store.path, kind=KIND))
+    try:
+        w = store.load_torch(WEIGHTS)
+        dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
+        net = build_model(cfg.arch, tuple(w["in_shape"]), w["num_classes"], cfg.depth, cfg.width, cfg.bias,
+                          mlp_depth=cfg.mlp_depth, mlp_width=cfg.mlp_width, batch_norm=cfg.batch_norm)
+        net = net.to(device=device, dtype=dtype)  # before loading: float64 weights must not pass through float32
+        net.load_state_dict(w["state_dict"])
+    except Exception as exc:  # torch.load / load_state_dict on a damaged or foreign file
+        msg = str(exc).strip().splitlines()
+        raise RunFolderError(f"{store.file(WEIGHTS)} is not a readable model of this run ({type(exc).__name__}"
+                             f"{': ' + msg[0] if msg else ''}); delete it and rerun with --resume to rebuild it from "
+                             "the checkpoint, or --overwrite to start over") from None
     return cfg, net
 
 
@@ -424,13 +434,14 @@ def train(
     if resume and overwrite:
         raise ValueError("give resume or overwrite, not both")
     d = setup(config.device)
+    store = None
     try:
-        store, ckpt, finished, error, rows = None, None, False, None, []
+        ckpt, finished, error, rows = None, False, None, []
         if out is not None and d.main:
             try:
                 store, ckpt, finished = open_run(out, config.to_dict(), kind=KIND, resume=resume,
                                                  overwrite=overwrite, finished=FINISHED)
-                rows = store.truncate_rows(int(ckpt["epoch"]), key="epoch") if ckpt is not None else []
+                rows = resume_rows(store, ckpt, key="epoch") if ckpt is not None else []
             except (ValueError, OSError) as exc:
                 error = exc
         if d.active:  # process 0 decided; the others follow (and raise the same error)
@@ -441,9 +452,8 @@ def train(
             return _result_from_store(config, out, d)
         trainer = Trainer(config, store=store if d.main else None, dist=d, callback=callback, progress=progress)
         if store is not None:
-            store.create()
             if ckpt is None:
-                store.truncate_rows(-1, key="epoch")  # no usable checkpoint: start over, empty table
+                store.write_rows([])  # no usable checkpoint: start over, empty table
             store.write_config(config.to_dict(), kind=KIND, version=__version__)
             env = environment()
             env.update(world_size=d.world, device=str(d.device), torch_threads_used=torch.get_num_threads())
@@ -451,7 +461,12 @@ def train(
             if trainer.prediction is not None:
                 store.write_json("prediction.json", trainer.prediction.to_dict())
         if ckpt is not None:
-            trainer.load_checkpoint(ckpt)
+            try:
+                trainer.load_checkpoint(ckpt)
+            except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
+                raise RunFolderError(f"{RunStore(out).file(CHECKPOINT)} does not fit this run ({type(exc).__name__}: "
+                                     f"{str(exc).splitlines()[0] if str(exc) else ''}); use --overwrite to start "
+                                     "over") from None
             trainer.rows = list(rows)
         try:
             trainer.run()
@@ -466,6 +481,8 @@ def train(
             extra={"target_note": trainer.target_note, "world_size": d.world},
         )
     finally:
+        if store is not None:
+            store.unlock()
         d.close()
 
 
@@ -493,6 +510,7 @@ def _write_outputs(trainer: Trainer, store: RunStore) -> None:
         "status": "failed" if t.status == "running" else t.status,  # an exception escaped the loop
         "message": t.message,
         "epoch": t.epoch, "epochs": t.cfg.epochs, "step": t.step,
+        "rows": len(rows),  # metrics.csv's row count, checked when a finished run is reopened
         "world_size": t.dist.world, "device": str(t.device),
         "num_train": t.data.train.n, "counts": list(t.data.train.counts),
         "num_test": None if t.data.test is None else t.data.test.n,

@@ -17,7 +17,16 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from nclab.results import CHECKPOINT, SUMMARY, WEIGHTS, RunStore, TensorBoardLogger, open_run
+from nclab.results import (
+    CHECKPOINT,
+    SUMMARY,
+    WEIGHTS,
+    RunFolderError,
+    RunStore,
+    TensorBoardLogger,
+    open_run,
+    resume_rows,
+)
 from nclab.ufm.config import SimulateConfig, make_config
 from nclab.ufm.model import UFM
 from nclab.ufm.snapshot import Snapshotter
@@ -232,6 +241,7 @@ class Trainer:
             "last_good": self.last_good.clone(),
             "last_good_step": self.last_good_step,
             "config": self.cfg.to_dict(),
+            "rows": list(self.rows),  # the history up to here: a resume rebuilds metrics.csv from it
         })
 
     def load_checkpoint(self, ckpt: dict) -> None:
@@ -340,12 +350,16 @@ def _result_from_store(cfg: SimulateConfig, store: RunStore, pred) -> Simulation
     summary = store.read_json(SUMMARY)
     w = store.load_torch(WEIGHTS)
     rows = store.read_rows()
+    try:
+        weights, H = [t.numpy() for t in w["weights"]], w["H"].numpy()
+        bias = None if w["bias"] is None else w["bias"].numpy()
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise RunFolderError(f"{store.file(WEIGHTS)} is not this run's weights ({type(exc).__name__}: {exc}); delete "
+                             "it and rerun with --resume to rebuild it from the checkpoint") from None
     return SimulationResult(
         config=cfg, run_dir=store.path, status=summary["status"], step=summary["step"],
-        final=rows[-1] if rows else {}, history=rows, prediction=pred,
-        weights=[t.numpy() for t in w["weights"]], H=w["H"].numpy(),
-        bias=None if w["bias"] is None else w["bias"].numpy(), seconds=0.0,
-        message=summary.get("message", ""), extra={"reused": True},
+        final=rows[-1] if rows else {}, history=rows, prediction=pred, weights=weights, H=H, bias=bias,
+        seconds=0.0, message=summary.get("message", ""), extra={"reused": True},
     )
 
 
@@ -389,8 +403,6 @@ def simulate(
     >>> r.final["rel_gap"] < 1e-8
     True
     """
-    from nclab import __version__
-    from nclab.environment import environment
     from nclab.theory import predict
 
     if config is None:
@@ -407,15 +419,26 @@ def simulate(
     if out is not None:
         store, ckpt, done = open_run(out, config.to_dict(), kind=KIND, resume=resume, overwrite=overwrite,
                                      finished=("complete", "converged", "diverged"))
-        if done:
+    try:
+        if store is not None and done:
             return _result_from_store(config, store, pred)
-        store.create()
+        return _run(config, pred, store, ckpt, callback=callback, progress=progress, tensorboard=tensorboard)
+    finally:
+        if store is not None:
+            store.unlock()
+
+
+def _run(config: SimulateConfig, pred, store: RunStore | None, ckpt: dict | None, *, callback, progress,
+         tensorboard) -> SimulationResult:
+    from nclab import __version__
+    from nclab.environment import environment
+
+    if store is not None:
         store.write_config(config.to_dict(), kind=KIND, version=__version__)
         env = environment()
         env["threads_used"] = auto_threads(config)
         store.write_environment(env)
         store.write_json("prediction.json", pred.to_dict())
-
     board = None
     if tensorboard:
         if store is None:
@@ -425,10 +448,14 @@ def simulate(
     trainer = Trainer(config, prediction=pred, store=store, callback=callback, progress=progress)
     if store is not None:
         if ckpt is not None:
-            trainer.load_checkpoint(ckpt)
-            trainer.rows = store.truncate_rows(trainer.step)
+            try:
+                trainer.load_checkpoint(ckpt)
+            except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
+                raise RunFolderError(f"{store.file(CHECKPOINT)} does not fit this run ({type(exc).__name__}: "
+                                     f"{exc}); use --overwrite to start over") from None
+            trainer.rows = resume_rows(store, ckpt)
         else:
-            store.truncate_rows(-1)  # no usable checkpoint: start over, empty table
+            store.write_rows([])  # no usable checkpoint: start over, empty table
             trainer.rows = []
     try:
         trainer.run()
@@ -470,6 +497,7 @@ def _write_outputs(trainer: Trainer, store: RunStore) -> None:
         "status": "failed" if trainer.status == "running" else trainer.status,  # an exception escaped the loop
         "message": trainer.message,
         "step": trainer.step,
+        "rows": len(trainer.rows),  # metrics.csv's row count, checked when a finished run is reopened
         "steps": trainer.cfg.steps,
         "train_seconds": trainer.train_seconds,
         "snapshot_seconds": trainer.snapshot_seconds,
