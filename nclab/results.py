@@ -324,6 +324,20 @@ class RunStore:
         return self.file(name).is_file()
 
 
+class RunLock:
+    """``with RunLock(path):`` holds the run folder's writer lock (see :meth:`RunStore.lock`)."""
+
+    def __init__(self, path):
+        self.store = RunStore(path)
+
+    def __enter__(self) -> RunLock:
+        self.store.lock()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.store.unlock()
+
+
 def config_diff(old: dict, new: dict) -> list[str]:
     """Human-readable differences between two config dicts (``field: old -> new``)."""
     keys = sorted(set(old) | set(new))
