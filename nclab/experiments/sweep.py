@@ -41,6 +41,8 @@ import os
 import pathlib
 import re
 import signal
+import sys
+import threading
 import time
 import traceback
 import typing
@@ -290,10 +292,44 @@ def expand_sweep(spec) -> list[SweepRun]:
 
 # ---------------------------------------------------------------------------------------------- one run
 _STOP = None  # in a local worker: the sweep's stop Event (set on Ctrl-C in the parent)
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+_WATCH_SECONDS = 0.2  # how often a worker checks that its sweep process is still alive
 
 
-def _init_worker(stop_event) -> None:
+def _die_with_parent(parent_pid: int, *, pdeathsig: bool = True) -> None:
+    """End this process (at once, like ``kill -9``) when the process ``parent_pid`` that started it ends, even
+    by ``kill -9``: a sweep's workers must not outlive it and keep writing to its run folders.
+
+    On Linux the kernel sends SIGKILL on the parent's death (PR_SET_PDEATHSIG); the parent may have died
+    before that was set, hence the check of the parent pid after it; a daemon thread polls the parent pid too
+    (the reparented process sees another parent), which also covers other POSIX systems. Interrupted runs
+    resume from their last checkpoint, as after any crash.
+    """
+    if os.name != "posix":
+        return
+    if pdeathsig and sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent_pid:  # the parent is already gone
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(_WATCH_SECONDS)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="nclab-sweep-parent-watch", daemon=True).start()
+
+
+def _init_worker(stop_event, parent_pid: int | None = None) -> None:
     global _STOP
+    if parent_pid is not None:
+        _die_with_parent(parent_pid)
     _STOP = stop_event
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; a run's own handler takes over in a run
     import torch
@@ -528,7 +564,8 @@ def _run_local(jobs: list, workers: int, record: Callable) -> None:
     stop = ctx.Event()
     pool, futures, interrupted, hard = None, {}, False, False
     try:
-        pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(stop,))
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
+                                   initargs=(stop, os.getpid()))
         for kind, options, run_dir, entry in jobs:
             futures[pool.submit(_run_one, kind, options, run_dir)] = entry
             entry["status"] = "running"
