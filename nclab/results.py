@@ -391,6 +391,14 @@ def resume_rows(store: RunStore, ckpt: dict, key: str = "step") -> list[dict]:
     return rows
 
 
+def depth_run_dirs(out) -> list[pathlib.Path]:
+    """The ``out/depth-M`` run folders (with a config.json) of a multi-depth run, by increasing M."""
+    root = pathlib.Path(out)
+    found = [p for p in root.glob("depth-*") if p.name[6:].isdigit() and (p / CONFIG).is_file()] \
+        if root.is_dir() else []
+    return sorted(found, key=lambda p: int(p.name[6:]))
+
+
 def identity(config: dict) -> dict:
     """The part of a config that determines the run's result (execution-only fields dropped; ``cuda:N``
     and ``cuda`` are the same device for the result)."""

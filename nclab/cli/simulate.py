@@ -21,6 +21,28 @@ def _explicit(ctx: click.Context, name: str) -> bool:
     return ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP, None)
 
 
+def _overlay(saved: dict, given: dict, explicit: set[str]) -> dict:
+    """The saved config with the options the user gave explicitly on top (a resume from the folder alone)."""
+    opts = dict(saved)
+    for k in explicit:
+        if k in ("width", "widths"):
+            opts["widths"] = given["widths"]
+        elif k == "depth":
+            opts["depth"] = given["depth"]
+            if "widths" not in explicit and "width" not in explicit:
+                opts["widths"] = saved["widths"][0]  # one width for every layer of the new depth
+            if "lambda_w" not in explicit and len(set(saved["lambda_w"])) == 1:
+                opts["lambda_w"] = saved["lambda_w"][0]
+        elif k in ("classes", "per_class"):
+            counts = opts.pop("counts", None) or saved["counts"]
+            opts.setdefault("classes", len(counts))
+            opts.setdefault("per_class", counts[0])
+            opts[k] = given[k]
+        elif k in given:
+            opts[k] = given[k]
+    return opts
+
+
 def _summary_line(r) -> str:
     f = r.final
     get = lambda k: f.get(k, float("nan"))  # noqa: E731
@@ -58,7 +80,8 @@ def _summary_line(r) -> str:
 @click.option("--threads", type=int, default=0, show_default=True, help="CPU threads (0: automatic).")
 @click.option("--out", "-o", type=click.Path(file_okay=False), help="Run directory (with --depths/--preset: a "
               "folder of runs) [default: runs/<name>-<time>].")
-@click.option("--resume", is_flag=True, help="Continue the run(s) in --out (same config).")
+@click.option("--resume", is_flag=True, help="Continue the run(s) in --out from their saved config; options given "
+              "must agree with it (--threads may change).")
 @click.option("--overwrite", is_flag=True, help="Replace the run(s) in --out.")
 @click.option("--figures/--no-figures", default=True, show_default=True, help="Write figures (PNG + PDF).")
 @click.option("--progress/--no-progress", default=None, help="Progress bar [default: on a terminal].")
@@ -77,6 +100,7 @@ def simulate_cmd(ctx, counts, classes, per_class, depth, widths, width, lambda_w
     Examples:
       nclab simulate --preset paper-imbalanced-gof --out runs/gof        # depths 1,3,6,9 + figures
       nclab simulate --counts 200,100,50,50 -M 3 --optimizer lbfgs --steps 5000 --out runs/lbfgs
+      nclab simulate --out runs/lbfgs --resume                            # continue it (Ctrl-C, kill, crash)
     """
     from nclab.ufm.config import make_config
     from nclab.ufm.presets import DEPTHS, preset_options, run_depths
@@ -84,13 +108,27 @@ def simulate_cmd(ctx, counts, classes, per_class, depth, widths, width, lambda_w
 
     if resume and overwrite:
         raise ValueError("give --resume or --overwrite, not both")
+    if out is not None and not out.strip():
+        raise ValueError("--out must not be empty")
+    if resume and out is None:
+        raise ValueError("--resume needs --out, the run directory to continue")
     kw = problem_kwargs(counts, classes, per_class, depth, widths, width, lambda_w, lambda_h, loss, bias)
     run_kw = dict(optimizer=optimizer, lr=lr, momentum=momentum, steps=steps, schedule=schedule,
                   milestones=parse_int_list(milestones, "--milestones") or (), gamma=gamma, init_std=init_std,
                   seed=seed, dtype=dtype, device=device, gradient=gradient, snapshot_every=snapshot_every,
                   checkpoint_every=checkpoint_every, stop_rel_gap=stop_rel_gap, threads=threads)
     explicit = {k for k in list(kw) + list(run_kw) + ["widths", "width"] if _explicit(ctx, k)}
-    if preset is not None:
+    saved = []  # resume from the folder alone: the saved config(s), explicit options on top
+    if resume and preset is None and depths is None:
+        from nclab.results import depth_run_dirs, read_saved_config
+        from nclab.ufm.trainer import KIND
+
+        one = read_saved_config(out, kind=KIND)
+        saved = [one] if one is not None else [read_saved_config(d, kind=KIND) for d in depth_run_dirs(out)]
+    if saved:
+        opts = [_overlay(c, {**kw, **run_kw}, explicit) for c in saved]
+        name = "simulate"
+    elif preset is not None:
         base = preset_options(preset)
         opts = dict(base)
         for k, v in {**kw, **run_kw}.items():
@@ -114,7 +152,9 @@ def simulate_cmd(ctx, counts, classes, per_class, depth, widths, width, lambda_w
             opts["counts"] = [200, 100, 50, 50]  # the paper's imbalanced configuration, as nclab predict
         name = "simulate"
     depth_list = parse_int_list(depths, "--depths")
-    if depth_list is not None:
+    if saved:
+        pass  # the folder decides the depth(s)
+    elif depth_list is not None:
         if not depth_list:
             raise ValueError("--depths needs at least one depth, e.g. 1,3,6,9")
         if depth is not None:
@@ -143,8 +183,11 @@ def simulate_cmd(ctx, counts, classes, per_class, depth, widths, width, lambda_w
             click.echo(f"error: {r.message}", err=True)
 
     try:
-        if depth_list is None:
-            cfg = make_config(**opts)
+        if len(saved) > 1:
+            run_depths([make_config(**o) for o in opts], out, resume=resume, overwrite=overwrite, progress=progress,
+                       figures=figures, title=name, on_result=report, tensorboard=tensorboard)
+        elif depth_list is None:
+            cfg = make_config(**(opts[0] if saved else opts))
             report(simulate(cfg, out=out, resume=resume, overwrite=overwrite, progress=progress,
                             tensorboard=tensorboard))
             if figures:

@@ -50,6 +50,33 @@ def _summary_line(r) -> str:
             + (f" -> {r.run_dir}" if r.run_dir is not None else ""))
 
 
+def _saved_runs(out: str, depth_list, flags: dict, per_class) -> list:
+    """(config, folder) of each run saved in ``out`` (or its depth-M folders), the given flags on top."""
+    from nclab.experiments.config import make_train_config
+    from nclab.experiments.trainer import KIND
+    from nclab.results import depth_run_dirs, read_saved_config
+
+    if depth_list is not None:
+        dirs = [os.path.join(out, f"depth-{M}") for M in depth_list]
+    elif read_saved_config(out, kind=KIND) is not None:
+        dirs = [out]
+    else:
+        dirs = [str(d) for d in depth_run_dirs(out)]
+    runs = []
+    for d in dirs:
+        saved = read_saved_config(d, kind=KIND)
+        if saved is None:
+            return []  # not all saved: the flags and defaults define the runs, as for a fresh start
+        opts = {**saved, **flags}
+        if per_class is not None:
+            opts.pop("counts")
+            opts["per_class"] = per_class
+        if "depth" in flags and "lambda_w" not in flags and len(set(saved["lambda_w"])) == 1:
+            opts["lambda_w"] = saved["lambda_w"][0]
+        runs.append((make_train_config(**opts), d))
+    return runs
+
+
 @click.command("train")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML file of TrainConfig fields "
               "(and optionally preset = NAME); flags override it.")
@@ -60,7 +87,8 @@ def _summary_line(r) -> str:
 @click.option("--depths", help="Several head depths, one run each under --out/depth-M (e.g. 1,3,6).")
 @_field_options
 @click.option("--out", "-o", type=click.Path(file_okay=False), help="Run directory [default: runs/<name>-<time>].")
-@click.option("--resume", is_flag=True, help="Continue the run(s) in --out (same config).")
+@click.option("--resume", is_flag=True, help="Continue the run(s) in --out from their saved config; options given "
+              "must agree with it (--threads may change).")
 @click.option("--overwrite", is_flag=True, help="Replace the run(s) in --out.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar [default: on a terminal].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per run instead of the summary.")
@@ -75,7 +103,8 @@ def train_cmd(config_file, preset, list_presets, per_class, depths, out, resume,
     Examples:
       nclab train --preset cpu-mlp-balanced --depths 1,3,6 --out runs/mlp     # minutes on a CPU
       nclab train --preset paper-resnet18-cifar10 --data-root ~/data --depth 6 --out runs/r18
-      nclab train --config run.toml --epochs 50 --resume --out runs/mine
+      nclab train --config run.toml --epochs 50 --out runs/mine
+      nclab train --out runs/mine --resume                                   # continue it from its folder
       torchrun --nproc-per-node 4 -m nclab train --preset paper-vgg16-cifar10 --data-root ~/data -o runs/v
     """
     from nclab.experiments.config import load_toml, make_train_config
@@ -87,13 +116,17 @@ def train_cmd(config_file, preset, list_presets, per_class, depths, out, resume,
         return
     if resume and overwrite:
         raise ValueError("give --resume or --overwrite, not both")
+    if out is not None and not out.strip():
+        raise ValueError("--out must not be empty")
+    if resume and out is None:
+        raise ValueError("--resume needs --out, the run directory to continue")
     opts = load_toml(config_file) if config_file else {}
     if preset is not None:
         opts["preset"] = preset
     if per_class is not None:
         opts["per_class"] = per_class
-    opts.update({k: v for k, v in fields.items() if v is not None})
-    cfg = make_train_config(**opts)
+    flags = {k: v for k, v in fields.items() if v is not None}
+    opts.update(flags)
     depth_list = parse_int_list(depths, "--depths")
     if depth_list is not None and not depth_list:
         raise ValueError("--depths needs at least one depth, e.g. 1,3,6")
@@ -103,8 +136,14 @@ def train_cmd(config_file, preset, list_presets, per_class, depths, out, resume,
     if progress is None:
         progress = sys.stderr.isatty()
     main = os.environ.get("RANK", "0") == "0"  # under torchrun only process 0 reports
-    runs = [(cfg, out)] if depth_list is None else [(cfg.replace(depth=M), os.path.join(out, f"depth-{M}"))
-                                                    for M in depth_list]
+    if resume and preset is None and config_file is None:
+        runs = _saved_runs(out, depth_list, flags, per_class)  # resume from the folder alone
+    else:
+        runs = []
+    if not runs:
+        cfg = make_train_config(**opts)
+        runs = [(cfg, out)] if depth_list is None else [(cfg.replace(depth=M), os.path.join(out, f"depth-{M}"))
+                                                        for M in depth_list]
     diverged = False
     for c, path in runs:
         try:
