@@ -3,11 +3,16 @@
 Columns (M layers, K classes; layer j = 1..M is the layer whose INPUT features are H_j = W_{j-1}..W_1 H):
 
     objective, gap (f - f*), rel_gap ((f - f*)/|f*|), loss (data term)
-    nc1_L{j}          NC1 = tr(Sigma_W Sigma_B^+)/K of the features entering layer j
+    nc1_L{j}          NC1 = tr(Sigma_W Sigma_B^+)/K of the features entering layer j; NaN where the
+                      class means coincide (Sigma_B = 0, e.g. the zero solution): undefined, not perfect
     nc2_w, nc2_h      || G/||G|| - G*/||G*|| || for W W^T (W = W_M..W_1) and the class means' Gram,
                       G* the predicted Gram (OF, ETF or GOF with the theory's norms)
+    nc2_w_L{j}        the same for P_j P_j^T, P_j = W_M..W_j, against the predicted partial Gram
+                      (nc2_w_L1 == nc2_w)
+    nc2_h_L{j}        the same for the class means of layer j against the predicted layer-j mean Gram
+                      (nc2_h_L1 == nc2_h)
     nc3               the same for W Hbar against the predicted W H
-    nc3_L{j}          || P_j/||P_j|| - C_j Hbar_j^T/||C_j Hbar_j^T|| ||, P_j = W_M..W_j, C_j the theory's scale
+    nc3_L{j}          || P_j/||P_j|| - C_j Hbar_j^T/||C_j Hbar_j^T|| ||, C_j the theory's scale
     err_WWt, err_HtH, err_WH   relative Frobenius error against the predicted Grams (scale included)
     w_norm_err, h_norm_err     max_k | ||w_k|| - ||w_k*|| | / max_k ||w_k*|| (same for class means)
     w_norm_{k}, h_norm_{k}     per-class norms ||w_k|| and ||h_k||
@@ -18,6 +23,7 @@ Columns (M layers, K classes; layer j = 1..M is the layer whose INPUT features a
 Class means are centred by the sample-weighted global mean when the problem has a bias (the theory's
 means have global mean 0 there), uncentred otherwise (OF/GOF targets). Where the predicted Grams are
 not unique (bottleneck ties: only their spectra are), Gram distances compare sorted eigenvalues.
+The names are the same for every run kind: nclab.report.columns documents the scheme once.
 """
 
 from __future__ import annotations
@@ -49,16 +55,21 @@ class Snapshotter:
         self.unique = bool(pred.gram_unique)
         self.f_star = float(pred.objective)
         self.targets = {k: np.asarray(getattr(pred, k), dtype=np.float64) for k in ("WWt", "HtH", "WH")}
-        self.scales = []
+        self.scales, self.layer_targets = [], []
         for layer in pred.layers:
-            c = layer.get("nc3_scale") if isinstance(layer, dict) else None
+            layer = layer if isinstance(layer, dict) else {}
+            c = layer.get("nc3_scale")
             self.scales.append(None if c is None else np.asarray(c, dtype=np.float64))
+            grams = [layer.get(k) for k in ("partial_gram", "mean_gram")]
+            self.layer_targets.append(None if any(g is None for g in grams)
+                                      else [np.asarray(g, dtype=np.float64) for g in grams])
         self.twin = UFM(p, dtype=torch.float64, device="cpu")
         self.bias_star = None if (pred.bias is None or p.loss != "mse") else np.asarray(pred.bias, dtype=np.float64)
 
-    def _gram(self, name: str, measured: np.ndarray) -> tuple[float, float]:
-        """(shape distance, relative error) of a measured Gram against the predicted one."""
-        target = self.targets[name]
+    def _gram(self, name: str, measured: np.ndarray, target: np.ndarray | None = None) -> tuple[float, float]:
+        """(shape distance, relative error) of a measured Gram against the predicted one (``target``, default
+        the end-to-end Gram ``name``)."""
+        target = self.targets[name] if target is None else target
         if not self.unique:  # only the spectrum is determined
             a, b = _spectrum(measured), _spectrum(target)
             nb = np.linalg.norm(b)
@@ -100,11 +111,18 @@ class Snapshotter:
         for j in range(p.M):
             if j > 0:
                 m_j = m_j @ W[j - 1].T  # layer-j class means (K, d_j)
-            proj, _, _, _ = nc1_projector(m_j, self.counts)  # (d_j, r)
+            proj, _, rank, _ = nc1_projector(m_j, self.counts)  # (d_j, r)
             for w in reversed(W[:j]):
                 proj = w.T @ proj  # -> (d, r)
-            row[f"nc1_L{j + 1}"] = nc1_from_scatter(scatter, proj, N)
+            # no between-class spread (all class means equal, e.g. the zero solution): NC1 is undefined
+            row[f"nc1_L{j + 1}"] = nc1_from_scatter(scatter, proj, N) if rank > 0 else float("nan")
             mc = m_j - global_mean(m_j, self.counts) if self.center else m_j
+            if j > 0:  # layer 1 is the end-to-end pair nc2_w, nc2_h below (the same numbers)
+                targets = self.layer_targets[j]
+                row[f"nc2_w_L{j + 1}"] = self._gram("WWt", parts[j] @ parts[j].T, targets[0])[0] \
+                    if targets is not None else float("nan")
+                row[f"nc2_h_L{j + 1}"] = self._gram("HtH", mc @ mc.T, targets[1])[0] \
+                    if targets is not None else float("nan")
             row[f"nc3_L{j + 1}"] = nc3_dual(parts[j], mc, scale=self.scales[j]) if self.scales[j] is not None \
                 else float("nan")
         m = means - global_mean(means, self.counts) if self.center else means
@@ -112,6 +130,7 @@ class Snapshotter:
         measured = {"WWt": w_full @ w_full.T, "HtH": m @ m.T, "WH": w_full @ m.T}
         for key, col in (("WWt", "nc2_w"), ("HtH", "nc2_h"), ("WH", "nc3")):
             row[col], row[f"err_{key}"] = self._gram(key, measured[key])
+        row["nc2_w_L1"], row["nc2_h_L1"] = row["nc2_w"], row["nc2_h"]
         wn = norm_error(measured["WWt"], self.targets["WWt"])
         hn = norm_error(measured["HtH"], self.targets["HtH"])
         row["w_norm_err"], row["h_norm_err"] = wn["max_rel"], hn["max_rel"]
