@@ -473,8 +473,11 @@ def open_run(out, config: dict, *, kind: str, resume: bool, overwrite: bool, fin
     store = RunStore(out)
     if str(out).strip() == "":
         raise RunFolderError("the run directory must not be empty")
-    if store.path.exists() and not store.path.is_dir():
-        raise RunFolderError(f"{store.path} exists and is not a directory")
+    try:
+        if store.path.exists() and not store.path.is_dir():
+            raise RunFolderError(f"{store.path} exists and is not a directory")
+    except OSError as exc:  # e.g. a name too long
+        raise RunFolderError(f"cannot use run directory {store.path}: {exc.strerror or exc}") from None
     store.lock()
     try:
         return _open_locked(store, config, kind=kind, resume=resume, overwrite=overwrite, finished=finished)
@@ -514,6 +517,7 @@ def _open_locked(store: RunStore, config: dict, *, kind, resume, overwrite, fini
     if store.has(SUMMARY):
         bad = _readable(store, SUMMARY)
         summary = None if bad else store.read_json(SUMMARY)
+        bad = bad and f"{SUMMARY} ({bad})"
         if summary is not None and summary.get("status") in finished:
             problems = [f"{n} ({why})" for n in (WEIGHTS,) if (why := "missing" if not store.has(n)
                                                              else _readable(store, n))]
