@@ -214,3 +214,42 @@ def test_workers_must_be_positive(tmp_path):
     assert res.exit_code == 2 and "0" in res.output
     with pytest.raises(ValueError, match="workers must be an integer >= 1"):
         run_sweep(path, tmp_path / "x", workers=0)
+
+
+def test_one_sweep_per_folder_and_a_locked_run_is_recorded_not_fatal(tmp_path, monkeypatch):
+    """The sweep folder and each run folder have one writer: a second sweep on the folder is refused with the
+    holder's pid; a run whose folder another process holds waits a little for it, then is recorded as failed
+    (locked) while the other runs finish."""
+    import os
+    import threading
+
+    import nclab.experiments.sweep as sweep_mod
+    from nclab.results import RunLock
+
+    path, out = write(tmp_path, TINY + 'optimizer = "lbfgs"\nsteps = 20\n[grid]\nseed = [0, 1, 2]\n'), tmp_path / "o"
+    out.mkdir()
+    with RunLock(out):  # another sweep (here: this process) holds the folder
+        with pytest.raises(ValueError, match=rf"sweep folder .* in use by another nclab process \(pid {os.getpid()}\)"):
+            run_sweep(path, out, workers=1, report=False)
+        res = CliRunner().invoke(cli, ["sweep", str(path), "--out", str(out)])
+        assert res.exit_code == 2 and f"(pid {os.getpid()})" in res.output and "Traceback" not in res.output
+    assert not (out / "sweep.json").exists()
+
+    monkeypatch.setattr(sweep_mod, "LOCK_WAIT", 3.0)
+    held, brief = RunLock(out / "seed=1"), RunLock(out / "seed=2")
+    held.__enter__()
+    brief.__enter__()
+    threading.Timer(0.5, brief.__exit__, (None, None, None)).start()  # a writer that ends: waited for
+    try:
+        res = run_sweep(path, out, workers=1, report=False)
+    finally:
+        held.__exit__(None, None, None)
+    by_name = {e["name"]: e for e in res.runs}
+    assert res.failed == ["seed=1"], res.runs
+    assert by_name["seed=1"]["locked"] and f"in use by another nclab process (pid {os.getpid()})" in by_name[
+        "seed=1"]["message"]
+    assert "traceback" not in by_name["seed=1"] and not (out / "seed=1" / "metrics.csv").exists()
+    assert by_name["seed=0"]["status"] in ("complete", "converged")
+    assert by_name["seed=2"]["status"] in ("complete", "converged")
+    again = run_sweep(path, out, workers=1, report=False)  # the lock is free now: the rerun completes it
+    assert again.ok and "locked" not in {e["name"]: e for e in again.runs}["seed=1"]

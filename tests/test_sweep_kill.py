@@ -108,7 +108,9 @@ def test_kill_9_of_a_sweep_leaves_no_process_and_the_rerun_gives_the_uninterrupt
         simulate(run.config, out=tmp_path / "ref" / run.name)  # the same run, never interrupted
         got = (out / run.name / "metrics.csv").read_text()
         assert [line.split(",")[0] for line in got.splitlines()[1:]] == steps.split("\n"), run.name
-        assert got == (tmp_path / "ref" / run.name / "metrics.csv").read_text(), run.name
+        want = (tmp_path / "ref" / run.name / "metrics.csv").read_text()
+        diff = [(a, b) for a, b in zip(got.splitlines(), want.splitlines()) if a != b]
+        assert got == want, f"{run.name}: {len(diff)} rows differ, first: {diff[:1]}"
 
 
 @pytest.mark.parametrize("pdeathsig", [True, False])

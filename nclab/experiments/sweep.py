@@ -30,6 +30,7 @@ summary says they finished (complete, converged, diverged) are skipped; any othe
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import hashlib
@@ -337,28 +338,52 @@ def _init_worker(stop_event, parent_pid: int | None = None) -> None:
     torch.set_num_threads(1)
 
 
+LOCK_WAIT = 5.0  # seconds a run waits for its folder's lock (a killed sweep's worker may still be ending)
+
+
+def _lock_error():
+    """nclab.results.RunLockedError (another live process writes the run folder), or None where missing."""
+    import nclab.results
+
+    return getattr(nclab.results, "RunLockedError", None)
+
+
 def _stop_check(row) -> None:
     if _STOP is not None and _STOP.is_set():
         raise KeyboardInterrupt  # the trainer stops at this snapshot boundary, checkpointed
 
 
-def _run_one(kind: str, options: dict, run_dir: str) -> dict:
-    """Run (or resume) one run in this process; never raises for a failing run."""
+def _run_one(kind: str, options: dict, run_dir: str, lock_wait: float = LOCK_WAIT) -> dict:
+    """Run (or resume) one run in this process; never raises for a failing run. A run folder locked by another
+    process is waited for up to ``lock_wait`` seconds, then recorded as failed (``locked``)."""
     import torch
 
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     out = {"status": "failed", "message": "", "step": None}
+    locked = _lock_error()
     try:
         make, run = _entry_points(kind)
-        r = run(make(**options), out=run_dir, resume=True, callback=_stop_check)
+        config = make(**options)
+        deadline = time.monotonic() + lock_wait
+        while True:
+            try:
+                r = run(config, out=run_dir, resume=True, callback=_stop_check)
+                break
+            except Exception as exc:  # a stale writer that is ending: wait a little for its lock
+                if locked is None or not isinstance(exc, locked) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
         out.update(status=getattr(r, "status", None), message=getattr(r, "message", "") or "",
                    step=getattr(r, "step", None))
     except KeyboardInterrupt:
         started = (pathlib.Path(run_dir) / CONFIG).is_file()
         out.update(status="interrupted" if started else "pending", message="interrupted; rerun the sweep to continue")
     except Exception as exc:
-        out.update(status="failed", message=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
+        if locked is not None and isinstance(exc, locked):  # another process writes this run: not ours to touch
+            out.update(status="failed", locked=True, message=str(exc))
+        else:
+            out.update(status="failed", message=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
     summary = pathlib.Path(run_dir) / SUMMARY
     if summary.is_file() and out["status"] != "failed":
         try:
@@ -496,62 +521,91 @@ def run_sweep(
     out = pathlib.Path(out if out is not None else pathlib.Path("runs") / spec.name)
     if out.exists() and not out.is_dir():
         raise ValueError(f"output {out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
+    if out.is_dir() and any(p.name != ".lock" for p in out.iterdir()) and not (out / MANIFEST).is_file():
         if not any((out / r.name).is_dir() for r in runs):
             raise ValueError(f"output {out} is a non-empty folder that holds no sweep; choose another --out")
     entries = _plan(runs, out)
     result = SweepResult(out=out, spec=spec, runs=entries, dry_run=dry_run)
     if dry_run:
         return result
-    manifest = {"nclab_version": __version__, "name": spec.name, "kind": spec.kind, "spec": spec.to_dict(),
-                "backend": backend, "workers": None, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                "updated": None, "runs": entries, "report": None}
-
-    def save() -> None:
-        manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-        atomic_write_json(out / MANIFEST, manifest)
-
     try:
         out.mkdir(parents=True, exist_ok=True)
-        save()
     except OSError as exc:
         raise ValueError(f"cannot write the sweep to {out}: {exc.strerror or exc}") from None
+    with _sweep_lock(out):  # one sweep process per folder (its runs are locked by the runs themselves)
+        result.runs = entries = _plan(runs, out)  # again: another sweep may have finished runs meanwhile
+        manifest = {"nclab_version": __version__, "name": spec.name, "kind": spec.kind, "spec": spec.to_dict(),
+                    "backend": backend, "workers": None, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                    "updated": None, "runs": entries, "report": None}
 
-    todo = [(run, e) for run, e in zip(runs, entries) if e["status"] not in FINISHED]
-    n_workers = max(1, min(workers or _cpu_count(), len(todo) or 1))
-    manifest["workers"] = n_workers
-    finished_before = len(entries) - len(todo)
-    done = [finished_before]
+        def save() -> None:
+            manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+            atomic_write_json(out / MANIFEST, manifest)
 
-    def record(entry: dict, res: dict) -> None:
-        entry.pop("traceback", None)
-        entry.update({k: res[k] for k in ("status", "step", "seconds", "message") if k in res})
-        if res.get("traceback"):
-            entry["traceback"] = res["traceback"]
-        done[0] += 1
-        save()
-        if callback is not None:
-            callback(entry, done[0], len(entries))
-
-    if todo:
-        jobs = [(spec.kind, run.options, str((out / run.name).resolve()), entry) for run, entry in todo]
         try:
-            if backend == "local":
-                _run_local(jobs, n_workers, record)
-            else:
-                _run_ray(jobs, n_workers, address, record)
-        except KeyboardInterrupt:
-            for entry in entries:
-                if entry["status"] in ("pending", "running"):
-                    entry["status"] = "interrupted" if (out / entry["dir"] / CONFIG).is_file() else "pending"
             save()
-            raise
-    if report:
-        run_dirs = [out / e["dir"] for e in entries if e["status"] in FINISHED]
-        result.report, result.report_message = _build_report(run_dirs, out)
-        manifest["report"] = result.report.name if result.report is not None else None
-        save()
+        except OSError as exc:
+            raise ValueError(f"cannot write the sweep to {out}: {exc.strerror or exc}") from None
+
+        todo = [(run, e) for run, e in zip(runs, entries) if e["status"] not in FINISHED]
+        n_workers = max(1, min(workers or _cpu_count(), len(todo) or 1))
+        manifest["workers"] = n_workers
+        finished_before = len(entries) - len(todo)
+        done = [finished_before]
+
+        def record(entry: dict, res: dict) -> None:
+            entry.pop("traceback", None)
+            entry.pop("locked", None)
+            entry.update({k: res[k] for k in ("status", "step", "seconds", "message") if k in res})
+            for key in ("traceback", "locked"):
+                if res.get(key):
+                    entry[key] = res[key]
+            done[0] += 1
+            save()
+            if callback is not None:
+                callback(entry, done[0], len(entries))
+
+        if todo:
+            jobs = [(spec.kind, run.options, str((out / run.name).resolve()), entry) for run, entry in todo]
+            try:
+                if backend == "local":
+                    _run_local(jobs, n_workers, record)
+                else:
+                    _run_ray(jobs, n_workers, address, record)
+            except KeyboardInterrupt:
+                for entry in entries:
+                    if entry["status"] in ("pending", "running"):
+                        entry["status"] = "interrupted" if (out / entry["dir"] / CONFIG).is_file() else "pending"
+                save()
+                raise
+        if report:
+            run_dirs = [out / e["dir"] for e in entries if e["status"] in FINISHED]
+            result.report, result.report_message = _build_report(run_dirs, out)
+            manifest["report"] = result.report.name if result.report is not None else None
+            save()
     return result
+
+
+@contextlib.contextmanager
+def _sweep_lock(out: pathlib.Path):
+    """Hold ``out/.lock`` (nclab.results.RunLock) while a sweep writes its folder: a second sweep on the same
+    folder is refused with the holder's pid. Released by the kernel when the sweep process dies."""
+    import nclab.results
+
+    lock = getattr(nclab.results, "RunLock", None)
+    if lock is None:  # an nclab without run locks
+        yield
+        return
+    locked = getattr(nclab.results, "RunLockedError", ())
+    try:
+        held = lock(out)
+        held.__enter__()
+    except locked as exc:
+        raise ValueError(f"sweep folder {exc}") from None
+    try:
+        yield
+    finally:
+        held.__exit__(None, None, None)
 
 
 def _run_local(jobs: list, workers: int, record: Callable) -> None:
@@ -567,7 +621,7 @@ def _run_local(jobs: list, workers: int, record: Callable) -> None:
         pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
                                    initargs=(stop, os.getpid()))
         for kind, options, run_dir, entry in jobs:
-            futures[pool.submit(_run_one, kind, options, run_dir)] = entry
+            futures[pool.submit(_run_one, kind, options, run_dir, LOCK_WAIT)] = entry
             entry["status"] = "running"
         pending = set(futures)
         while pending:
@@ -621,7 +675,7 @@ def _run_ray(jobs: list, workers: int, address: str | None, record: Callable) ->
         refs = {}
         for kind, options, run_dir, entry in jobs:
             gpu = str(options.get("device", "cpu")).startswith("cuda")  # Ray hides GPUs from tasks without one
-            refs[(task.options(num_gpus=1) if gpu else task).remote(kind, options, run_dir)] = entry
+            refs[(task.options(num_gpus=1) if gpu else task).remote(kind, options, run_dir, LOCK_WAIT)] = entry
         for entry in refs.values():
             entry["status"] = "running"
         pending = list(refs)
