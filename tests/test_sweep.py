@@ -59,10 +59,17 @@ def report_available() -> bool:
     return True
 
 
+def ctrl_c_default() -> None:
+    """In the child before exec: SIGINT to its default, which Python turns into KeyboardInterrupt (under nohup
+    or in a background job the test process, and so the child, would inherit it ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_interrupted_sweep_resumes_to_four_complete_runs_and_one_report(tmp_path):
     path, out = write(tmp_path, FOUR), tmp_path / "out"
     cmd = [sys.executable, "-m", "nclab", "sweep", str(path), "--out", str(out), "--workers", "2", "--no-report"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=ctrl_c_default)
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and proc.poll() is None:

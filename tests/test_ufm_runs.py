@@ -145,21 +145,27 @@ def test_presets_are_the_paper_settings():
 
 
 def test_ctrl_c_stops_at_a_step_boundary_and_resumes(tmp_path):
-    """A real SIGINT only sets a flag: the run stops after the current chunk, checkpointed, then resumes exactly."""
+    """A real SIGINT only sets a flag: the run stops after the current chunk, checkpointed, then resumes exactly.
+    The test sets Python's own Ctrl-C handler itself: under nohup or in a background job SIGINT is inherited
+    ignored."""
     import os
     import signal
 
-    full = simulate(**KW, out=tmp_path / "full")
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        full = simulate(**KW, out=tmp_path / "full")
 
-    def ctrl_c(row):
-        if row["step"] == 150:
-            os.kill(os.getpid(), signal.SIGINT)
+        def ctrl_c(row):
+            if row["step"] == 150:
+                os.kill(os.getpid(), signal.SIGINT)
 
-    with pytest.raises(KeyboardInterrupt):
-        simulate(**KW, out=tmp_path / "part", callback=ctrl_c)
-    assert torch.load(tmp_path / "part" / "checkpoint.pt")["step"] == 150
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
-    resumed = simulate(**KW, out=tmp_path / "part", resume=True, progress=True)
+        with pytest.raises(KeyboardInterrupt):
+            simulate(**KW, out=tmp_path / "part", callback=ctrl_c)
+        assert torch.load(tmp_path / "part" / "checkpoint.pt")["step"] == 150
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+        resumed = simulate(**KW, out=tmp_path / "part", resume=True, progress=True)
+    finally:
+        signal.signal(signal.SIGINT, inherited)
     assert resumed.step == full.step
     same_weights(tmp_path / "full", tmp_path / "part")
     assert (tmp_path / "full" / "metrics.csv").read_bytes() == (tmp_path / "part" / "metrics.csv").read_bytes()
