@@ -11,6 +11,7 @@ from click.core import ParameterSource
 
 from nclab.cli._common import fail, friendly_errors, parse_int_list
 from nclab.cli.predict import problem_kwargs, problem_options
+from nclab.cli.status import StatusLine
 
 PRESET_NAMES = ["paper-balanced-of", "paper-balanced-etf", "paper-imbalanced-gof"]
 RUN_OPTIONS = ["optimizer", "lr", "momentum", "steps", "schedule", "gamma", "init_std", "seed", "dtype", "device",
@@ -77,7 +78,8 @@ def _summary_line(r) -> str:
               help="Checkpoint every k steps (0: every 10 snapshots).")
 @click.option("--stop-rel-gap", type=float, default=0.0, show_default=True,
               help="Stop once the relative gap to f* is below this (0: run all steps).")
-@click.option("--threads", type=int, default=0, show_default=True, help="CPU threads (0: automatic).")
+@click.option("--threads", type=int, default=0, show_default=True,
+              help="torch CPU threads (0: automatic: 1 for small problems, else the idle cores).")
 @click.option("--out", "-o", type=click.Path(file_okay=False), help="Run directory (with --depths/--preset: a "
               "folder of runs) [default: runs/<name>-<time>].")
 @click.option("--resume", is_flag=True, help="Continue the run(s) in --out from their saved config; options given "
@@ -188,8 +190,9 @@ def simulate_cmd(ctx, counts, classes, per_class, depth, widths, width, lambda_w
                        figures=figures, title=name, on_result=report, tensorboard=tensorboard)
         elif depth_list is None:
             cfg = make_config(**(opts[0] if saved else opts))
+            status = None if progress else StatusLine(out, cfg.steps, unit="step")  # a log still shows progress
             report(simulate(cfg, out=out, resume=resume, overwrite=overwrite, progress=progress,
-                            tensorboard=tensorboard))
+                            tensorboard=tensorboard, callback=status))
             if figures:
                 from nclab.report.figures import plot_runs
 

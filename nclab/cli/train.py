@@ -14,6 +14,7 @@ import time
 import click
 
 from nclab.cli._common import fail, friendly_errors, parse_int_list
+from nclab.cli.status import StatusLine, chain
 from nclab.experiments.config import CHOICES, FIELDS
 from nclab.experiments.presets import DESCRIPTIONS, PRESETS
 from nclab.results import TensorBoardLogger
@@ -148,8 +149,10 @@ def train_cmd(config_file, preset, list_presets, per_class, depths, out, resume,
     for c, path in runs:
         try:
             board = TensorBoardLogger(path) if tensorboard and main else None
+            status = StatusLine(path, c.epochs) if main and not progress else None  # a log still shows progress
             try:
-                r = train(c, out=path, resume=resume, overwrite=overwrite, progress=progress, callback=board)
+                r = train(c, out=path, resume=resume, overwrite=overwrite, progress=progress,
+                          callback=chain(board, status))
             finally:
                 if board is not None:
                     board.close()

@@ -82,7 +82,8 @@ class TrainConfig:
     seed: int = _f(0, "Seed of the init, the data order and the subsets")
     device: str = _f("cpu", "cpu, cuda or cuda:N (under torchrun: each process's cuda:LOCAL_RANK)")
     dtype: str = _f("float32", "float32 or float64 (model and data)")
-    threads: int = _f(0, "torch CPU threads (0: torch's default)")
+    threads: int = _f(0, "torch CPU threads (0: automatic, as in simulate: 1 for small models, else the idle "
+                             "cores)")
     track_every: int = _f(1, "NC metrics row every k epochs (and at epoch 0 and the last)")
     checkpoint_every: int = _f(0, "Checkpoint every k epochs (0: every 10 metrics rows); also at the end")
     eval_batch_size: int = _f(1024, "Batch size of the metrics and test passes")

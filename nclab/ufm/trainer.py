@@ -57,12 +57,13 @@ def torch_threads(n: int):
 
 
 def auto_threads(cfg: SimulateConfig) -> int:
-    """Small problems are dominated by per-op overhead, where one thread is fastest (measured: 2 threads
-    are 1.2-4x slower at K = 4, N = 400, d = 64); large ones use torch's default."""
-    if cfg.threads:
-        return cfg.threads
+    """Threads for a UFM run (``cfg.threads`` if set). Small problems are dominated by per-op overhead, where
+    one thread is fastest (measured: 2 threads are 1.2-4x slower at K = 4, N = 400, d = 64); larger ones use
+    the idle cores (:func:`nclab.environment.choose_threads`)."""
+    from nclab.environment import choose_threads
+
     work = max(cfg.widths) * sum(cfg.counts) * len(cfg.counts)
-    return 1 if work <= 2_000_000 else torch.get_num_threads()
+    return choose_threads(cfg.threads, work, small=2_000_000)
 
 
 class _SigintFlag:
