@@ -224,7 +224,7 @@ def test_exact_collapse_gives_zero_and_deep_head_layers():
     H = means[y]
     rng = np.random.default_rng(3)
     ws = [rng.standard_normal((D, D)), rng.standard_normal((5, D)), rng.standard_normal((K, 5))]
-    dh = deep_head_metrics(H, y, ws)
+    dh = deep_head_metrics(H, y, ws, target="etf")
     assert len(dh) == 3 and [m.info["layer"] for m in dh.layers] == [1, 2, 3]
     for m in dh.layers:
         assert m["nc1"] == 0.0 and m["nc4"] == 0.0 or m["nc4"] >= 0

@@ -11,16 +11,32 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from nclab.metrics._checks import check_features, check_labels, check_matrix
+from nclab.metrics._checks import check_features, check_labels, check_matrix, check_vector
 from nclab.metrics.functional import global_mean, normalized_distance
 from nclab.metrics.report import partial_products
 from nclab.metrics.stats import ClassStats
+
+KEYS = ("WWt", "HtH", "WH", "bias", "layers", "problem")
 
 
 def _get(obj, key, default=None):
     if isinstance(obj, dict):
         return obj.get(key, default)
     return getattr(obj, key, default)
+
+
+def _check_prediction(prediction):
+    """A dict or an object (nclab.theory Prediction) with at least one of the predicted quantities."""
+    if prediction is None or isinstance(prediction, (str, bytes, int, float, list, tuple, np.ndarray, torch.Tensor)):
+        raise TypeError(f"prediction must be an nclab.theory Prediction or a dict with its keys {KEYS}, "
+                        f"got {type(prediction).__name__}")
+    if not any(_get(prediction, k) is not None for k in ("WWt", "HtH", "WH", "layers")):
+        raise ValueError(f"prediction has none of WWt, HtH, WH, layers (a {type(prediction).__name__})")
+    layers = _get(prediction, "layers")
+    if layers is not None:
+        if not isinstance(layers, (list, tuple)) or not all(isinstance(x, dict) or hasattr(x, "get")
+                                                             for x in layers):
+            raise TypeError("prediction.layers must be a list of dicts (mean_gram, partial_gram, nc3_scale)")
 
 
 def gram_error(measured, predicted) -> dict:
@@ -56,6 +72,9 @@ def compare_to_theory(prediction, features, labels, weights, bias=None, *, num_c
     Returns {"WWt", "HtH", "WH": {"rel", "shape"}, "w_norms", "h_norms": {"max_rel", ...}, "bias": rel,
     "layers": [{"mean_gram", "partial_gram", "nc3", "h_norms", "w_norms"}]} for whatever is predicted.
     """
+    _check_prediction(prediction)
+    if center is not None and not isinstance(center, (bool, np.bool_)):
+        raise TypeError(f"center must be True, False or None, got {center!r}")
     x = check_features(features)
     y, K = check_labels(labels, x.shape[0], num_classes, x.device)
     weights = list(weights) if isinstance(weights, (list, tuple)) else [weights]
@@ -83,8 +102,8 @@ def compare_to_theory(prediction, features, labels, weights, bias=None, *, num_c
         out["h_norms"] = norm_error(measured["HtH"], _get(prediction, "HtH"))
     pb = _get(prediction, "bias")
     if pb is not None and bias is not None:
-        pb = np.asarray(pb, dtype=np.float64)
-        b = torch.as_tensor(bias).detach().cpu().double().numpy().reshape(-1)
+        pb = check_vector(pb, "prediction bias", K)
+        b = check_vector(bias, "bias", K)
         out["bias"] = float(np.linalg.norm(b - pb) / max(np.linalg.norm(pb), 1e-300))
     layers = _get(prediction, "layers")
     if layers:
@@ -94,7 +113,7 @@ def compare_to_theory(prediction, features, labels, weights, bias=None, *, num_c
         mj = m
         for j, (lay, p) in enumerate(zip(layers, parts)):
             if j > 0:
-                mj = mj @ torch.as_tensor(weights[j - 1]).detach().cpu().double().numpy().T
+                mj = mj @ check_matrix(weights[j - 1], f"W_{j}").T
             row = {}
             if _get(lay, "mean_gram") is not None:
                 row["mean_gram"] = gram_error(mj @ mj.T, _get(lay, "mean_gram"))

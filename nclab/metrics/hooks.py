@@ -10,11 +10,18 @@ from contextlib import contextmanager
 
 import torch
 
-from nclab.metrics.report import DeepHeadMetrics, _per_layer, compute_metrics, partial_products
-from nclab.metrics.stats import ClassStats
+from nclab.metrics._checks import check_int
+from nclab.metrics.report import DeepHeadMetrics, _check_options, _per_layer, compute_metrics, scaled_partial_products
+from nclab.metrics.stats import ClassStats, SecondPass
 
 
 def _modules(model: torch.nn.Module, names) -> list:
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(names, str) or not isinstance(names, (list, tuple)) or not names:
+        raise ValueError(f"names must be a non-empty list of module names, got {names!r}")
+    if not all(isinstance(n, str) for n in names):
+        raise TypeError(f"names must be strings, got {names!r}")
     found = dict(model.named_modules())
     missing = [n for n in names if n not in found]
     if missing:
@@ -62,18 +69,21 @@ def linear_head(model: torch.nn.Module, names) -> tuple[list, torch.Tensor | Non
     return ws, (b.detach() if isinstance(b, torch.Tensor) else None)
 
 
-def stats_head_metrics(stats: list, weights: list, bias=None, *, seconds: list | None = None, target="etf",
-                       nc3_scale=None, **options) -> DeepHeadMetrics:
-    """Per-layer metrics from per-layer ClassStats (stats[j] = inputs of layer j+1) and [W_1..W_M]."""
-    if len(stats) != len(weights):
-        raise ValueError(f"need one ClassStats per layer: got {len(stats)} for {len(weights)} weights")
-    parts, M = partial_products(weights), len(weights)
-    targets, scales = _per_layer(target, M), _per_layer(nc3_scale, M)
-    seconds = seconds or [None] * M
+def stats_head_metrics(stats: list, weights: list, bias=None, *, seconds: list | None = None, target="auto",
+                       nc3_scale=None, target_w=None, target_wh=None, **options) -> DeepHeadMetrics:
+    """Per-layer metrics from per-layer ClassStats (stats[j] = inputs of layer j+1) and [W_1..W_M].
+    seconds[j] (optional) must be stats[j].second_pass(W_M..W_j, bias) run over the same data."""
+    parts = scaled_partial_products(weights)
+    M = len(parts)
+    if not isinstance(stats, (list, tuple)) or len(stats) != M:
+        raise ValueError(f"need a list of one ClassStats per layer ({M})")
+    targets, scales = _per_layer(target, M), _per_layer(nc3_scale, M, "nc3_scale")
+    tws, twhs = _per_layer(target_w, M, "target_w"), _per_layer(target_wh, M, "target_wh")
+    seconds = _per_layer(seconds, M, "seconds")
     layers = []
     for j in range(M):
-        m = compute_metrics(stats[j], parts[j], bias, second=seconds[j], target=targets[j],
-                            nc3_scale=scales[j], **options)
+        m = compute_metrics(stats[j], parts[j][0], bias, second=seconds[j], target=targets[j], target_w=tws[j],
+                            target_wh=twhs[j], nc3_scale=scales[j], _w_exp=parts[j][1], **options)
         m.info["layer"] = j + 1
         layers.append(m)
     return DeepHeadMetrics(layers)
@@ -81,7 +91,7 @@ def stats_head_metrics(stats: list, weights: list, bias=None, *, seconds: list |
 
 @torch.no_grad()
 def model_head_metrics(model: torch.nn.Module, loader, names, num_classes: int, *, device=None,
-                       two_pass: bool = True, target="etf", rtol: float = 1e-6, global_mean: str = "weighted",
+                       two_pass: bool = True, target="auto", rtol: float = 1e-6, global_mean: str = "weighted",
                        **options) -> DeepHeadMetrics:
     """NC metrics at the input of every named head layer of `model` over `loader` (batches (x, y)).
 
@@ -90,6 +100,10 @@ def model_head_metrics(model: torch.nn.Module, loader, names, num_classes: int, 
     twice and never forms a D x D matrix (also gives per-class NC1 and NC4); False makes one pass with
     the D x D scatter per layer. The loader must yield the same samples each pass, unaugmented.
     """
+    _modules(model, names)
+    num_classes = check_int(num_classes, "num_classes", 2)
+    rtol = _check_options(rtol, global_mean, options.get("within", "pooled"), options.get("center"),
+                          options.get("collapse_rtol", 1e-3))
     weights, bias = linear_head(model, names)
     was_training = model.training
     model.eval()
@@ -103,9 +117,9 @@ def model_head_metrics(model: torch.nn.Module, loader, names, num_classes: int, 
                     s.update(feats[n], y)
             seconds = None
             if two_pass:
-                parts = partial_products(weights)
-                seconds = [s.second_pass(p, bias, rtol=rtol, global_mean=global_mean)
-                           for s, p in zip(stats, parts)]
+                parts = scaled_partial_products(weights)
+                seconds = [SecondPass(s, p, bias, rtol=rtol, global_mean=global_mean, _w_exp=e)
+                           for s, (p, e) in zip(stats, parts)]
                 for x, y in loader:
                     model(x.to(device) if device is not None else x)
                     for s, n in zip(seconds, names):

@@ -2,6 +2,12 @@
 
 Keys: H or features (N, D); y or labels (N,); optional W (K, D), or W1, W2, ... / a list `weights`
 (deep head, W_j (d_{j+1}, d_j); in .npz also a stacked (M, d, d) array); optional b or bias (K,).
+Optional setting of the run that produced it (written by ``nclab measure RUN_DIR --export``, read by
+``nclab measure`` to choose the theory's target): lambda_w (M,), lambda_h, loss ("mse"/"ce"), counts (K,)
+(the class counts the prediction is for, default: counted from the labels).
+
+Every problem with the file (missing, truncated, not a dump, a foreign pickle, sparse tensors, keys of the
+wrong kind) is one ValueError that names the file (FileNotFoundError when it does not exist).
 """
 
 from __future__ import annotations
@@ -12,23 +18,38 @@ import re
 import numpy as np
 import torch
 
+SETTING_KEYS = ("lambda_w", "lambda_h", "loss", "counts")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
 
 def _read(path: str) -> dict:
     if not os.path.exists(path):
         raise FileNotFoundError(f"no such file: {path}")
+    if os.path.isdir(path):
+        raise ValueError(f"{path} is a folder, not a dump file (.npz or .pt)")
     ext = os.path.splitext(path)[1].lower()
+    if ext not in (".npz", ".pt", ".pth"):
+        raise ValueError(f"{path}: unsupported dump format {ext!r}: use .npz or .pt")
     try:
+        if os.path.getsize(path) == 0:
+            raise ValueError("the file is empty")
         if ext == ".npz":
             with np.load(path, allow_pickle=False) as z:
+                if not hasattr(z, "files"):
+                    raise ValueError("a single .npy array, not an .npz archive of named arrays")
                 return {k: z[k] for k in z.files}
-        if ext in (".pt", ".pth"):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-            if not isinstance(obj, dict):
-                raise ValueError(f"{path}: expected a dict of tensors, got {type(obj).__name__}")
-            return obj
-    except (OSError, ValueError, RuntimeError, EOFError) as exc:
-        raise ValueError(f"cannot read {path}: {str(exc).splitlines()[0]}") from None
-    raise ValueError(f"unsupported dump format {ext!r}: use .npz or .pt")
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except MemoryError:
+        raise ValueError(f"cannot read {path}: not enough memory") from None
+    except Exception as exc:  # truncated zip, foreign pickle, random bytes, ...: one line naming the file
+        raise ValueError(f"cannot read {path}: {_first_line(exc)}") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}: expected a dict of tensors (keys H, y, ...), got {type(obj).__name__}")
+    return obj
 
 
 def _pick(d: dict, names, what: str, path: str, required=True):
@@ -36,16 +57,40 @@ def _pick(d: dict, names, what: str, path: str, required=True):
         if n in d:
             return d[n]
     if required:
-        raise ValueError(f"{path}: no {what} (expected key {' or '.join(map(repr, names))}; found {sorted(d)})")
+        found = sorted(str(k) for k in d)
+        raise ValueError(f"{path}: no {what} (expected key {' or '.join(map(repr, names))}; found "
+                         f"{found[:20]}{' ...' if len(found) > 20 else ''})")
     return None
 
 
-def load_dump(path: str) -> dict:
-    """{"features": (N, D), "labels": (N,), "weights": [W_1..W_M] or None, "bias": (K,) or None}."""
-    d = _read(str(path))
-    out = {"features": _pick(d, ("H", "features"), "features", path),
-           "labels": _pick(d, ("y", "labels"), "labels", path),
-           "bias": _pick(d, ("b", "bias"), "bias", path, required=False)}
+def _array(v, key: str, path: str):
+    """A dense array or tensor (lists of numbers accepted); ValueError naming the file otherwise."""
+    if isinstance(v, torch.Tensor):
+        if v.layout != torch.strided:
+            raise ValueError(f"{path}: {key} is a sparse tensor ({v.layout}); save it dense ({key}.to_dense())")
+        return v.detach()
+    if isinstance(v, np.ndarray):
+        if v.dtype == object or v.dtype.kind not in "biuf":
+            raise ValueError(f"{path}: {key} must be numbers, got dtype {v.dtype}")
+        return v
+    if isinstance(v, (list, tuple)) and v and all(isinstance(t, (int, float)) and not isinstance(t, bool)
+                                                  for t in v):
+        return np.asarray(v)
+    raise ValueError(f"{path}: {key} must be an array or tensor, got {type(v).__name__}")
+
+
+def load_dump(path) -> dict:
+    """{"features": (N, D), "labels": (N,), "weights": [W_1..W_M] or None, "bias": (K,) or None,
+    "setting": {lambda_w, lambda_h, loss, counts} (those present)}."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a file path, got {type(path).__name__}")
+    path = os.fspath(path)
+    d = _read(path)
+    d = {str(k): v for k, v in d.items()}
+    out = {"features": _array(_pick(d, ("H", "features"), "features", path), "features", path),
+           "labels": _array(_pick(d, ("y", "labels"), "labels", path), "labels", path)}
+    b = _pick(d, ("b", "bias"), "bias", path, required=False)
+    out["bias"] = None if b is None else _array(b, "bias", path)
     ws = None
     if "W" in d:
         ws = [d["W"]]
@@ -59,5 +104,27 @@ def load_dump(path: str) -> dict:
                 raise ValueError(f"{path}: deep-head weights must be numbered consecutively, got "
                                  f"{[k for _, k in keys]}")
             ws = [d[k] for _, k in keys]
+    if ws is not None:
+        if not ws:
+            raise ValueError(f"{path}: the weights list is empty")
+        ws = [_array(w, f"W{j + 1}", path) for j, w in enumerate(ws)]
     out["weights"] = ws
+    out["setting"] = _setting(d, path)
+    return out
+
+
+def _setting(d: dict, path: str) -> dict:
+    out = {}
+    try:
+        if "lambda_w" in d:
+            out["lambda_w"] = [float(v) for v in np.asarray(d["lambda_w"], dtype=np.float64).reshape(-1)]
+        if "lambda_h" in d:
+            out["lambda_h"] = float(np.asarray(d["lambda_h"], dtype=np.float64).reshape(-1)[0])
+        if "loss" in d:
+            out["loss"] = str(np.asarray(d["loss"]).reshape(-1)[0])
+        if "counts" in d:
+            out["counts"] = [int(v) for v in np.asarray(d["counts"], dtype=np.int64).reshape(-1)]
+    except (TypeError, ValueError, IndexError, OverflowError) as exc:
+        raise ValueError(f"{path}: unreadable setting ({', '.join(k for k in SETTING_KEYS if k in d)}): "
+                         f"{_first_line(exc)}") from None
     return out

@@ -14,8 +14,18 @@ import numpy as np
 import torch
 
 from nclab.metrics import functional as F
-from nclab.metrics._checks import F64, check_features, check_labels, check_matrix, check_vector
-from nclab.metrics.stats import ClassStats, SecondPass
+from nclab.metrics._checks import (
+    F64,
+    check_choice,
+    check_features,
+    check_fraction,
+    check_labels,
+    check_matrix,
+    check_memory,
+    check_rtol,
+    check_vector,
+)
+from nclab.metrics.stats import ClassStats, SecondPass, ldexp_
 
 SCALARS = {  # name -> one-line meaning (for tables and docs)
     "nc1": "tr(Sigma_W Sigma_B^+)/K",
@@ -57,7 +67,7 @@ class NCMetrics:
         return self.values[name]
 
     def to_dict(self) -> dict:
-        """JSON-ready dict (NaN stays NaN, with its reason)."""
+        """JSON-ready dict (NaN stays NaN, with its reason; see json_ready for strict JSON)."""
         return {"values": dict(self.values), "reasons": dict(self.reasons), "per_class": self.per_class,
                 "info": self.info}
 
@@ -72,9 +82,13 @@ class NCMetrics:
 @dataclass
 class DeepHeadMetrics:
     """Per-layer metrics of a deep head: layers[j-1] pairs the input features of layer j with the
-    partial product W_M..W_j (layers[0] is the head input with the end-to-end classifier)."""
+    partial product W_M..W_j (layers[0] is the head input with the end-to-end classifier).
+
+    nc3 (W_M..W_j times the layer-j means is W Hbar at every j), accuracy and bias_collapse (the logits are
+    the same at every layer) are one value for the whole head: `table()` prints them once (SHARED)."""
 
     layers: list
+    SHARED = ("nc3", "accuracy", "bias_collapse")
 
     def __getitem__(self, j: int) -> NCMetrics:
         return self.layers[j]
@@ -86,27 +100,56 @@ class DeepHeadMetrics:
         return {"layers": [m.to_dict() for m in self.layers]}
 
     def table(self) -> str:
-        names = [k for k in self.layers[0].values]
+        names = [k for k in self.layers[0].values if k not in self.SHARED]
         head = f"{'metric':<15}" + "".join(f"{'layer ' + str(j + 1):>13}" for j in range(len(self.layers)))
         rows = [head] + [f"{k:<15}" + "".join(f"{_fmt(m.values.get(k, math.nan)):>13}" for m in self.layers)
                          for k in names]
+        shared = [k for k in self.SHARED if k in self.layers[0].values]
+        if shared:
+            rows.append("whole head (the same at every layer): " + ", ".join(
+                f"{k} {_fmt(self.layers[0].values[k])}" for k in shared))
         return "\n".join(rows)
 
 
 def _fmt(v) -> str:
-    return "nan" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4e}"
+    return "nan" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.4e}"
 
 
-def _resolve_target(target, weights, bias):
-    if isinstance(target, str) and target.lower() == "auto":
-        return "etf" if (bias is not None or weights is None) else "of"
-    return target
+def json_ready(obj):
+    """A copy with every non-finite float replaced by None (strict JSON: null, never a bare NaN token)."""
+    if isinstance(obj, dict):
+        return {str(k): json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_ready(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return json_ready(obj.tolist())
+    if isinstance(obj, (np.floating, float)):
+        v = float(obj)
+        return v if math.isfinite(v) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    return obj
+
+
+WITHIN = ("pooled", "class_mean")
+
+
+def _check_options(rtol, global_mean, within, center, collapse_rtol) -> float:
+    check_choice(within, "within", WITHIN)
+    check_choice(global_mean, "global_mean", F.GLOBAL_MEANS)
+    check_fraction(collapse_rtol, "collapse_rtol")
+    if center is not None and not isinstance(center, (bool, np.bool_)):
+        raise TypeError(f"center must be True, False or None, got {center!r}")
+    return check_rtol(rtol)
 
 
 def compute_metrics(stats: ClassStats, weights=None, bias=None, *, second: SecondPass | None = None,
-                    target="etf", center: bool | None = None, nc3_scale=None, rtol: float = F.DEFAULT_RTOL,
+                    target="auto", center: bool | None = None, nc3_scale=None, rtol: float = F.DEFAULT_RTOL,
                     global_mean: str = "weighted", within: str = "pooled",
-                    collapse_rtol: float = F.DEFAULT_COLLAPSE_RTOL) -> NCMetrics:
+                    collapse_rtol: float = F.DEFAULT_COLLAPSE_RTOL, target_w=None, target_wh=None,
+                    _w_exp: int = 0) -> NCMetrics:
     """Every NC metric from class statistics (and a second pass, if any) plus the classifier.
 
     Parameters
@@ -115,28 +158,42 @@ def compute_metrics(stats: ClassStats, weights=None, bias=None, *, second: Secon
     weights : (K, D) classifier or partial product, optional. bias : (K,), optional.
     second : SecondPass over the same data, optional: gives per-class NC1 and NC4; with it, NC1 uses the
         second pass's rtol and global_mean.
-    target : "etf" (default), "of", "auto" (etf with a bias or without weights, else of) or a (K, K) Gram.
+    target : "auto" (default: etf with a bias or without weights, else of, the theory's frame for a balanced
+        setting), "etf", "of" or a (K, K) Gram (e.g. nclab.predict's, for imbalanced bias-free data).
+    target_w, target_wh : the Grams the classifier (NC2 W) and W Hbar (NC3) are compared with, default the
+        same as `target` (a deep head's theory has one per layer: partial_gram and WH).
     center : centre the class means by mu_G for NC2/NC3; default None = only for "etf".
     nc3_scale : (K, K) C of nc3_dual (theory's scaling), default identity.
-    rtol : relative tolerance on singular values of the centred means for Sigma_B^+, default 1e-6.
+    rtol : relative tolerance on singular values of the centred means for Sigma_B^+, default 1e-6
+        (float64 epsilon <= rtol < 1).
     global_mean : "weighted" (default, paper: mu_G = sum_k n_k mu_k / N) or "uniform" (mean of means).
     within : "pooled" (default, paper: Sigma_W = (1/N) sum_i (h_i - mu_{y_i})(...)^T) or "class_mean"
         ((1/K) sum_k Sigma_W^k, needs a second pass or m2 for the trace version).
     collapse_rtol : a class is collapsed when its mean norm and classifier-row norm are <= this times the
-        largest, default 1e-3.
+        largest, default 1e-3 (0 <= collapse_rtol < 1).
 
     Formulas: NC1 = tr(Sigma_W Sigma_B^+)/K with Sigma_B = (1/K) sum_k (mu_k - mu_G)(mu_k - mu_G)^T
     computed in K-space (functional.nc1_projector), never negative; nc1_trace = tr(Sigma_W)/tr(Sigma_B);
     the rest as in functional.py. Classes without samples are dropped with a warning (K_eff everywhere).
+    Every value is finite or NaN with its reason in `reasons`; metrics are computed on power-of-two
+    rescaled data (scale-invariant), so any finite input gives the right value.
     """
-    if within not in ("pooled", "class_mean"):
-        raise ValueError(f"within must be 'pooled' or 'class_mean', got {within!r}")
+    if not isinstance(stats, ClassStats):
+        raise TypeError(f"stats must be a ClassStats, got {type(stats).__name__}")
+    if second is not None and not isinstance(second, SecondPass):
+        raise TypeError(f"second must be a SecondPass or None, got {type(second).__name__}")
+    rtol = _check_options(rtol, global_mean, within, center, collapse_rtol)
     if second is not None:
+        if second.stats is not stats:
+            raise ValueError("second must be a SecondPass of these stats (stats.second_pass(...))")
         rtol, global_mean = second.rtol, second.global_mean
-    target = _resolve_target(target, weights, bias)
+    target = F.named_target(target, weights, bias)
+    target_w = target if target_w is None else F.named_target(target_w, weights, bias)
+    target_wh = target if target_wh is None else F.named_target(target_wh, weights, bias)
     K = stats.num_classes
     kept = stats.kept()
     Ke = len(kept)
+    check_memory(8.0 * 10 * Ke * Ke, f"the {Ke} x {Ke} class Grams")
     counts_all = stats.counts.cpu().numpy()
     dropped = np.flatnonzero(counts_all == 0).tolist()
     if dropped:
@@ -146,7 +203,7 @@ def compute_metrics(stats: ClassStats, weights=None, bias=None, *, second: Secon
         raise ValueError(f"need at least 2 classes with samples, got {Ke}")
     n = counts_all[kept].astype(np.float64)
     N = n.sum()
-    means = stats.means.cpu().numpy()[kept]  # (K_eff, D)
+    means = stats.means.cpu().numpy()[kept]  # (K_eff, D), divided by 2^scale_exp (as m2, scatter by its square)
     m2 = None
     if second is not None:
         m2 = second.m2.cpu().numpy()[kept]
@@ -171,7 +228,7 @@ def compute_metrics(stats: ClassStats, weights=None, bias=None, *, second: Secon
         c = q / N if within == "pooled" else q / (Ke * n)
         contrib, nc1 = c.tolist(), max(float(c.sum()), 0.0)
     elif stats.scatter is not None and within == "pooled":
-        nc1 = F.nc1_from_scatter(stats.scatter.cpu().numpy(), p, N)
+        nc1 = F.nc1_from_scatter(stats.scatter.cpu().numpy(), p, int(N))
         why["nc1_per_class"] = "per-class NC1 needs a second pass"
     else:
         why["nc1"] = "needs the within-class scatter (moments='scatter', pooled) or a second pass"
@@ -183,8 +240,11 @@ def compute_metrics(stats: ClassStats, weights=None, bias=None, *, second: Secon
         if trace_sb == 0:
             why["nc1_trace"] = "all class means are equal (tr Sigma_B = 0)"
         var = m2 / n
-        vals["cdnv"], _ = F._cdnv(means, var)
-        per["variance"] = var.tolist()
+        with np.errstate(divide="ignore", invalid="ignore"):
+            vals["cdnv"], _ = F._cdnv(means, var)
+        if math.isinf(vals["cdnv"]):
+            why["cdnv"] = "two class means coincide (CDNV infinite)"
+        per["variance"] = stats.true_units(var, 2).tolist()
     else:
         trace_sw = math.nan
         vals["nc1_trace"] = vals["cdnv"] = math.nan
@@ -193,12 +253,12 @@ def compute_metrics(stats: ClassStats, weights=None, bias=None, *, second: Secon
     # NC2 on the means
     if center is None:
         center = F.default_center(target)
-    hm = centred if center else means  # (K_eff, D), rows compared with the target
+    hm = F.unit(centred if center else means)  # (K_eff, D), rows compared with the target (rescaled)
     g = F.target_gram(target, Ke, kept)
     vals["nc2_h"] = F.normalized_distance(hm @ hm.T, g)
     vals["equinorm_h"] = F._equinorm(hm)
     vals["equiangular_h"] = F._equiangularity(hm, g)
-    per["mean_norm"] = np.sqrt((hm * hm).sum(1)).tolist()
+    per["mean_norm"] = stats.true_units(np.sqrt(((centred if center else means) ** 2).sum(1)), 1).tolist()
 
     # classifier: NC2, NC3, bias, NC4
     w = None
@@ -207,19 +267,26 @@ def compute_metrics(stats: ClassStats, weights=None, bias=None, *, second: Secon
         if w.shape[0] != K:
             raise ValueError(f"weights must have one row per class ({K}), got shape {w.shape}")
         w = w[kept]
-        vals["nc2_w"] = F.normalized_distance(w @ w.T, g)
-        vals["equinorm_w"] = F._equinorm(w)
-        vals["equiangular_w"] = F._equiangularity(w, g)
-        vals["nc3"] = F.normalized_distance(w @ hm.T, g)
+        wu = F.unit(w)
+        gw = F.target_gram(target_w, Ke, kept)
+        vals["nc2_w"] = F.normalized_distance(wu @ wu.T, gw)
+        vals["equinorm_w"] = F._equinorm(wu)
+        vals["equiangular_w"] = F._equiangularity(wu, gw)
+        vals["nc3"] = F.normalized_distance(wu @ hm.T, F.target_gram(target_wh, Ke, kept))
         scale = None
         if nc3_scale is not None:
             scale = check_matrix(nc3_scale, "nc3_scale")
             scale = scale[np.ix_(kept, kept)] if scale.shape[0] == K and K != Ke else scale
-        vals["nc3_dual"] = F.normalized_distance(w, hm if scale is None else scale @ hm)
-        per["weight_norm"] = np.sqrt((w * w).sum(1)).tolist()
+            if scale.shape != (Ke, Ke):
+                raise ValueError(f"nc3_scale must be {K} x {K}, got shape {scale.shape}")
+        vals["nc3_dual"] = F.normalized_distance(wu, hm if scale is None else F.unit(scale) @ hm)
+        with np.errstate(over="ignore", under="ignore"):
+            per["weight_norm"] = np.ldexp(np.sqrt((wu * wu).sum(1)), F.exp2(w) + _w_exp).tolist()
         if bias is not None:
             b = check_vector(bias, "bias", K)[kept]
-            vals["bias_collapse"] = F.bias_collapse(w, b, F.global_mean(means, n), n)
+            vals["bias_collapse"] = F._bias_collapse(w, b, F.global_mean(means, n), stats.scale_exp + _w_exp, n)
+            if math.isinf(vals["bias_collapse"]):
+                why["bias_collapse"] = "W mu_G + b exceeds the float64 range"
         if second is not None and second.w is not None:
             seen, mism, ncc_ok, am_ok = second.n4.cpu().tolist()
             vals["nc4"] = mism / seen if seen else math.nan
@@ -230,16 +297,22 @@ def compute_metrics(stats: ClassStats, weights=None, bias=None, *, second: Secon
             why["nc4"] = "needs a second pass over the samples with the classifier"
     vals = {k: float(v) for k, v in vals.items()}
     for k, v in vals.items():
-        if math.isnan(v) and k not in why:
-            why[k] = "undefined: zero vectors (e.g. collapsed classes or zero classifier)"
+        if not math.isfinite(v):
+            vals[k] = math.nan  # never inf: NaN with its reason
+            if k not in why:
+                why[k] = "undefined: zero vectors (e.g. collapsed classes or zero classifier)"
     col = F._collapsed(hm, w, collapse_rtol)
     per["collapsed"] = col.tolist()
     info = {"N": int(N), "D": int(means.shape[1]), "K": K, "K_eff": Ke, "classes": kept.tolist(),
-            "dropped": dropped, "rank": rank, "rtol": rtol, "singular_values": s.tolist(),
-            "target": target if isinstance(target, str) else "explicit Gram", "center": bool(center),
+            "dropped": dropped, "rank": rank, "rtol": rtol, "singular_values": stats.true_units(s, 1).tolist(),
+            "target": _target_name(target), "center": bool(center),
             "global_mean": global_mean, "within": within, "collapsed": kept[col].tolist(),
-            "trace_sw": float(trace_sw), "trace_sb": trace_sb}
+            "trace_sw": float(stats.true_units(trace_sw, 2)), "trace_sb": float(stats.true_units(trace_sb, 2))}
     return NCMetrics(vals, per, why, info)
+
+
+def _target_name(target) -> str:
+    return target if isinstance(target, str) else "explicit Gram"
 
 
 def _prepared(features, labels, num_classes):
@@ -252,28 +325,32 @@ def _chunk_rows(D: int) -> int:
     return max(1, (1 << 20) // D)  # ~8 MB of float64 per chunk: stays in cache, buffer reused
 
 
-def _one_shot(x, y, K, weights, bias, rtol, global_mean, **options) -> NCMetrics:
+def _one_shot(x, y, K, weights, bias, rtol, global_mean, exp: int = 0, w_exp: int = 0, **options) -> NCMetrics:
+    """x: features divided by 2^exp; weights: the classifier divided by 2^w_exp."""
     stats = ClassStats(K, moments="none", device=x.device)
     step = _chunk_rows(x.shape[1])
     buf = torch.empty(min(step, x.shape[0]), x.shape[1], dtype=F64, device=x.device)
     for i in range(0, x.shape[0], step):
-        stats._update(x[i:i + step], y[i:i + step], buf)
-    second = SecondPass(stats, weights, bias, rtol=rtol, global_mean=global_mean)
+        stats._update(x[i:i + step], y[i:i + step], buf, exp)
+    second = SecondPass(stats, weights, bias, rtol=rtol, global_mean=global_mean, _w_exp=w_exp)
     for i in range(0, x.shape[0], step):
-        second._update(x[i:i + step], y[i:i + step], buf)
-    return compute_metrics(stats, weights, bias, second=second, **options)
+        second._update(x[i:i + step], y[i:i + step], buf, exp)
+    return compute_metrics(stats, weights, bias, second=second, _w_exp=w_exp, **options)
 
 
-def nc_metrics(features, labels, weights=None, bias=None, *, num_classes: int | None = None, target="etf",
+def nc_metrics(features, labels, weights=None, bias=None, *, num_classes: int | None = None, target="auto",
                rtol: float = F.DEFAULT_RTOL, global_mean: str = "weighted", **options) -> NCMetrics:
     """All NC metrics of features (N, D) with labels (N,) and optionally a classifier W (K, D), bias (K,).
 
     Two passes over `features` in float64 chunks (class means, then centred K-space projections), no
-    D x D matrix: cost about N D (K + r) multiply-adds. num_classes default max(labels) + 1. Other
-    options (center, nc3_scale, within, collapse_rtol) as in compute_metrics.
+    D x D matrix: cost about N D (K + r) multiply-adds. num_classes default max(labels) + 1. target
+    default "auto" (the same default as ``nclab measure``): etf with a bias or without W, else of.
+    Other options (center, nc3_scale, target_w, target_wh, within, collapse_rtol) as in compute_metrics.
 
     Example: ``m = nc_metrics(H, y, W, b, target="etf"); m["nc1"], m.reasons, m.to_dict()``
     """
+    rtol = _check_options(rtol, global_mean, options.get("within", "pooled"), options.get("center"),
+                          options.get("collapse_rtol", F.DEFAULT_COLLAPSE_RTOL))
     x, y, K = _prepared(features, labels, num_classes)
     return _one_shot(x, y, K, weights, bias, rtol, global_mean, target=target, **options)
 
@@ -285,61 +362,95 @@ def nc1(features, labels, *, num_classes: int | None = None, rtol: float = F.DEF
                       within=within)["nc1"]
 
 
-def partial_products(weights) -> list:
-    """[W_M..W_1, W_M..W_2, ..., W_M] (float64 tensors) for weights [W_1..W_M], W_j (d_{j+1}, d_j)."""
+def _check_weights(weights) -> list:
+    if isinstance(weights, (np.ndarray, torch.Tensor)) and getattr(weights, "ndim", 0) == 3:
+        weights = list(weights)
+    if not isinstance(weights, (list, tuple)) or len(weights) == 0:
+        raise ValueError("weights must be a non-empty list [W_1, ..., W_M]")
     ws = []
     for j, w in enumerate(weights):
-        w = torch.as_tensor(check_matrix(w, f"W_{j + 1}") if not isinstance(w, torch.Tensor) else w.detach())
-        if w.ndim != 2:
-            raise ValueError(f"W_{j + 1} must be a matrix, got shape {tuple(w.shape)}")
+        w = check_matrix(w, f"W_{j + 1}")
         if j and w.shape[1] != ws[-1].shape[0]:
             raise ValueError(f"W_{j + 1} has shape {tuple(w.shape)} but W_{j} has {ws[-1].shape[0]} outputs")
-        ws.append(w.to(F64))
-    out = [ws[-1]]
+        ws.append(w)
+    return ws
+
+
+def scaled_partial_products(weights) -> list:
+    """[(P_j', e_j)] with W_M..W_j = P_j' 2^e_j, every P_j' rescaled to entries below 1 (no overflow)."""
+    ws = _check_weights(weights)
+    p, e = F.unit(ws[-1]), F.exp2(ws[-1])
+    out = [(p, e)]
     for w in reversed(ws[:-1]):
-        out.append(out[-1] @ w.to(out[-1].device))
+        p = p @ F.unit(w)
+        k = F.exp2(p)
+        p, e = np.ldexp(p, -k), e + F.exp2(w) + k
+        out.append((p, e))
     return out[::-1]
 
 
-def _per_layer(value, M: int) -> list:
-    return list(value) if isinstance(value, (list, tuple)) else [value] * M
+def partial_products(weights) -> list:
+    """[W_M..W_1, W_M..W_2, ..., W_M] (float64 tensors) for weights [W_1..W_M], W_j (d_{j+1}, d_j)."""
+    dev = weights[0].device if isinstance(weights, (list, tuple)) and weights \
+        and isinstance(weights[0], torch.Tensor) else "cpu"
+    with np.errstate(over="ignore", under="ignore"):
+        return [torch.as_tensor(np.ldexp(p, e), device=dev) for p, e in scaled_partial_products(weights)]
 
 
-def deep_head_metrics(features, labels, weights, bias=None, *, num_classes: int | None = None, target="etf",
-                      nc3_scale=None, rtol: float = F.DEFAULT_RTOL, global_mean: str = "weighted",
-                      **options) -> DeepHeadMetrics:
+def _per_layer(value, M: int, name: str = "target") -> list:
+    if isinstance(value, (list, tuple)):
+        if len(value) != M:
+            raise ValueError(f"{name} list must have one entry per layer ({M}), got {len(value)}")
+        return list(value)
+    return [value] * M
+
+
+def deep_head_metrics(features, labels, weights, bias=None, *, num_classes: int | None = None, target="auto",
+                      nc3_scale=None, target_w=None, target_wh=None, rtol: float = F.DEFAULT_RTOL,
+                      global_mean: str = "weighted", **options) -> DeepHeadMetrics:
     """Metrics at every layer of a deep linear head, pairing layer-j inputs with W_M..W_j.
 
     Parameters
     ----------
     features : (N, d_1) head input H_1 (rows are samples; pass H.T for a d x N matrix).
     labels : (N,). weights : list [W_1, ..., W_M], W_j (d_{j+1}, d_j), W_M (K, d_M). bias : (K,) or None.
-    target, nc3_scale : one value for all layers or a list of M (e.g. the theory's per-layer Grams).
-    Layer-j features H_j = H_{j-1} W_{j-1}^T are formed in float64 on the features' device.
+    target, target_w, target_wh, nc3_scale : one value for all layers or a list of M (e.g. the theory's
+        per-layer mean_gram, partial_gram and nc3_scale, and its WH).
+    Layer-j features H_j = H_{j-1} W_{j-1}^T are formed in float64 on the features' device (rescaled by
+    powers of two, so deep products never overflow).
     """
-    if not isinstance(weights, (list, tuple)) or len(weights) == 0:
-        raise ValueError("weights must be a non-empty list [W_1, ..., W_M]")
+    rtol = _check_options(rtol, global_mean, options.get("within", "pooled"), options.get("center"),
+                          options.get("collapse_rtol", F.DEFAULT_COLLAPSE_RTOL))
+    ws = _check_weights(weights)
     x, y, K = _prepared(features, labels, num_classes)
-    parts = partial_products(weights)
-    dims = [int(p.shape[1]) for p in parts]
+    parts = scaled_partial_products(ws)
+    dims = [int(p.shape[1]) for p, _ in parts]
     if dims[0] != x.shape[1]:
         raise ValueError(f"W_1 has {dims[0]} columns but features have dimension {x.shape[1]}")
-    M = len(weights)
-    targets, scales = _per_layer(target, M), _per_layer(nc3_scale, M)
-    if len(targets) != M or len(scales) != M:
-        raise ValueError(f"target/nc3_scale lists must have one entry per layer ({M})")
-    h = x.to(F64)
+    if parts[0][0].shape[0] != K:
+        raise ValueError(f"W_{len(ws)} has {parts[0][0].shape[0]} rows, expected one per class ({K})")
+    M = len(ws)
+    targets, scales = _per_layer(target, M), _per_layer(nc3_scale, M, "nc3_scale")
+    tws, twhs = _per_layer(target_w, M, "target_w"), _per_layer(target_wh, M, "target_wh")
+    check_memory(8.0 * 2 * x.shape[0] * max(dims), f"float64 layer features ({x.shape[0]} x {max(dims)})", x.device)
+    h = x.to(F64, copy=True)
+    if not torch.isfinite(h).all():
+        raise ValueError("features contain NaN or inf")
+    ex = F.exp2(float(h.abs().max()))
+    ldexp_(h, -ex)  # h = H_j / 2^ex, entries below 1
     layers = []
     for j in range(M):
         if j > 0:
-            h = h @ torch.as_tensor(weights[j - 1]).detach().to(h.device, F64).T  # (N, d_{j+1})
-        if not torch.isfinite(h).all():
-            raise ValueError(f"layer {j + 1} features contain NaN or inf")
+            w = ws[j - 1]
+            h = h @ torch.as_tensor(F.unit(w), device=h.device).T  # (N, d_{j+1})
+            k = F.exp2(float(h.abs().max()))
+            ldexp_(h, -k)
+            ex += F.exp2(w) + k
         with warnings.catch_warnings():
             if j > 0:
                 warnings.simplefilter("ignore")  # the empty-class warning is given once
-            m = _one_shot(h, y, K, parts[j], bias, rtol, global_mean, target=targets[j],
-                          nc3_scale=scales[j], **options)
+            m = _one_shot(h, y, K, parts[j][0], bias, rtol, global_mean, exp=ex, w_exp=parts[j][1],
+                          target=targets[j], target_w=tws[j], target_wh=twhs[j], nc3_scale=scales[j], **options)
         m.info["layer"] = j + 1
         layers.append(m)
     return DeepHeadMetrics(layers)

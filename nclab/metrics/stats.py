@@ -14,25 +14,67 @@ formulas (no E[x^2] - mu^2): for counts n_a, n_b, means mu_a, mu_b, delta = mu_b
     mu = mu_a + delta n_b/n,   m2 = m2_a + m2_b + (n_a n_b/n)||delta||^2,
     S  = S_a + S_b + sum_k (n_a n_b/n)_k delta_k delta_k^T,
 and the batch scatter and that correction are one GEMM: S += A^T A with A = [centred batch; sqrt(c) delta].
+
+Scale: features of any finite magnitude are accepted. While the largest |feature| stays within 2^+-300 the
+statistics are the plain sums above (scale_exp = 0). Outside that range every statistic is stored divided
+by a power of two, 2^scale_exp for means and 2^(2 scale_exp) for m2 and the scatter (exact; updated when a
+larger batch arrives), so no square overflows or underflows. Every NC metric is scale-invariant, and
+compute() reports per-class norms and variances in the features' own units.
+Inputs that require grad are detached: the statistics never hold an autograd graph.
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
-from nclab.metrics._checks import F64, check_features, check_labels, check_matrix, check_num_classes, check_vector
-from nclab.metrics.functional import DEFAULT_RTOL, nc1_projector
+from nclab.metrics._checks import (
+    F64,
+    check_choice,
+    check_device,
+    check_features,
+    check_gemm_dtype,
+    check_int,
+    check_labels,
+    check_matrix,
+    check_memory,
+    check_num_classes,
+    check_rtol,
+    check_vector,
+)
+from nclab.metrics.functional import DEFAULT_RTOL, GLOBAL_MEANS, exp2, nc1_projector
 
 MOMENTS = ("scatter", "trace", "none")
+SAFE_EXP = 300  # features within 2^+-SAFE_EXP are accumulated unscaled
 
 
 def _f64_copy(x: torch.Tensor, device, buf: torch.Tensor | None) -> torch.Tensor:
-    """Our own float64 copy of a batch, into a reused buffer when given (avoids page faults)."""
+    """Our own float64 copy of a batch (detached), into a reused buffer when given (avoids page faults)."""
+    x = x.detach()
     if buf is not None and buf.device == torch.device(device) and buf.shape[0] >= x.shape[0] \
             and buf.shape[1] == x.shape[1]:
         return buf[: x.shape[0]].copy_(x)
     return x.to(device=device, dtype=F64, copy=True)
+
+
+def ldexp_(t: torch.Tensor, k: int) -> torch.Tensor:
+    """t *= 2^k in place (exact unless it under/overflows), for any integer k."""
+    k = int(k)
+    while k:
+        step = max(-1000, min(1000, k))
+        t.mul_(2.0 ** step)
+        k -= step
+    return t
+
+
+def _max_exp(x: torch.Tensor) -> int | None:
+    """Exponent of the largest |entry| (None if all zero); ValueError on NaN/inf."""
+    m = float(x.abs().max()) if x.numel() else 0.0
+    if not math.isfinite(m):
+        raise ValueError("features contain NaN or inf")
+    return math.frexp(m)[1] if m > 0 else None
 
 
 def _class_batch(x: torch.Tensor, y: torch.Tensor, K: int, centre: bool):
@@ -61,33 +103,42 @@ class ClassStats:
         per-class NC1 and NC4), "trace" (only per-class m2: trace metrics and CDNV; NC1 needs a
         SecondPass), "none" (counts and means only).
     device : where the statistics live (default: the first batch's device).
-    gemm_dtype : dtype of the per-batch scatter product, default torch.float64 (exact to float64
-        round-off). torch.float32 is about 2x faster on CPU and still centres in float64 (~1e-7 relative
+    gemm_dtype : dtype of the per-batch scatter product, torch.float64 (default, exact to float64
+        round-off) or torch.float32 (about 2x faster on CPU; still centres in float64, ~1e-7 relative
         error in the scatter).
 
     Attributes: counts (K,) int64, means (K, D) float64, m2 (K,) float64, scatter (D, D) float64 (the
-    sum, not divided by N), num_samples.
+    sum, not divided by N), num_samples, scale_exp (0 unless features beyond 2^+-300 were seen: then
+    means are stored divided by 2^scale_exp, m2 and scatter by 2^(2 scale_exp)).
+    Sizes that cannot fit (K D + D^2 float64 numbers) are refused before allocating.
     """
 
     def __init__(self, num_classes: int, dim: int | None = None, *, moments: str = "scatter", device=None,
                  gemm_dtype: torch.dtype = F64):
-        if moments not in MOMENTS:
-            raise ValueError(f"moments must be one of {MOMENTS}, got {moments!r}")
+        self.moments = check_choice(moments, "moments", MOMENTS)
         self.num_classes = check_num_classes(num_classes)
-        self.moments = moments
-        self.gemm_dtype = gemm_dtype
-        self.device = torch.device(device) if device is not None else None
-        self.dim = dim
+        self.gemm_dtype = check_gemm_dtype(gemm_dtype)
+        self.device = check_device(device)
+        self.dim = None if dim is None else check_int(dim, "dim", 1)
         self.reset()
 
     def reset(self) -> ClassStats:
         """Forget all data (keeps num_classes, dim, device)."""
         self.counts = self.means = self.m2 = self.scatter = None
+        self.scale_exp, self._top = 0, None  # _top: exponent of the largest |feature| seen (None: only zeros)
         if self.dim is not None:
             self._alloc(self.dim, self.device or torch.device("cpu"))
         return self
 
+    def nbytes(self, dim: int) -> int:
+        """Memory of the statistics for feature dimension `dim` (bytes)."""
+        K = self.num_classes
+        return 8 * (K * (dim + 3) + (dim * dim if self.moments == "scatter" else 0))
+
     def _alloc(self, dim: int, device) -> None:
+        check_memory(self.nbytes(dim) + 8 * 3 * self.num_classes,
+                     f"class statistics for K={self.num_classes} classes of dimension {dim} "
+                     f"(moments={self.moments!r})", device)
         K, self.dim, self.device = self.num_classes, dim, torch.device(device)
         self.counts = torch.zeros(K, dtype=torch.int64, device=device)
         self.means = torch.zeros(K, dim, dtype=F64, device=device)
@@ -105,10 +156,36 @@ class ClassStats:
         self._update(x, y)
         return self
 
-    def _update(self, x: torch.Tensor, y: torch.Tensor, buf: torch.Tensor | None = None) -> None:
+    def _rescale(self, e: int) -> None:
+        """Store the statistics divided by 2^e instead of 2^scale_exp (e >= scale_exp)."""
+        d = e - self.scale_exp
+        if d and self.counts is not None:
+            ldexp_(self.means, -d)
+            for t in (self.m2, self.scatter):
+                if t is not None:
+                    ldexp_(t, -2 * d)
+        self.scale_exp = e
+
+    def _fit_scale(self, top: int | None) -> None:
+        """Choose/raise scale_exp for data whose largest |entry| has exponent `top` (true units)."""
+        if top is None:
+            return
+        if self._top is None:  # nothing but zeros so far: the stored statistics are 0, any scale is exact
+            self._rescale(0)
+            self.scale_exp = 0 if -SAFE_EXP <= top <= SAFE_EXP else top
+        elif top - self.scale_exp > SAFE_EXP:
+            self._rescale(top)
+        self._top = top if self._top is None else max(self._top, top)
+
+    def _update(self, x: torch.Tensor, y: torch.Tensor, buf: torch.Tensor | None = None, exp: int = 0) -> None:
+        """x: a batch divided by 2^exp (its true values are x 2^exp)."""
         if self.counts is None:
             self._alloc(x.shape[1], self.device or x.device)
         x = _f64_copy(x, self.device, buf)  # (B, D), our own float64 copy
+        top = _max_exp(x)
+        self._fit_scale(None if top is None else top + exp)
+        if exp - self.scale_exp:
+            ldexp_(x, exp - self.scale_exp)
         nb, mb, m2b = _class_batch(x, y.to(self.device), self.num_classes, self.moments != "none")
         self._merge(nb, mb, m2b, x if self.moments == "scatter" else None, None)
 
@@ -137,6 +214,8 @@ class ClassStats:
 
     def merge(self, other: ClassStats) -> ClassStats:
         """Add another accumulator's data (same K, D; moments must include ours). Returns self."""
+        if not isinstance(other, ClassStats):
+            raise TypeError(f"merge needs another ClassStats, got {type(other).__name__}")
         if other.num_classes != self.num_classes:
             raise ValueError(f"cannot merge stats with {other.num_classes} and {self.num_classes} classes")
         if other.counts is None:
@@ -149,8 +228,11 @@ class ClassStats:
         if MOMENTS.index(other.moments) > need:
             raise ValueError(f"cannot merge moments={other.moments!r} stats into moments={self.moments!r}")
         d = self.device
-        self._merge(other.counts.to(d), other.means.to(d), None if self.m2 is None else other.m2.to(d), None,
-                    None if self.scatter is None else other.scatter.to(d))
+        self._fit_scale(other._top)
+        sh = other.scale_exp - self.scale_exp  # <= 0 unless other has only zeros
+        self._merge(other.counts.to(d), ldexp_(other.means.to(d, copy=True), sh),
+                    None if self.m2 is None else ldexp_(other.m2.to(d, copy=True), 2 * sh), None,
+                    None if self.scatter is None else ldexp_(other.scatter.to(d, copy=True), 2 * sh))
         return self
 
     def all_reduce(self, group=None) -> ClassStats:
@@ -163,6 +245,15 @@ class ClassStats:
 
         if self.counts is None:
             raise ValueError("all_reduce needs the feature dimension: pass dim= to ClassStats")
+        none = -(1 << 40)
+        tops = torch.tensor([none if self._top is None else self._top, self.scale_exp if self._top is not None
+                             else none], dtype=torch.int64, device=self.device)
+        dist.all_reduce(tops, op=dist.ReduceOp.MAX, group=group)
+        if int(tops[0]) != none:  # a common scale: the largest of the processes' scales
+            if self._top is None:
+                self.scale_exp = int(tops[1])
+            self._rescale(int(tops[1]))
+            self._top = int(tops[0])
         counts = self.counts.clone()
         dist.all_reduce(counts, group=group)
         sums = self.means * self.counts.to(F64).unsqueeze(1)
@@ -192,6 +283,13 @@ class ClassStats:
         """A SecondPass over the same data, using these (final) class means."""
         return SecondPass(self, weights, bias, rtol=rtol, global_mean=global_mean)
 
+    def true_units(self, value, power: int = 1):
+        """A statistic (numpy) in the features' own units: value * 2^(power scale_exp)."""
+        if not self.scale_exp:
+            return value
+        with np.errstate(over="ignore", under="ignore"):
+            return np.ldexp(value, power * self.scale_exp)
+
     def compute(self, weights=None, bias=None, *, second: SecondPass | None = None, **options):
         """All NC metrics from these statistics (see nclab.metrics.compute_metrics for the options)."""
         from nclab.metrics.report import compute_metrics
@@ -209,8 +307,14 @@ class SecondPass:
     """
 
     def __init__(self, stats: ClassStats, weights=None, bias=None, *, rtol: float = DEFAULT_RTOL,
-                 global_mean: str = "weighted"):
+                 global_mean: str = "weighted", _w_exp: int = 0):
+        if not isinstance(stats, ClassStats):
+            raise TypeError(f"stats must be a ClassStats, got {type(stats).__name__}")
+        rtol = check_rtol(rtol)
+        check_choice(global_mean, "global_mean", GLOBAL_MEANS)
         kept = stats.kept()
+        if len(kept) < 2:
+            raise ValueError(f"need at least 2 classes with samples, got {len(kept)}")
         self.stats, self.rtol, self.global_mean = stats, rtol, global_mean
         self.kept = kept
         dev, K = stats.device, stats.num_classes
@@ -229,10 +333,21 @@ class SecondPass:
             if w.shape[0] not in (K, len(kept)):
                 raise ValueError(f"weights must have {K} rows (one per class), got shape {w.shape}")
             w = w[kept] if w.shape[0] == K else w
-            self.w = torch.as_tensor(w, device=dev)
+            b = None
             if bias is not None:
-                b = check_vector(bias, "bias", K if len(bias) == K else len(kept))
-                self.b = torch.as_tensor(b[kept] if b.shape[0] == K else b, device=dev)
+                b = check_vector(bias, "bias", None)
+                if b.shape[0] not in (K, len(kept)):
+                    raise ValueError(f"bias has {b.shape[0]} entries, expected {K}")
+                b = b[kept] if b.shape[0] == K else b
+            # logits W h + b = 2^(e + kw) W' h' + b with h' the stored (scaled) features: both terms rescaled
+            # by one power of two 2^big (argmax unchanged), so neither overflows whatever the magnitudes.
+            kw = exp2(w)
+            top = stats.scale_exp + _w_exp + kw
+            big = max(top, exp2(b)) if b is not None and (b != 0).any() else top
+            with np.errstate(under="ignore"):
+                self.w = torch.as_tensor(np.ldexp(w, top - kw - big), device=dev)
+                if b is not None:
+                    self.b = torch.as_tensor(np.ldexp(b, -big), device=dev)
             self.rhs = torch.cat([self.w.T, -2 * means.T, self.projector], 1)  # (D, 2 K_eff + r)
             self.offsets = means @ self.rhs[:, : 2 * len(kept)]  # (K_eff, 2 K_eff)
         self.reset()
@@ -250,8 +365,10 @@ class SecondPass:
         self._update(x, y)
         return self
 
-    def _update(self, x: torch.Tensor, y: torch.Tensor, buf: torch.Tensor | None = None) -> None:
+    def _update(self, x: torch.Tensor, y: torch.Tensor, buf: torch.Tensor | None = None, exp: int = 0) -> None:
         x = _f64_copy(x, self.stats.device, buf)  # (B, D)
+        if exp - self.stats.scale_exp:
+            ldexp_(x, exp - self.stats.scale_exp)  # the first pass's scale
         r = self.row.index_select(0, y)  # (B,) row among kept classes
         if (r < 0).any():
             raise ValueError("second pass has labels of classes that had no samples in the first pass")
@@ -276,6 +393,10 @@ class SecondPass:
             raise ValueError("features contain NaN or inf")
 
     def merge(self, other: SecondPass) -> SecondPass:
+        if not isinstance(other, SecondPass):
+            raise TypeError(f"merge needs another SecondPass, got {type(other).__name__}")
+        if other.q.shape != self.q.shape:
+            raise ValueError("cannot merge second passes of different class counts")
         self.q += other.q.to(self.q.device)
         self.m2 += other.m2.to(self.q.device)
         self.n4 += other.n4.to(self.q.device)
