@@ -459,7 +459,8 @@ def _readable(store: RunStore, name: str) -> str | None:
     return None
 
 
-def open_run(out, config: dict, *, kind: str, resume: bool, overwrite: bool, finished: tuple[str, ...]):
+def open_run(out, config: dict, *, kind: str, resume: bool, overwrite: bool, finished: tuple[str, ...],
+             defaults: dict | None = None):
     """Lock the run directory ``out`` for this process and apply the resume/overwrite rules of every trainer.
 
     Returns ``(store, checkpoint or None, done)`` with ``store`` locked (call ``store.unlock()`` when the run
@@ -468,7 +469,8 @@ def open_run(out, config: dict, *, kind: str, resume: bool, overwrite: bool, fin
     rewritten from them). Refused with a RunFolderError that names the cause: another live writer, a run
     of another config or kind (execution-only fields such as ``threads`` may differ), an existing run
     without ``resume`` or ``overwrite``, run files without config.json, a corrupt config.json or
-    checkpoint.pt. Temporary files of interrupted writes are removed.
+    checkpoint.pt. Temporary files of interrupted writes are removed. ``defaults``: values of config fields
+    that runs of older versions did not record.
     """
     store = RunStore(out)
     if str(out).strip() == "":
@@ -480,13 +482,14 @@ def open_run(out, config: dict, *, kind: str, resume: bool, overwrite: bool, fin
         raise RunFolderError(f"cannot use run directory {store.path}: {exc.strerror or exc}") from None
     store.lock()
     try:
-        return _open_locked(store, config, kind=kind, resume=resume, overwrite=overwrite, finished=finished)
+        return _open_locked(store, config, kind=kind, resume=resume, overwrite=overwrite, finished=finished,
+                            defaults=defaults or {})
     except BaseException:
         store.unlock()
         raise
 
 
-def _open_locked(store: RunStore, config: dict, *, kind, resume, overwrite, finished):
+def _open_locked(store: RunStore, config: dict, *, kind, resume, overwrite, finished, defaults):
     removed = store.remove_temp_files()
     if removed:
         warnings.warn(f"removed {len(removed)} temporary file(s) of an interrupted write in {store.path}: "
@@ -501,7 +504,7 @@ def _open_locked(store: RunStore, config: dict, *, kind, resume, overwrite, fini
                                  "belong to is unknown; restore config.json, or use --overwrite to start over (it "
                                  "deletes them)")
         return store, None, False
-    old = read_saved_config(store.path)
+    old = {**{k: v for k, v in defaults.items() if k in config}, **read_saved_config(store.path)}
     old_kind = store.read_json(CONFIG).get("kind", kind)
     diff = config_diff(identity(old), identity(config))
     if old_kind != kind:

@@ -14,8 +14,8 @@ from nclab.cli.predict import problem_kwargs, problem_options
 from nclab.cli.status import StatusLine
 
 PRESET_NAMES = ["paper-balanced-of", "paper-balanced-etf", "paper-imbalanced-gof"]
-RUN_OPTIONS = ["optimizer", "lr", "momentum", "steps", "schedule", "gamma", "init_std", "seed", "dtype", "device",
-               "gradient", "snapshot_every", "checkpoint_every", "threads", "stop_rel_gap"]
+RUN_OPTIONS = ["optimizer", "lr", "momentum", "steps", "schedule", "gamma", "init_std", "init", "seed", "dtype",
+               "device", "gradient", "snapshot_every", "checkpoint_every", "threads", "stop_rel_gap"]
 
 
 def _explicit(ctx: click.Context, name: str) -> bool:
@@ -68,6 +68,10 @@ def _summary_line(r) -> str:
 @click.option("--milestones", help="'step' schedule: steps where lr is multiplied by --gamma, e.g. 10000,20000.")
 @click.option("--gamma", type=float, default=0.1, show_default=True, help="'step' schedule factor.")
 @click.option("--init-std", type=float, default=0.1, show_default=True, help="Init N(0, std^2) of every parameter.")
+@click.option("--init", type=click.Choice(["random", "prediction"]), default="random", show_default=True,
+              help="random: N(0, init-std^2) (the paper's); prediction: nclab predict's minimizer + that noise.")
+@click.option("--restarts", type=int, default=1, show_default=True, help="Runs with seeds seed, seed+1, ... under "
+              "--out/seed-S; the best (lowest objective) is named in --out/restarts.json.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--dtype", type=click.Choice(["float64", "float32"]), default="float64", show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
@@ -93,9 +97,9 @@ def _summary_line(r) -> str:
 @click.pass_context
 @friendly_errors
 def simulate_cmd(ctx, counts, classes, per_class, depth, widths, width, lambda_w, lambda_h, loss, bias, preset,
-                 depths, optimizer, lr, momentum, steps, schedule, milestones, gamma, init_std, seed, dtype, device,
-                 gradient, snapshot_every, checkpoint_every, stop_rel_gap, threads, out, resume, overwrite, figures,
-                 progress, as_json, tensorboard):
+                 depths, optimizer, lr, momentum, steps, schedule, milestones, gamma, init_std, init, restarts, seed,
+                 dtype, device, gradient, snapshot_every, checkpoint_every, stop_rel_gap, threads, out, resume,
+                 overwrite, figures, progress, as_json, tensorboard):
     """Train the deep linear UFM (free features + M linear layers) and compare with the prediction.
 
     \b
@@ -117,6 +121,7 @@ def simulate_cmd(ctx, counts, classes, per_class, depth, widths, width, lambda_w
     kw = problem_kwargs(counts, classes, per_class, depth, widths, width, lambda_w, lambda_h, loss, bias)
     run_kw = dict(optimizer=optimizer, lr=lr, momentum=momentum, steps=steps, schedule=schedule,
                   milestones=parse_int_list(milestones, "--milestones") or (), gamma=gamma, init_std=init_std,
+                  init=init,
                   seed=seed, dtype=dtype, device=device, gradient=gradient, snapshot_every=snapshot_every,
                   checkpoint_every=checkpoint_every, stop_rel_gap=stop_rel_gap, threads=threads)
     explicit = {k for k in list(kw) + list(run_kw) + ["widths", "width"] if _explicit(ctx, k)}
@@ -188,6 +193,15 @@ def simulate_cmd(ctx, counts, classes, per_class, depth, widths, width, lambda_w
         if len(saved) > 1:
             run_depths([make_config(**o) for o in opts], out, resume=resume, overwrite=overwrite, progress=progress,
                        figures=figures, title=name, on_result=report, tensorboard=tensorboard)
+        elif restarts != 1:
+            from nclab.ufm.presets import run_restarts
+
+            if restarts < 1 or depth_list is not None:
+                raise ValueError("--restarts needs a positive count and one depth (not --depths)")
+            best = run_restarts(make_config(**opts), restarts, out, resume=resume, overwrite=overwrite,
+                                progress=progress, on_result=report, tensorboard=tensorboard)[0]
+            if not as_json:
+                click.echo(f"best of {restarts}: {best.run_dir} (f = {best.final.get('objective')})")
         elif depth_list is None:
             cfg = make_config(**(opts[0] if saved else opts))
             status = None if progress else StatusLine(out, cfg.steps, unit="step")  # a log still shows progress

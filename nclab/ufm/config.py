@@ -14,6 +14,7 @@ OPTIMIZERS = ("sgd", "adam", "lbfgs")
 SCHEDULES = ("constant", "cosine", "step")
 DTYPES = ("float32", "float64")
 GRADIENTS = ("auto", "manual", "autograd")
+INITS = ("random", "prediction")
 DEFAULT_LR = {"sgd": 0.1, "adam": 1e-3, "lbfgs": 1.0}
 
 
@@ -39,7 +40,8 @@ class SimulateConfig:
     schedule: str = "constant"  # "constant", "cosine" (to 0 at `steps`), "step" (lr *= gamma at milestones)
     milestones: tuple[int, ...] = ()  # "step" schedule: steps at which lr is multiplied by gamma
     gamma: float = 0.1  # "step" schedule factor
-    init_std: float = 0.1  # every parameter i.i.d. N(0, init_std^2), the paper's init
+    init_std: float = 0.1  # every parameter i.i.d. N(0, init_std^2), the paper's init ("prediction": the noise)
+    init: str = "random"  # "random" (the paper's) or "prediction": nclab.predict's minimizer + N(0, init_std^2)
     seed: int = 0
     dtype: str = "float64"  # "float64" (tight comparisons) or "float32" (the paper's)
     device: str = "cpu"  # "cpu", "cuda", "cuda:1", ...
@@ -102,6 +104,7 @@ def make_config(
     milestones: Sequence[int] = (),
     gamma: float = 0.1,
     init_std: float = 0.1,
+    init: str = "random",
     seed: int = 0,
     dtype: str = "float64",
     device: str = "cpu",
@@ -133,7 +136,9 @@ def make_config(
     if schedule == "step" and not milestones:
         raise ValueError("the 'step' schedule needs milestones (steps at which lr is multiplied by gamma)")
     gamma = _number(gamma, "gamma", low=0.0)
-    init_std = _number(init_std, "init_std", low=0.0)
+    init_std = _number(init_std, "init_std", low=0.0, strict=init != "prediction")
+    if init not in INITS:
+        raise ValueError(f"init must be one of {', '.join(INITS)}, got {init!r}")
     seed = check_int(seed, "seed", 0)
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
@@ -149,7 +154,8 @@ def make_config(
     return SimulateConfig(
         counts=prob.counts, widths=prob.widths, lambda_w=prob.lambda_w, lambda_h=prob.lambda_h,
         bias=prob.bias, loss=prob.loss, optimizer=optimizer, lr=lr, momentum=momentum, steps=steps,
-        schedule=schedule, milestones=milestones, gamma=gamma, init_std=init_std, seed=seed, dtype=dtype,
+        schedule=schedule, milestones=milestones, gamma=gamma, init_std=init_std, init=init, seed=seed,
+        dtype=dtype,
         device=device, gradient=gradient, stop_rel_gap=stop_rel_gap, snapshot_every=snapshot_every,
         checkpoint_every=checkpoint_every, threads=threads,
     )

@@ -82,6 +82,36 @@ def run_depths(
     return results
 
 
+def run_restarts(config: SimulateConfig, restarts: int, out, *, resume: bool = False, overwrite: bool = False,
+                 progress: bool = False, on_result: Callable | None = None, tensorboard: bool = False) -> list:
+    """``restarts`` runs of ``config`` with seeds seed, seed + 1, ... under ``out/seed-S``; the best (lowest final
+    objective among runs that did not diverge) is recorded in ``out/restarts.json`` and returned first.
+
+    For depth M >= 2 near a threshold a random start can stop at a non-global stationary point; several
+    starts and the best one are the usual remedy (or ``init="prediction"``).
+    """
+    from nclab.results import atomic_write_json
+    from nclab.ufm.trainer import simulate
+
+    out = pathlib.Path(out)
+    results = []
+    for i in range(restarts):
+        cfg = config.replace(seed=config.seed + i)
+        r = simulate(cfg, out=out / f"seed-{cfg.seed}", resume=resume, overwrite=overwrite, progress=progress,
+                     tensorboard=tensorboard)
+        results.append(r)
+        if on_result is not None:
+            on_result(r)
+    ok = [r for r in results if r.status != "diverged" and r.final.get("objective") is not None]
+    best = min(ok, key=lambda r: r.final["objective"]) if ok else results[0]
+    atomic_write_json(out / "restarts.json", {
+        "best": best.run_dir.name, "best_seed": best.config.seed,
+        "runs": [{"run_dir": r.run_dir.name, "seed": r.config.seed, "status": r.status,
+                  "objective": r.final.get("objective"), "rel_gap": r.final.get("rel_gap")} for r in results],
+    })
+    return [best] + [r for r in results if r is not best]
+
+
 def run_preset(name: str, out, *, depths: Sequence[int] = DEPTHS, resume: bool = False, overwrite: bool = False,
                progress: bool = False, figures: bool = True, **overrides) -> list:
     """Run a preset at every depth (see :func:`run_depths`)."""

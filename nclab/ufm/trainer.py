@@ -7,6 +7,7 @@ Read top-down: optimizers, the Trainer (one run: init, step loop, snapshots, che
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import signal
 import threading
@@ -32,6 +33,8 @@ from nclab.ufm.model import UFM
 from nclab.ufm.snapshot import Snapshotter
 
 KIND = "ufm-simulation"
+FINISHED = ("complete", "converged", "suboptimal", "diverged")
+DEFAULTS = {f.name: f.default for f in dataclasses.fields(SimulateConfig)}  # fields older runs may lack
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -152,6 +155,14 @@ class Trainer:
         self.dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
         self.model = UFM(self.problem, dtype=self.dtype, device=cfg.device)
         self.model.init_(cfg.seed, cfg.init_std)
+        if cfg.init == "prediction":  # the predicted minimizer plus the seeded N(0, init_std^2) noise just drawn
+            try:
+                weights, H, b = self.pred.construct()
+            except (ValueError, NotImplementedError) as exc:
+                raise ValueError(f"init='prediction' needs an explicit minimizer: {exc}") from None
+            noise = self.model.flat.clone()
+            self.model.set_(weights, H, b)
+            self.model.flat.add_(noise)
         self.snapshotter = Snapshotter(self.pred)
         self.store, self.callback, self.progress = store, callback, progress
         self.step = 0
@@ -326,7 +337,40 @@ class Trainer:
         if self.status == "running":
             self.status = "complete"
             self.message = f"completed {self.step} steps"
+        if self.status in ("complete", "converged"):
+            self._diagnose()
         self.checkpoint()
+
+    def _diagnose(self) -> None:
+        """Say when the run ended away from the global minimum: at the zero solution or another stationary
+        point (status "suboptimal"), or still descending (status unchanged, the message says so)."""
+        row = self.rows[-1] if self.rows else None
+        if row is None or not math.isfinite(row.get("rel_gap", math.nan)):
+            return
+        f, gap = row["objective"], row["rel_gap"]
+        tol = 1e-6 if self.dtype == torch.float64 else 1e-4
+        if gap <= tol:
+            return
+        with torch.enable_grad():
+            self._grad()
+        flat, grad = self.model.flat, self.model.grad
+        gnorm = float(grad.norm()) / max(1.0, float(flat.norm()))
+        f0 = self.pred.objective_zero
+        if float(flat.abs().max()) < 1e-6 or abs(f - f0) <= 1e-9 * abs(f0) and gnorm < 1e-6:
+            self.status = "suboptimal"
+            self.message = (f"ended at the zero solution (f = {f:.10g} = its value {f0:.10g}), a stationary point "
+                            f"that is not the global minimum f* = {self.pred.objective:.10g} (rel. gap {gap:.3g}); "
+                            "its NC metrics are undefined. Start near the minimizer (--init prediction), from a "
+                            "larger --init-std, or use --restarts")
+        elif gnorm < 1e-6:
+            self.status = "suboptimal"
+            self.message = (f"ended at a stationary point that is not the global minimum: f = {f:.10g}, f* = "
+                            f"{self.pred.objective:.10g} (rel. gap {gap:.3g}, gradient norm {gnorm:.2g}); for "
+                            "depth M >= 2 near a threshold the landscape has such points. Try --init prediction or "
+                            "--restarts")
+        else:
+            self.message += (f"; not converged: rel. gap to f* {gap:.3g}, gradient norm {gnorm:.2g} (run more "
+                             "steps or use --optimizer lbfgs)")
 
     def _after_snapshot(self, bar) -> None:
         row = self.rows[-1]
@@ -419,7 +463,7 @@ def simulate(
     ckpt = None
     if out is not None:
         store, ckpt, done = open_run(out, config.to_dict(), kind=KIND, resume=resume, overwrite=overwrite,
-                                     finished=("complete", "converged", "diverged"))
+                                     finished=FINISHED, defaults=DEFAULTS)
     try:
         if store is not None and done:
             return _result_from_store(config, store, pred)
