@@ -24,10 +24,15 @@ def _field_options(fn):
     """One click option per TrainConfig field, default None (= not given: the file or preset decides)."""
     for name, f in reversed(list(FIELDS.items())):
         flag, typ, doc = "--" + name.replace("_", "-"), str(f.type), f.metadata["help"]
+        if "tuple" in typ:
+            doc += " (comma-separated)"
+        if "[default" not in doc:  # the dataclass default (the option's own default is None: "not given")
+            shown = ",".join(map(str, f.default)) if isinstance(f.default, tuple) else f.default
+            doc += f"  [default: {'none' if shown in (None, '') else shown}]"
         if typ == "bool":
             opt = click.option(f"{flag}/--no-{name.replace('_', '-')}", name, default=None, help=doc)
         elif "tuple" in typ:
-            opt = click.option(flag, name, type=str, help=doc + " (comma-separated)")
+            opt = click.option(flag, name, type=str, help=doc)
         elif name in CHOICES:
             opt = click.option(flag, name, type=click.Choice(CHOICES[name]), help=doc)
         else:
