@@ -51,7 +51,8 @@ def _summary_line(r) -> str:
     return (f"M = {M}: {r.status} at step {r.step}; f = {get('objective'):.10g} (f* = {r.prediction.objective:.10g}, "
             f"rel. gap {get('rel_gap'):.2e}); NC1 {get('nc1_L1'):.2e}, NC2(W) {get('nc2_w'):.2e}, "
             f"NC2(H) {get('nc2_h'):.2e}, NC3 {get('nc3'):.2e}; {r.seconds:.2f} s training"
-            + (f" -> {r.run_dir}" if r.run_dir is not None else ""))
+            + (f" -> {r.run_dir}" if r.run_dir is not None else "")
+            + (f"\n  {r.message}" if r.status == "suboptimal" or "not converged" in r.message else ""))
 
 
 @click.command("simulate")

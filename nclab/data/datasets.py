@@ -119,6 +119,10 @@ def load_dataset(
     X = torch.from_numpy(np.ascontiguousarray(images)).to(torch.float32).div_(scale)  # (N, C, H, W)
     y = torch.from_numpy(np.asarray(labels, dtype=np.int64).copy())  # (N,)
     if size is not None and tuple(X.shape[-2:]) != (size, size):
+        from nclab.theory.resources import check_memory
+
+        check_memory(2 * 4.0 * X.shape[0] * X.shape[1] * size * size,  # the resized copy and one more
+                     f"{name} resized to {size} x {size} ({X.shape[0]:,} images)", "choose a smaller size")
         X = F.interpolate(X, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
     if normalize:
         mean, std = (torch.tensor(v, dtype=torch.float32).view(1, -1, 1, 1) for v in NORMALIZATION[name])

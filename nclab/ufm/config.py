@@ -130,6 +130,8 @@ def make_config(
     steps = check_int(steps, "steps", 1)
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
+    if isinstance(milestones, str):  # "10000,20000" (a string is not a sequence of milestones)
+        milestones = [m for m in milestones.replace(" ", "").split(",") if m]
     milestones = tuple(check_int(m, "every milestone", 1) for m in (milestones or ()))
     if list(milestones) != sorted(set(milestones)):
         raise ValueError(f"milestones must be increasing, got {list(milestones)}")
