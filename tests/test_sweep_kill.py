@@ -35,9 +35,9 @@ seed = [0, 1]
 """
 
 
-def group_pids(pgid: int) -> list[tuple[int, str]]:
-    """Live (not zombie) processes of process group ``pgid``: (pid, command line)."""
-    found = []
+def processes() -> dict[int, tuple[int, int, str]]:
+    """Live (not zombie) processes: pid -> (parent pid, process group, command line)."""
+    found = {}
     for d in pathlib.Path("/proc").iterdir():
         if not d.name.isdigit():
             continue
@@ -46,9 +46,30 @@ def group_pids(pgid: int) -> list[tuple[int, str]]:
             cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:  # ended meanwhile
             continue
-        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
-            found.append((int(d.name), cmd[:120]))
+        if fields[0] not in ("Z", "X"):
+            found[int(d.name)] = (int(fields[1]), int(fields[2]), cmd[:120])
     return found
+
+
+def group_pids(pgid: int) -> list[tuple[int, str]]:
+    """Live processes of process group ``pgid``: (pid, command line)."""
+    return [(pid, cmd) for pid, (_, pg, cmd) in processes().items() if pg == pgid]
+
+
+def descendants(root: int) -> dict[int, str]:
+    """``root`` and every live process below it: pid -> command line."""
+    procs, found = processes(), {root}
+    grew = True
+    while grew:
+        below = {pid for pid, (ppid, _, _) in procs.items() if ppid in found} - found
+        found |= below
+        grew = bool(below)
+    return {pid: procs[pid][2] for pid in found if pid in procs}
+
+
+def still_alive(pids) -> dict[int, str]:
+    procs = processes()
+    return {pid: procs[pid][2] for pid in pids if pid in procs}
 
 
 def rows(path: pathlib.Path) -> int:
