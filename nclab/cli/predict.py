@@ -1,11 +1,18 @@
-"""``nclab predict``: print the closed-form global minimizer for one setting."""
+"""``nclab predict``: print the closed-form global minimizer for one setting, in words and numbers."""
 
 from __future__ import annotations
+
+import textwrap
 
 import click
 import numpy as np
 
 from nclab.cli._common import echo_json, friendly_errors, parse_float_list, parse_int_list
+
+#: largest K for which --grams prints the K x K matrices (wider tables do not fit a terminal)
+GRAMS_MAX_K = 20
+#: above this K the class table groups consecutive classes with equal rows
+TABLE_MAX_ROWS = 20
 
 
 def problem_options(fn):
@@ -17,8 +24,9 @@ def problem_options(fn):
         click.option("--depth", "-M", type=int, help="Number of linear layers M (default: from --widths, else 1)."),
         click.option("--widths", help="Input widths of the M layers, d,d_2,...,d_M."),
         click.option("--width", type=int, help="One width for every layer (default 64)."),
-        click.option("--lambda-w", default="5e-4", show_default=True, help="Weight decay: one value or M values."),
-        click.option("--lambda-h", default="5e-4", show_default=True, help="Feature decay lambda_H."),
+        click.option("--lambda-w", default="5e-4", show_default=True,
+                     help="Weight decay: one value, or M comma-separated values (one per layer)."),
+        click.option("--lambda-h", type=float, default=5e-4, show_default=True, help="Feature decay lambda_H."),
         click.option("--loss", type=click.Choice(["mse", "ce"]), default="mse", show_default=True),
         click.option("--bias/--no-bias", default=False, show_default=True, help="Unregularized last-layer bias."),
     ]
@@ -28,85 +36,342 @@ def problem_options(fn):
 
 
 def problem_kwargs(counts, classes, per_class, depth, widths, width, lambda_w, lambda_h, loss, bias) -> dict:
-    """Turn the CLI strings into keyword arguments of :func:`nclab.theory.make_problem`."""
+    """Turn the CLI values into keyword arguments of :func:`nclab.theory.make_problem`.
+
+    ``lambda_w`` is a comma list (str) or a number; ``lambda_h`` one number (a float, or a str holding one).
+    """
     if widths is not None and width is not None:
         raise ValueError("give --widths or --width, not both")
-    lam = parse_float_list(lambda_w, "--lambda-w")
-    lam_h = parse_float_list(lambda_h, "--lambda-h")
-    if lam is None or len(lam) == 0 or lam_h is None or len(lam_h) != 1:
-        raise ValueError("--lambda-w needs 1 or M numbers and --lambda-h exactly one")
+    lam = parse_float_list(lambda_w, "--lambda-w") if isinstance(lambda_w, str) else lambda_w
+    if lam is None or (isinstance(lam, list) and len(lam) == 0):
+        raise ValueError("--lambda-w needs 1 or M numbers")
+    if isinstance(lambda_h, str):
+        lam_h = parse_float_list(lambda_h, "--lambda-h")
+        if len(lam_h) != 1:
+            raise ValueError(f"--lambda-h takes exactly one number, got {lambda_h!r}")
+        lambda_h = lam_h[0]
     return dict(
         counts=parse_int_list(counts, "--counts"),
         classes=classes,
         per_class=per_class,
         depth=depth,
         widths=parse_int_list(widths, "--widths") if widths is not None else width,
-        lambda_w=lam[0] if len(lam) == 1 else lam,
-        lambda_h=lam_h[0],
+        lambda_w=lam[0] if isinstance(lam, list) and len(lam) == 1 else lam,
+        lambda_h=lambda_h,
         bias=bias,
         loss=loss,
     )
 
 
-def format_summary(pred) -> str:
-    p = pred.problem
-    lines = [
-        f"nclab predict: K = {p.K}, N = {p.N}, M = {p.M}, widths = {list(p.widths)}, loss = {p.loss}, "
-        f"bias = {'yes' if p.bias else 'no'}",
-        f"  lambda_w = {list(p.lambda_w)}, lambda_H = {p.lambda_h:g}, rank budget R = {p.rank_budget}",
-        f"geometry: {pred.geometry}" + ("" if pred.gram_unique else "  [Grams not unique: only spectra]"),
-        f"objective f* = {pred.objective:.12g}   (all-zero solution: {pred.objective_zero:.12g})",
+# ------------------------------------------------------------------------------------------------ text
+def _g(v, digits: int = 4) -> str:
+    return "n/a" if v is None else f"{v:.{digits}g}"
+
+
+def _values(values) -> str:
+    vals = [_g(v) for v in values]
+    return vals[0] + " (every layer)" if len(set(vals)) == 1 and len(vals) > 1 else ", ".join(vals)
+
+
+def _ints(values, limit: int = 12) -> str:
+    values = list(values)
+    text = ", ".join(str(v) for v in values[:limit])
+    return text + (f", ... ({len(values)} in all)" if len(values) > limit else "")
+
+
+def _class_list(ks) -> str:
+    ks = list(ks)
+    if not ks:
+        return "none"
+    return ("class " if len(ks) == 1 else "classes ") + _ints(ks)
+
+
+def _by(value: float, ref, name: str) -> str:
+    """'31% below n_thr' / '10% above n_thr' / '2.4 times n_thr': value relative to ref (> 0)."""
+    if ref is None or not (ref > 0) or not np.isfinite(ref):
+        return f"{'below' if ref is None else 'above'} {name}"
+    lr = float(np.log10(value) - np.log10(ref))
+    if lr > 300:
+        return f"about 1e{lr:.0f} times {name}"
+    r = 10.0**lr
+    if r < 0.5:
+        return f"{1 / r:.3g} times smaller than {name}"
+    if r < 1:
+        return f"{100 * (1 - r):.3g}% below {name}"
+    return f"{100 * (r - 1):.3g}% above {name}" if r < 2 else f"{r:.3g} times {name}"
+
+
+def _setting(p) -> list[str]:
+    counts = list(p.counts)
+    n_text = f"n_k = {counts[0]} each" if p.balanced else f"n_k = {_ints(counts)}"
+    return [
+        f"setting: K = {p.K} classes, {n_text} (N = {p.N} samples); {p.loss.upper()} loss, "
+        f"{'with' if p.bias else 'no'} last-layer bias",
+        f"  M = {p.M} linear layer{'s' if p.M > 1 else ''}, input widths d_j = {_ints(p.widths)}, "
+        f"rank budget R = min(K, d_1..d_M) = {p.rank_budget}",
+        f"  weight decay lambda_W = {_values(p.lambda_w)}, feature decay lambda_H = {_g(p.lambda_h)}",
     ]
-    if pred.ce is not None:
-        ce = pred.ce
-        verdict = "yes (proven for M = 1)" if ce["etf_proven"] else ("yes" if ce["etf_is_global"] else "NO")
-        lines.append(f"simplex ETF candidate: f = {ce['etf_objective']:.12g}; global minimizer: {verdict}")
-        lines.append(f"best structure found: {ce['best_structure']} (rank {ce['best_rank']})")
-    lines.append("")
-    c = pred.classes
-    lines.append(f"{'class':>5} {'n_k':>7} {'state':>9} {'||w_k||^2':>13} {'||h_k||^2':>13} {'logit own':>11}")
-    for k in range(p.K):
-        state = "active" if c["active"][k] else "collapsed"
-        lines.append(
-            f"{k:>5} {c['count'][k]:>7} {state:>9} {c['w_norm2'][k]:>13.6g} {c['h_norm2'][k]:>13.6g} "
-            f"{c['logit_own'][k]:>11.6g}"
+
+
+def _mse_story(pred) -> tuple[list[str], list[str]]:
+    """Lines explaining the MSE geometry in words, and the symbols they use."""
+    p, t, m = pred.problem, pred.thresholds, pred._mse
+    M, K, astar = p.M, p.K, t["a_star"]
+    nthr = t["n_threshold"]
+    nthr_text = _g(nthr) if nthr is not None else f"1e{t['log10_n_threshold']:.0f}"
+    lines = [f"optimal geometry: {pred.geometry}"]
+    syms = []
+    kappa_text = _g(t["kappa"]) if t["kappa"] is not None else "beyond float64"
+    sym_a = [
+        f"  a*(M)      = {astar:.4g}: a mode is nonzero iff its a < a*(M)"
+        + (" (M = 1: a* = 1)" if M == 1 else " ((M-1)^((M-1)/M) / M^2)"),
+        f"  kappa      = (N lambda_H prod_j lambda_j)^(1/M) = {kappa_text}",
+    ]
+    if M >= 2:
+        c_text = _g(t["c"]) if t["c"] is not None else "beyond float64"
+        sym_a.append(
+            f"  x*         = (M-1)^(1/M) = {t['x_star']:.4g}: a mode's ||w_k||^2 = c x^M jumps from 0 to at least "
+            f"c x*^M = c (M-1) at a = a*(M) (c = N lambda_H = {c_text}): for M >= 2 collapse is abrupt"
         )
-    if pred.bias is not None:
-        lines.append(f"optimal bias b* = {np.array2string(np.asarray(pred.bias), precision=6)}")
-    t = pred.thresholds
-    if t:
-        lines.append("")
-        lines.append(
-            f"thresholds: a*(M={p.M}) = {t['a_star']:.6g} (a mode is nonzero iff a_i < a*), "
-            f"h_max = {t['h_max']:.6g}, x* = {t['x_star']:.6g}"
+        sym_a.append(
+            f"  h_max      = {t['h_max']:.4g}: for a*(M) <= a < h_max a nonzero stationary point exists but is "
+            "worse than zero (the point the paper's code returns)"
         )
-        if not p.bias:
+    if not p.bias:
+        order = m.mode_class
+        a_cls = np.empty(K)
+        a_cls[order] = m.a
+        kept = [k for k in range(K) if pred.active[k]]
+        collapsed = [k for k in range(K) if not pred.active[k]]
+        elig = np.zeros(K, dtype=bool)
+        elig[order] = m.eligible
+        cut = [k for k in collapsed if elig[k]]
+        below = [k for k in collapsed if not elig[k]]
+        counts = np.asarray(p.counts, dtype=np.float64)
+        if p.balanced:
+            why = ("classes and classifier rows form an orthogonal frame: W W^T, Hbar^T Hbar and W Hbar are "
+                   "multiples of the identity" if not collapsed else "")
+        else:
+            why = ("classifier rows w_k and class means h_k of different classes are orthogonal; their norms "
+                   "grow with n_k")
+        if why:
+            lines.append(f"  {why}.")
+        lines.append(
+            f"  Bias-free, each class k is one mode with a_k = N kappa / n_k; it keeps w_k, h_k != 0 iff "
+            f"a_k < a*(M) = {astar:.4g}, i.e. iff n_k > n_thr = N kappa / a*(M) = {nthr_text}"
+            + (", and it is among the R largest classes." if cut else ".")
+        )
+        if not collapsed:
+            small = int(np.argmin(counts))
+            lines.append(f"  All {K} classes are kept: the smallest, class {small} with n_k = {p.counts[small]}, is "
+                         f"{_by(counts[small], nthr, 'n_thr')}.")
+        else:
+            if below:
+                lines.append(
+                    f"  {len(below)} of {K} classes collapse"
+                    + (" (minority collapse)" if len(below) < K else "") + f": {_class_list(below)} "
+                    f"(n_k = {_ints(sorted({p.counts[k] for k in below}, reverse=True))}) "
+                    f"fall below n_thr = {nthr_text}"
+                    + (f" (the largest of them is {_by(max(counts[below]), nthr, 'n_thr')})" if nthr else "")
+                    + ": w_k = 0 and h_k = 0, so their samples get logit 0 for every class."
+                )
+            if cut:
+                lines.append(f"  {_class_list(cut).capitalize()} would be kept but the widths allow only "
+                             f"R = {p.rank_budget} nonzero modes: they collapse too (rank budget).")
+            if kept:
+                small = min(kept, key=lambda k: counts[k])
+                lines.append(f"  The smallest kept class, class {small} (n_k = {p.counts[small]}), is "
+                         f"{_by(counts[small], nthr, 'n_thr')}.")
+            else:
+                lines.append("  Every class collapses: the decays are too strong for these class sizes "
+                             "(the all-zero solution is optimal).")
+        syms = [
+            "  n_thr      = N kappa / a*(M): a class with n_k <= n_thr collapses (minority collapse: w_k = 0, h_k = 0)",
+            "  a_k        = N kappa / n_k: cost-to-gain ratio of class k's mode (printed as a_k/a*: < 1 kept)",
+        ] + sym_a
+    else:
+        r, nz = int(m.active.sum()), int((m.mu > 0).sum())
+        mu_thr = float(np.exp(np.log(p.N) + m.log_kappa - np.log(astar)))
+        if p.balanced:
+            lines.append("  With an unregularized bias b* = 1/K, the class means (centred) and classifier rows form "
+                         "a simplex ETF: equal norms, pairwise cosine -1/(K-1)." if r == K - 1 else
+                         f"  Only {r} of the K - 1 directions are nonzero.")
+        else:
             lines.append(
-                f"minority collapse: class k collapses iff n_k <= {t['n_threshold']:.6g} "
-                f"(or beyond the rank budget); collapsed now: {t['classes_collapsed']}"
+                "  With an unregularized bias b* = n_k/N, W fits the centred targets; its directions are the "
+                "eigenvectors of the centred class-count matrix D - n n^T/N (eigenvalues mu_i), not single classes."
             )
+        lines.append(
+            f"  Direction i is kept iff a_i = N kappa / mu_i < a*(M) = {astar:.4g}, i.e. iff mu_i > mu_thr = "
+            f"N kappa / a*(M) = {_g(mu_thr)}: {r} of {nz} kept."
+        )
+        dropped = [i for i in range(K) if m.mu[i] > 0 and not m.active[i]]
+        if dropped:
+            lines.append("  Dropped: mu_i = " + ", ".join(
+                f"{m.mu[i]:.4g} ({_by(m.mu[i], mu_thr, 'mu_thr')})" if not m.eligible[i]
+                else f"{m.mu[i]:.4g} (rank budget)" for i in dropped[:8]) + (" ..." if len(dropped) > 8 else ""))
+        if r < nz:
+            lines.append("  A class is 'separated' when its own logit beats every other logit of its samples; "
+                         "with fewer directions than K - 1 some classes are not.")
+        syms = [
+            "  b*         = n_k / N: the optimal (unregularized) bias of class k",
+            "  mu_i       eigenvalue i of the centred class-count matrix D - n n^T/N (D = diag(n_k))",
+            "  mu_thr     = N kappa / a*(M): a direction with mu_i <= mu_thr is dropped",
+        ] + sym_a
+    return lines, syms
+
+
+def _ce_story(pred) -> tuple[list[str], list[str]]:
+    ce, sol, p = pred.ce, pred._ce, pred.problem
+    lines = [f"optimal geometry: {pred.geometry}" + ("" if p.M == 1 else " (best point found; M >= 2 has no proof)")]
+    g, gc = sol.gamma, sol.etf_gamma_c
+    lines.append(
+        f"  Balanced CE reduces to the K x K logits Z = W Hbar with penalty gamma = {_g(g)}; the simplex ETF "
+        f"beats the all-zero solution iff gamma < gamma_c(K, M) = {_g(gc)} (gamma is {_by(g, gc, 'gamma_c')})."
+    )
+    if ce["etf_proven"]:
+        lines.append("  M = 1: the ETF (or zero above gamma_c) is the proven global minimizer (Jensen).")
+    elif ce["etf_is_global"]:
+        lines.append("  No lower-rank code beat the ETF in the search.")
+    else:
+        lines.append(f"  The ETF (f = {ce['etf_objective']:.6g}) is NOT optimal: the {pred.geometry} reaches "
+                     f"f = {pred.objective:.6g} with rank {ce['best_rank']} (low-rank bias of depth, theory.md "
+                     "sec. 4).")
+    syms = [
+        "  gamma      = (prod_j lambda_j * n * lambda_H)^(1/(M+1)), n = samples per class",
+        "  gamma_c    threshold: the ETF candidate beats zero iff gamma < gamma_c(K, M)",
+    ]
+    return lines, syms
+
+
+def _class_table(pred) -> list[str]:
+    p, c = pred.problem, pred.classes
+    bias_free_mse = p.loss == "mse" and not p.bias
+    ratio = None
+    if bias_free_mse:
+        m = pred._mse
+        ratio = np.empty(p.K)
+        ratio[m.mode_class] = np.exp(m.log_a - np.log(pred.thresholds["a_star"]))
+    head = f"{'class':>9} {'n_k':>7} {'||w_k||':>11} {'||h_k||':>11} {'own logit':>10} {'margin':>10}"
+    head += f" {'a_k/a*':>9}" if ratio is not None else ""
+    head += "  state"
+    rows = []
+    for k in range(p.K):
+        if bias_free_mse:
+            state = "collapsed" if c["collapsed"][k] else "kept"
+        else:
+            state = "collapsed" if c["collapsed"][k] else ("separated" if c["margin"][k] > 1e-9 else "not separated")
+        cells = (p.counts[k], f"{c['w_norm'][k]:.5g}", f"{c['h_norm'][k]:.5g}", f"{c['logit_own'][k]:.5g}",
+                 f"{c['margin'][k]:.4g}", "" if ratio is None else _g(ratio[k]), state)
+        rows.append((k, cells))
+    grouped = []
+    for k, cells in rows:
+        if p.K > TABLE_MAX_ROWS and grouped and grouped[-1][2] == cells:
+            grouped[-1][1] = k
+        else:
+            grouped.append([k, k, cells])
+    out = [head]
+    for first, last, (n, w, h, own, margin, r, state) in grouped:
+        label = str(first) if first == last else f"{first}-{last}"
+        line = f"{label:>9} {n:>7} {w:>11} {h:>11} {own:>10} {margin:>10}"
+        line += f" {r:>9}" if ratio is not None else ""
+        out.append(line + "  " + state)
+    return out
+
+
+def _grams_text(pred) -> list[str]:
+    p = pred.problem
+    if p.K > GRAMS_MAX_K:
+        raise ValueError(f"--grams prints K x K matrices for K <= {GRAMS_MAX_K} (K = {p.K}); use --json for the Grams")
+    out = ["", "Grams (K x K, class coordinates; rows and columns are classes 0..K-1):"]
+    names = [
+        ("WWt", "W W^T: inner products of the classifier rows w_k (diagonal: ||w_k||^2)"),
+        ("HtH", "Hbar^T Hbar: inner products of the class means h_k" + (", centred" if p.bias else "")
+         + " (diagonal: ||h_k||^2)"),
+        ("WH", "W Hbar: column k = logits W h_k of a class-k sample" + (" before the bias b*" if p.bias else "")),
+    ]
+    for key, title in names:
+        mat = np.asarray(getattr(pred, key), dtype=np.float64)
+        mat = np.where(np.abs(mat) <= 1e-12 * max(float(np.abs(mat).max(initial=0.0)), 1e-300), 0.0, mat)
+        out.append(f"{key} = {title}")
+        with np.printoptions(precision=5, suppress=False, linewidth=160, floatmode="maxprec"):
+            out.extend("  " + line for line in np.array2string(mat, separator="  ").splitlines())
+    return out
+
+
+def format_summary(pred, grams: bool = False) -> str:
+    """The text of ``nclab predict``: setting, geometry in words, objective, class table, symbols."""
+    p = pred.problem
+    lines = ["nclab predict: global minimizer of the deep linear UFM (closed form; theory.md)"]
+    lines += _setting(p)
+    lines.append("")
+    story, syms = _mse_story(pred) if pred._mse is not None else _ce_story(pred)
+    lines += [textwrap.fill(line, width=110, subsequent_indent="    " if line.startswith("  ") else "  ",
+                            break_on_hyphens=False) for line in story]
+    lines.append(f"objective: f* = {pred.objective:.10g} (the all-zero solution has f = {pred.objective_zero:.10g})")
     if not pred.gram_unique and pred.uniqueness_note:
-        lines.append(f"note: {pred.uniqueness_note}")
+        lines.append(f"note: the Grams are not unique: {pred.uniqueness_note}")
+    for note in ([] if pred._ce is None else pred._ce.notes):
+        if "no proof" not in note:
+            lines.append(f"note: {note}")
+    lines.append("")
+    lines += _class_table(pred)
+    if pred.bias is not None:
+        b = np.asarray(pred.bias)
+        lines.append(f"optimal bias b* = {np.array2string(b[:12], precision=5, separator=', ')}"
+                     + (" ..." if b.size > 12 else ""))
+    if grams:
+        lines += _grams_text(pred)
+    lines += [
+        "",
+        "symbols:",
+        "  n_k        samples of class k; N = sum_k n_k",
+        "  ||w_k||    norm of row k of the end-to-end classifier W = W_M...W_1 (as in the report's norms figure)",
+        "  ||h_k||    norm of the class-k mean feature at the head input (Hbar, the free features)"
+        + ("; centred by the global mean" if p.bias else ""),
+        "  own logit  output for class k on a class-k sample (w_k . h_k" + (" + b_k" if pred.bias is not None else "")
+        + (", MSE target 1)" if p.loss == "mse" else ")"),
+        "  margin     own logit minus the largest other logit of a class-k sample (> 0: classified correctly)",
+    ] + [textwrap.fill(line, width=110, subsequent_indent=" " * 15, break_on_hyphens=False) for line in syms]
+    if p.K <= GRAMS_MAX_K and not grams:
+        lines.append("(--grams prints W W^T, Hbar^T Hbar and W Hbar; --json everything, per layer too)")
     return "\n".join(lines)
 
 
 @click.command("predict")
 @problem_options
 @click.option("--seed", default=0, show_default=True, help="Seed of the CE low-rank search.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the summary.")
+@click.option("--grams", is_flag=True,
+              help=f"Also print the K x K Grams W W^T, Hbar^T Hbar, W Hbar (K <= {GRAMS_MAX_K}).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (every Gram, per layer too) instead.")
 @friendly_errors
-def predict_cmd(counts, classes, per_class, depth, widths, width, lambda_w, lambda_h, loss, bias, seed, as_json):
-    """Closed-form global minimizer of the deep linear UFM.
+def predict_cmd(counts, classes, per_class, depth, widths, width, lambda_w, lambda_h, loss, bias, seed, grams,
+                as_json):
+    """Closed-form global minimizer of the deep linear UFM: which geometry is optimal, which classes
+    collapse and why, the predicted class norms (and Grams).
 
-    Example: nclab predict --counts 200,100,50,50 --depth 3 --lambda-w 5e-4 --lambda-h 5e-4
+    \b
+    Examples:
+      nclab predict
+      nclab predict --counts 200,100,50,50 --depth 3 --lambda-w 5e-4 --lambda-h 5e-4
+      nclab predict --counts 200,100,50,50 -M 3 --lambda-w 2e-2 --lambda-h 2e-2
+      nclab predict --counts 200,100,50,50 -M 3 --lambda-w 2e-2 --lambda-h 2e-2 --bias
+      nclab predict -K 4 -n 10 --bias --grams
+      nclab predict -K 4 -n 10 --loss ce -M 3
+      nclab predict -K 100000 -n 1
+      nclab predict --counts 200,100,50,50 -M 3 --json
     """
     from nclab.theory import predict
 
     kw = problem_kwargs(counts, classes, per_class, depth, widths, width, lambda_w, lambda_h, loss, bias)
-    if kw["counts"] is None and kw["classes"] is None:
+    if kw["counts"] is None and kw["classes"] is None and kw["per_class"] is None:
         kw["counts"] = [200, 100, 50, 50]  # the paper's imbalanced configuration
+    if grams and not as_json and kw["counts"] is None and kw["classes"] is not None:
+        if isinstance(kw["classes"], int) and kw["classes"] > GRAMS_MAX_K:
+            raise ValueError(f"--grams prints K x K matrices for K <= {GRAMS_MAX_K} (K = {kw['classes']}); "
+                             "use --json for the Grams")
     pred = predict(**kw, seed=seed)
     if as_json:
         echo_json(pred.to_dict())
     else:
-        click.echo(format_summary(pred))
+        click.echo(format_summary(pred, grams=grams))

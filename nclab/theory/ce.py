@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import brentq, minimize
 
-from nclab.theory.problem import Problem
+from nclab.theory.problem import MAX_INT, Problem, check_int
 
 #: relative tolerance under which two objective values count as equal (ties, "ETF is global")
 TIE_RTOL = 1e-8
@@ -59,10 +59,35 @@ _PREFERENCE = (ETF, CROSS, POLYGON, RANK1)  # tie order among structured candida
 
 
 # ---------------------------------------------------------------------------------------------
+# argument checks (public functions raise one ValueError/TypeError naming the argument)
+# ---------------------------------------------------------------------------------------------
+def _check_problem(problem) -> Problem:
+    if not isinstance(problem, Problem):
+        raise TypeError(f"problem must be an nclab.theory.Problem (see make_problem), got {type(problem).__name__}")
+    return problem
+
+
+def _check_KM(K, M) -> tuple[int, int]:
+    # q(z) and psi(z) are evaluated in float64: K beyond 2^53 is not representable anyway
+    return check_int(K, "the number of classes K", 2, MAX_INT), check_int(M, "depth M", 1, 10**6)
+
+
+def _check_gamma(gamma) -> float:
+    try:
+        g = float(gamma)
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"gamma must be a number > 0, got {gamma!r}") from None
+    if not (math.isfinite(g) and g > 0):
+        raise ValueError(f"gamma must be a finite number > 0, got {gamma!r}")
+    return g
+
+
+# ---------------------------------------------------------------------------------------------
 # scalars
 # ---------------------------------------------------------------------------------------------
 def ce_gamma(problem: Problem) -> float:
     """gamma = (prod_j lambda_j * n * lambda_H)^(1/(M+1)), n = samples per class (balanced)."""
+    _check_problem(problem)
     n = problem.counts[0]
     logs = sum(math.log(v) for v in problem.lambda_w) + math.log(n) + math.log(problem.lambda_h)
     return math.exp(logs / (problem.M + 1))
@@ -98,6 +123,8 @@ def etf_scalar(K: int, M: int, gamma: float) -> tuple[float, float]:
     found by brentq on log q - log gamma in [z_p, hi] with hi doubled until q(hi) < gamma, and kept
     only if phi(root) < log K.
     """
+    K, M = _check_KM(K, M)
+    gamma = _check_gamma(gamma)
     logK = math.log(K)
     if M == 1:
         if gamma * K < 1.0:
@@ -124,6 +151,7 @@ def etf_threshold(K: int, M: int) -> float:
     of q (psi(z_p) > 0 > psi(+inf) = -log K) gives gamma_c = q(z_c). This is the threshold of the ETF
     *candidate*; for M >= 2 the true problem can stay nontrivial above it (see ``solve_ce``).
     """
+    K, M = _check_KM(K, M)
     if M == 1:
         return 1.0 / K
     zp = _q_peak(K, M)
@@ -167,6 +195,19 @@ def reduced_objective(Z: np.ndarray, b: np.ndarray | None, gamma: float, M: int)
     Note that for M >= 2 tiny singular values still cost gamma sigma^p with p < 1 (1e-16^(1/2) = 1e-8),
     so rounding noise in Z matters at the 1e-8 level; :func:`_truncate` removes it.
     """
+    try:
+        Z = np.asarray(Z, dtype=np.float64)
+        b = None if b is None else np.asarray(b, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError("Z and b must be numeric arrays") from None
+    if Z.ndim != 2 or Z.shape[0] != Z.shape[1] or Z.shape[0] < 2:
+        raise ValueError(f"Z must be a K x K matrix with K >= 2, got shape {Z.shape}")
+    if b is not None and b.shape != (Z.shape[0],):
+        raise ValueError(f"b must have shape ({Z.shape[0]},), got {b.shape}")
+    if not np.isfinite(Z).all() or (b is not None and not np.isfinite(b).all()):
+        raise ValueError("Z and b must be finite")
+    gamma = _check_gamma(gamma)
+    M = check_int(M, "depth M", 1, 10**6)
     sig = np.linalg.svd(np.asarray(Z, dtype=np.float64), compute_uv=False)
     return _mean_ce(Z, b) + 0.5 * (M + 1) * gamma * float(np.sum(sig ** (2.0 / (M + 1))))
 
@@ -581,19 +622,23 @@ def solve_ce(problem: Problem, *, seed: int = 0, restarts: int | None = None) ->
     restarts : random starts per rank (default 3 for K <= 10, 2 for K <= 32, 1 above, where the search
         also covers only ranks 1, 2, 3, K/2 and K - 1 within the budget). 0 keeps only the structured starts.
     """
+    _check_problem(problem)
     if problem.loss != "ce":
         raise ValueError(f"solve_ce needs loss 'ce', got {problem.loss!r}")
+    seed = check_int(seed, "seed", 0, 2**63 - 1)
     if not problem.balanced:
         raise ValueError(
             "CE with unequal class counts is not supported: the reduction to the K x K problem "
             "(theory.md sec. 4) needs equal n_k, and no reduction is known for imbalanced CE"
         )
     K, M, R = problem.K, problem.M, problem.rank_budget
+    from nclab.theory.resources import check_memory
+
+    # L-BFGS over M + 1 factors of up to K x K (history of 10 pairs), SVDs and Grams of K x K
+    check_memory(8.0 * K * K * (40 + 25 * (M + 1)), f"the CE search for K = {K:,} classes, M = {M}")
     if restarts is None:
         restarts = 3 if K <= 10 else (2 if K <= _LARGE_K else 1)
-    if isinstance(restarts, bool) or int(restarts) != restarts or restarts < 0:
-        raise ValueError(f"restarts must be a non-negative integer, got {restarts!r}")
-    restarts = int(restarts)
+    restarts = check_int(restarts, "restarts", 0, 10**6)
     gamma = ce_gamma(problem)
     logK = math.log(K)
     rtol = TIE_RTOL
@@ -763,7 +808,11 @@ def construct_ce(problem: Problem, solution: CESolution):
     coordinate vectors of R^(d_j), a_j = sqrt(gamma/lambda_j), a_H = sqrt(gamma/(n lambda_H)); every
     sample of class k gets the feature h_k.
     """
+    _check_problem(problem)
+    if not isinstance(solution, CESolution):
+        raise TypeError(f"solution must be a CESolution (from solve_ce), got {type(solution).__name__}")
     K, M, n = problem.K, problem.M, problem.counts[0]
+    _check_construct_memory(problem)
     gamma = ce_gamma(problem)
     U, z, Vt = _spectral(np.asarray(solution.Z, dtype=np.float64))
     r = z.size
@@ -783,3 +832,13 @@ def construct_ce(problem: Problem, solution: CESolution):
     H = np.repeat(Hbar, n, axis=1)
     b = None if solution.bias is None else np.array(solution.bias, dtype=np.float64)
     return weights, H, b
+
+
+def _check_construct_memory(problem: Problem) -> None:
+    """Refuse building W_1..W_M and H (d x N) when they cannot fit."""
+    from nclab.theory.resources import check_memory
+
+    dims = list(problem.widths) + [problem.K]
+    n_weights = sum(float(dims[j + 1]) * dims[j] for j in range(problem.M))
+    check_memory(8.0 * (n_weights + float(dims[0]) * problem.N + 2.0 * dims[0] * problem.K),
+                 f"the explicit minimizer (W_1..W_M and H of {dims[0]:,} x {problem.N:,})")

@@ -16,7 +16,13 @@ from nclab.theory.objective import labels_from_counts
 def construct_minimizer(prediction):
     """Return ``(weights, H, b)``: W_j (d_{j+1}, d_j) float64, H (d, N) with columns grouped by class
     (labels ``labels_from_counts(counts)``), b (K,) or None. See :meth:`Prediction.construct`."""
+    from nclab.theory.ce import _check_construct_memory
+    from nclab.theory.predict import Prediction
+
+    if not isinstance(prediction, Prediction):
+        raise TypeError(f"prediction must be an nclab.theory.Prediction, got {type(prediction).__name__}")
     p = prediction.problem
+    _check_construct_memory(p)
     if p.loss == "ce":
         from nclab.theory.ce import construct_ce
 

@@ -7,8 +7,8 @@ from functools import cached_property
 
 import numpy as np
 
-from nclab.theory.mse import MSESolution, geometry_name, solve_mse, thresholds
-from nclab.theory.problem import Problem, make_problem
+from nclab.theory.mse import _LOG_MAX, MSESolution, _check_dense, geometry_name, solve_mse, thresholds
+from nclab.theory.problem import Problem, check_int, make_problem
 
 
 class MSEStructure:
@@ -16,7 +16,11 @@ class MSEStructure:
 
     Every Gram has the form L^T diag(v) R with L, R in {U_a^T, U_a^T E} (U_a: active eigenvectors
     of T, E = I bias-free or I - ybar 1^T with a bias), theory.md sec. 3. Bias-free, U_a is a set
-    of class indicator vectors and every Gram is diagonal.
+    of class indicator vectors and every Gram is diagonal (the per-class values cost O(K), and no
+    K x K matrix exists until a Gram is asked for).
+
+    All per-mode values are computed from logarithms (log s, log c, log lambda_j) and exponentiated
+    once, so they are right wherever they fit in float64; :meth:`check_finite` refuses the rest.
     """
 
     def __init__(self, sol: MSESolution):
@@ -25,18 +29,62 @@ class MSEStructure:
         act = sol.active
         self.s, self.c = sol.s[act], sol.c
         self.idx = None if sol.mode_class is None else sol.mode_class[act]
-        Ua = sol.U[:, act]  # (K, r)
-        self.Ua = Ua
-        if p.bias:
-            ybar = np.asarray(p.counts, dtype=np.float64) / p.N
-            self.UaE = Ua.T - np.outer(Ua.T @ ybar, np.ones(self.K))  # (r, K) = U_a^T E
-        else:
-            self.UaE = Ua.T
-        lam = np.asarray(p.lambda_w, dtype=np.float64)
-        # sigma[j, i]: i-th singular value of W_{j+1}; balanced layers, theory.md sec. 1.1
-        self.sigma = np.sqrt(p.lambda_bar / lam)[:, None] * self.s[None, :] ** (1.0 / (2 * self.M))
+        self._Ua = None if sol.U is None else sol.U[:, act]  # (K, r)
+        ls = sol.log_s[act]
+        self.log_s = ls
+        lsc = np.logaddexp(ls, sol.log_c)  # log(s + c)
+        with np.errstate(under="ignore"):
+            self.feature_scale = np.exp(ls - 2.0 * lsc)  # s/(s+c)^2: class-mean Gram of H per mode
+            self.logit_scale = np.exp(ls - lsc)  # s/(s+c): W Hbar per mode
+        lam = np.log(np.asarray(p.lambda_w, dtype=np.float64))
+        lbar = float(np.mean(lam))
+        # log sigma[j, i]^2 of W_{j+1}: balanced layers, theory.md sec. 1.1
+        self._log_sig2 = (lbar - lam)[:, None] + ls[None, :] / self.M
+        cum = np.cumsum(self._log_sig2, axis=0)  # log prod_{l<=j} sigma_l^2
+        zero = np.zeros((1, ls.size))
+        self._log_pre = np.concatenate([zero, cum[:-1]], axis=0)  # prod_{l<j}: W_{j-1}..W_1
+        self._log_post = cum[-1][None, :] - self._log_pre  # prod_{l>=j}: W_M..W_j
+        self._log_nc3 = lsc[None, :] - ls[None, :] + self._log_post
+        with np.errstate(under="ignore"):
+            self.sigma = np.exp(0.5 * self._log_sig2)
+        self._reg_log = np.log(0.5) + lbar + (np.logaddexp.reduce(ls / self.M) if ls.size else -np.inf)
+
+    def check_finite(self) -> None:
+        """One ValueError if any Gram entry or per-layer value would overflow float64."""
+        p = self.sol.problem
+        logs = {
+            "squared singular values of W_M...W_1": self.log_s,
+            "per-layer singular values": 0.5 * self._log_sig2,
+            "per-layer class-mean Grams": np.log(np.maximum(self.feature_scale, 1e-300)) + self._log_pre,
+            "partial products W_M...W_j": self._log_post,
+            "NC3 scales C_j": self._log_nc3,
+        }
+        for what, v in logs.items():
+            if v.size and float(np.max(v)) + np.log(max(self.K, 1)) > _LOG_MAX:
+                raise ValueError(
+                    f"the optimal {what} exceed float64 (~1e{float(np.max(v)) / np.log(10):.0f}) for lambda_w = "
+                    f"{list(p.lambda_w)}, lambda_H = {p.lambda_h:g}, M = {p.M}; use less extreme weight decays"
+                )
+
+    @property
+    def Ua(self) -> np.ndarray:
+        """Active eigenvectors of T, K x r (bias-free: class indicators, built on demand)."""
+        if self._Ua is None:
+            _check_dense(self.K, 1, "the active eigenvectors")
+            self._Ua = np.eye(self.K)[:, self.idx]
+        return self._Ua
+
+    @property
+    def UaE(self) -> np.ndarray:
+        """U_a^T E, r x K (E = I - ybar 1^T with a bias)."""
+        p = self.sol.problem
+        if not p.bias:
+            return self.Ua.T
+        ybar = np.asarray(p.counts, dtype=np.float64) / p.N
+        return self.Ua.T - np.outer(self.Ua.T @ ybar, np.ones(self.K))
 
     def gram(self, v: np.ndarray, left_E: bool, right_E: bool) -> np.ndarray:
+        _check_dense(self.K, 1, "a K x K Gram", "ask for the per-class values (Prediction.classes) instead")
         if self.idx is not None:
             out = np.zeros((self.K, self.K))
             out[self.idx, self.idx] = v
@@ -54,24 +102,20 @@ class MSEStructure:
         R = self.UaE if right_E else self.Ua.T
         return np.einsum("ik,i,ik->k", L, v, R)
 
-    @property
-    def feature_scale(self) -> np.ndarray:
-        """s/(s+c)^2: eigenvalues of the class-mean Gram of H (per active mode)."""
-        return self.s / (self.s + self.c) ** 2
-
     def layer(self, j: int) -> dict:
         """Structure of layer j (1-based): W_j and the features entering it."""
-        pre = np.prod(self.sigma[: j - 1] ** 2, axis=0)  # W_{j-1}..W_1 squared singular values
-        post = np.prod(self.sigma[j - 1 :] ** 2, axis=0)  # W_M..W_j
         p = self.sol.problem
+        with np.errstate(under="ignore"):
+            pre, post, nc3 = (np.exp(v[j - 1]) for v in (self._log_pre, self._log_post, self._log_nc3))
+            reg = float(np.exp(self._reg_log))
         return {
             "layer": j,
             "shape": [p.widths[j] if j < self.M else self.K, p.widths[j - 1]],
             "sigma": self.sigma[j - 1],
             "mean_gram": self.gram(self.feature_scale * pre, True, True),
             "partial_gram": self.gram(post, False, False),
-            "nc3_scale": self.gram((self.s + self.c) * post / self.s, False, False),
-            "regularizer": 0.5 * p.lambda_w[j - 1] * float(np.sum(self.sigma[j - 1] ** 2)),
+            "nc3_scale": self.gram(nc3, False, False),
+            "regularizer": reg,
         }
 
 
@@ -97,10 +141,19 @@ class Prediction:
     """
 
     def __init__(self, problem: Problem, *, mse: MSESolution | None = None, ce=None):
+        if not isinstance(problem, Problem):
+            raise TypeError(f"problem must be an nclab.theory.Problem (see make_problem), got {type(problem).__name__}")
+        if (mse is None) == (ce is None):
+            raise TypeError("give exactly one of mse= (an MSESolution) or ce= (a CESolution); see nclab.predict")
+        if mse is not None and not isinstance(mse, MSESolution):
+            raise TypeError(f"mse must be an MSESolution (from solve_mse), got {type(mse).__name__}")
+        if ce is not None and not hasattr(ce, "best_structure"):
+            raise TypeError(f"ce must be a CESolution (from solve_ce), got {type(ce).__name__}")
         self.problem = problem
         self._mse, self._ce = mse, ce
         if mse is not None:
             self._struct = MSEStructure(mse)
+            self._struct.check_finite()
             self.objective = mse.objective
             self.objective_zero = mse.objective_zero
             self.gram_unique = mse.gram_unique
@@ -152,7 +205,7 @@ class Prediction:
         if self._mse is None:
             return np.asarray(self._ce.WH)
         st = self._struct
-        return st.gram(st.s / (st.s + st.c), False, True)
+        return st.gram(st.logit_scale, False, True)
 
     @cached_property
     def layers(self) -> list[dict]:
@@ -162,23 +215,46 @@ class Prediction:
 
     @cached_property
     def classes(self) -> dict:
-        """Per-class table: n_k, ||w_k||^2, ||h_k||^2, logit of a class-k sample on class k."""
+        """Per-class table (lists of K values).
+
+        ``count`` n_k; ``w_norm`` ||w_k|| (row k of W = W_M..W_1) and ``h_norm`` ||h_k|| (class mean at
+        the head input; centred with a bias), with their squares ``w_norm2``, ``h_norm2``; ``logit_own``
+        w_k . h_k (+ b_k), the output of class k on its own samples (target 1 for MSE); ``margin`` own
+        logit minus the largest other logit of a class-k sample; ``collapsed`` w_k = 0 and h_k = 0
+        (minority collapse); ``active`` not collapsed. Bias-free MSE: O(K), no K x K matrix.
+        """
+        K = self.problem.K
         if self._mse is None:
-            w2, h2, own = np.diag(self.WWt), np.diag(self.HtH), np.diag(self.WH).copy()
+            w2, h2, own = np.diag(self.WWt).copy(), np.diag(self.HtH).copy(), np.diag(self.WH).copy()
         else:
             st = self._struct
             w2 = st.gram_diag(st.s, False, False)
             h2 = st.gram_diag(st.feature_scale, True, True)
-            own = st.gram_diag(st.s / (st.s + st.c), False, True)
+            own = st.gram_diag(st.logit_scale, False, True)
+        w2, h2 = np.maximum(w2, 0.0), np.maximum(h2, 0.0)
+        if self._mse is not None and not self.problem.bias:
+            collapsed = ~self.active
+            # bias-free MSE: the logits of a class-k sample are (W h_k)_j = 0 for j != k (diagonal Grams)
+            margin = own.copy()
+        else:
+            scale_w, scale_h = max(float(w2.max()), 1e-300), max(float(h2.max()), 1e-300)
+            collapsed = (w2 <= 1e-12 * scale_w) & (h2 <= 1e-12 * scale_h)
+            Z = self.WH + (0.0 if self.bias is None else self.bias[:, None])  # column k: logits of class k
+            own_z = np.diag(Z).copy()
+            Z[np.arange(K), np.arange(K)] = -np.inf
+            margin = own_z - Z.max(axis=0)
         if self.bias is not None:
             own = own + self.bias
-        scale = max(float(w2.max()), 1e-300)
         return {
             "count": list(self.problem.counts),
-            "active": [bool(v) for v in (w2 > 1e-12 * scale) & (w2 > 0)],
+            "active": [bool(not v) for v in collapsed],
+            "collapsed": [bool(v) for v in collapsed],
+            "w_norm": np.sqrt(w2).tolist(),
+            "h_norm": np.sqrt(h2).tolist(),
             "w_norm2": w2.tolist(),
             "h_norm2": h2.tolist(),
             "logit_own": own.tolist(),
+            "margin": margin.tolist(),
         }
 
     def construct(self):
@@ -188,11 +264,28 @@ class Prediction:
         return construct_minimizer(self)
 
     def to_dict(self) -> dict:
-        """JSON-ready dict (lists, floats, bools) of everything above."""
+        """JSON-ready dict (lists, floats, bools) of everything above; every float is finite or None.
+
+        Holds (3 + 3 M) K x K matrices as Python lists: refused before building them when they
+        cannot fit in memory (about 60 bytes per entry with the JSON text).
+        """
         from nclab import __version__
+        from nclab.theory.resources import check_memory
+
+        K, M = self.problem.K, self.problem.M
+        check_memory(
+            60.0 * (3 + 3 * M) * K * K,
+            f"the full prediction (Grams WWt, HtH, WH and 3 per layer: {3 + 3 * M} matrices of {K:,} x {K:,})",
+            "the summary without --json (or Prediction.classes) needs no K x K matrix",
+        )
 
         def arr(v):
-            return None if v is None else np.asarray(v).tolist()
+            if v is None:
+                return None
+            a = np.asarray(v)
+            if a.dtype.kind == "f" and not np.isfinite(a).all():
+                return np.where(np.isfinite(a), a, None).tolist()
+            return a.tolist()
 
         out = {
             "nclab_version": __version__,
@@ -219,8 +312,10 @@ class Prediction:
             m = self._mse
             out["modes"] = {
                 "mu": m.mu.tolist(),
-                "a": [float(v) if np.isfinite(v) else None for v in m.a],
-                "x": m.x.tolist(),
+                "a": arr(np.where((m.a > 0) & np.isfinite(m.a), m.a, np.inf)),
+                "log_a": arr(m.log_a),
+                "x": arr(m.x),
+                "log_x": arr(m.log_x),
                 "s": m.s.tolist(),
                 "F": m.F.tolist(),
                 "active": m.active.tolist(),
@@ -270,10 +365,16 @@ def predict(
     >>> p.geometry
     'general orthogonal frame'
     """
-    problem = counts if isinstance(counts, Problem) else make_problem(
-        counts, classes=classes, per_class=per_class, depth=depth, widths=widths,
-        lambda_w=lambda_w, lambda_h=lambda_h, bias=bias, loss=loss,
-    )
+    if isinstance(counts, Problem):  # validated again: a Problem can be built without make_problem
+        q = counts
+        problem = make_problem(list(q.counts), widths=list(q.widths), lambda_w=list(q.lambda_w),
+                               lambda_h=q.lambda_h, bias=q.bias, loss=q.loss)
+    else:
+        problem = make_problem(
+            counts, classes=classes, per_class=per_class, depth=depth, widths=widths,
+            lambda_w=lambda_w, lambda_h=lambda_h, bias=bias, loss=loss,
+        )
+    seed = check_int(seed, "seed", 0, 2**63 - 1)
     if problem.loss == "mse":
         return Prediction(problem, mse=solve_mse(problem))
     if not problem.balanced:

@@ -69,31 +69,62 @@ class Problem:
 
 
 def _positive_float(value, name: str) -> float:
+    if isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be a number, got {value!r}")
     try:
         v = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ValueError(f"{name} must be a number, got {value!r}") from None
     if math.isnan(v) or math.isinf(v) or v <= 0:
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
     return v
 
 
-def check_int(value, name: str, low: int = 1) -> int:
-    """``value`` as an int >= ``low``, or one clear ValueError (bools, NaN, inf and fractions refused)."""
+#: largest count or width accepted: float64 holds every integer up to 2^53 exactly
+MAX_INT = 2**53
+
+
+def check_int(value, name: str, low: int = 1, high: int | None = None) -> int:
+    """``value`` as an int in [``low``, ``high``], or one clear ValueError (bools, NaN, inf, fractions,
+    strings that are not numbers and integers too large for float64 are refused)."""
     what = "a positive integer" if low == 1 else f"an integer >= {low}"
-    if isinstance(value, bool):
+    if isinstance(value, (bool, np.bool_)):
         raise ValueError(f"{name} must be {what}, got {value!r}")
+    if isinstance(value, (int, np.integer)):
+        v = int(value)
+    else:
+        try:
+            f = float(value)
+        except (TypeError, ValueError, OverflowError):
+            raise ValueError(f"{name} must be {what}, got {value!r}") from None
+        if not math.isfinite(f) or f != int(f):
+            raise ValueError(f"{name} must be {what}, got {value!r}")
+        v = int(f)
+    if v < low:
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+    if high is not None and v > high:
+        raise ValueError(f"{name} must be at most {high:,}, got {value!r}")
+    return v
+
+
+def _positive_int(value, name: str, high: int | None = MAX_INT) -> int:
+    return check_int(value, name, 1, high)
+
+
+def _as_list(value, name: str) -> list | None:
+    """None for a scalar, else the values as a flat list (one ValueError for ragged or odd input)."""
+    if isinstance(value, (str, bytes)):
+        return None
     try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be {what}, got {value!r}") from None
-    if not math.isfinite(v) or v != int(v) or v < low:
-        raise ValueError(f"{name} must be {what}, got {value!r}")
-    return int(v)
+        nd = np.ndim(value)
+        return None if nd == 0 else list(np.ravel(np.asarray(value, dtype=object)))
+    except (ValueError, TypeError):
+        raise ValueError(f"{name} must be one number or a flat list of numbers, got {value!r}") from None
 
 
-def _positive_int(value, name: str) -> int:
-    return check_int(value, name, 1)
+def _problem_memory(K: int, M: int) -> float:
+    """Bytes of the O(K M) per-class/per-mode arrays of :func:`nclab.theory.predict` (no K x K matrix)."""
+    return (600.0 + 40.0 * M) * K + 200.0 * M
 
 
 def make_problem(
@@ -114,22 +145,32 @@ def make_problem(
     equal) or M ints; ``depth`` M defaults to ``len(widths)`` or to ``len(lambda_w)`` or 1. Default
     width: 64 (the paper's synthetic experiments). ``lambda_w`` is one value or M values.
     """
+    from nclab.theory.resources import check_memory
+
     if counts is None:
         if classes is None or per_class is None:
             raise ValueError("give the class counts, or both the number of classes and the samples per class")
-        classes = _positive_int(classes, "the number of classes")
+        classes = _positive_int(classes, "the number of classes", None)
+        per_class = _positive_int(per_class, "the samples per class")
+        if classes < 2:
+            raise ValueError(f"need at least K = 2 classes, got {classes}")
+        check_memory(_problem_memory(classes, 1), f"K = {classes:,} classes")
         counts = [per_class] * classes
     elif classes is not None or per_class is not None:
         raise ValueError("give either counts or classes/per-class, not both")
-    counts = [_positive_int(c, "every class count") for c in np.ravel(np.asarray(counts, dtype=object))]
+    count_list = _as_list(counts, "counts")
+    if count_list is None:
+        raise ValueError(f"counts must be a list of class sizes, got {counts!r}")
+    counts = [_positive_int(c, "every class count") for c in count_list]
     if len(counts) < 2:
         raise ValueError(f"need at least K = 2 classes, got {len(counts)}")
 
-    lam_list = None if np.ndim(lambda_w) == 0 else list(lambda_w)
-    width_list = None if widths is None or np.ndim(widths) == 0 else list(widths)
+    lam_list = _as_list(lambda_w, "lambda_w")
+    width_list = None if widths is None else _as_list(widths, "widths")
     if depth is None:
         depth = len(width_list) if width_list is not None else (len(lam_list) if lam_list else 1)
-    M = _positive_int(depth, "depth M")
+    M = _positive_int(depth, "depth M", None)
+    check_memory(_problem_memory(len(counts), M), f"K = {len(counts):,} classes and depth M = {M:,}")
     if width_list is None:
         w = 64 if widths is None else widths
         width_list = [w] * M
@@ -142,7 +183,7 @@ def make_problem(
         raise ValueError(f"lambda_w has {len(lam_list)} values but depth M = {M} needs 1 or M")
     lam_list = [_positive_float(v, "lambda_w") for v in lam_list]
     lambda_h = _positive_float(lambda_h, "lambda_h")
-    if loss not in ("mse", "ce"):
+    if not isinstance(loss, str) or loss not in ("mse", "ce"):
         raise ValueError(f"loss must be 'mse' or 'ce', got {loss!r}")
     if not isinstance(bias, (bool, np.bool_)):
         raise ValueError(f"bias must be true or false, got {bias!r}")
