@@ -27,7 +27,10 @@ def run_demo(out="nclab-demo", *, depths=DEPTHS, log: Callable[[str], None] = pr
     from nclab.ufm.presets import PRESETS, run_preset
 
     out = pathlib.Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"cannot create the demo folder {out}: {exc.strerror or exc}") from None
     t0 = time.perf_counter()
 
     log("1/4 theory: closed-form global minimizers of the paper's configurations")

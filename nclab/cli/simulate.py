@@ -119,6 +119,11 @@ def simulate_cmd(ctx, counts, classes, per_class, depth, widths, width, lambda_w
         raise ValueError("--out must not be empty")
     if resume and out is None:
         raise ValueError("--resume needs --out, the run directory to continue")
+    if resume:
+        from nclab.results import RunStore, depth_run_dirs
+
+        if not RunStore(out).exists() and not depth_run_dirs(out):
+            raise ValueError(f"{out} holds no run to resume; drop --resume to start one there")
     kw = problem_kwargs(counts, classes, per_class, depth, widths, width, lambda_w, lambda_h, loss, bias)
     run_kw = dict(optimizer=optimizer, lr=lr, momentum=momentum, steps=steps, schedule=schedule,
                   milestones=parse_int_list(milestones, "--milestones") or (), gamma=gamma, init_std=init_std,

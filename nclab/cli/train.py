@@ -126,6 +126,11 @@ def train_cmd(config_file, preset, list_presets, per_class, depths, out, resume,
         raise ValueError("--out must not be empty")
     if resume and out is None:
         raise ValueError("--resume needs --out, the run directory to continue")
+    if resume:
+        from nclab.results import RunStore, depth_run_dirs
+
+        if not RunStore(out).exists() and not depth_run_dirs(out):
+            raise ValueError(f"{out} holds no run to resume; drop --resume to start one there")
     opts = load_toml(config_file) if config_file else {}
     if preset is not None:
         opts["preset"] = preset

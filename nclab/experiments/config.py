@@ -168,7 +168,10 @@ def _bool(value, name: str) -> bool:
 
 def _seq(value) -> list:
     if isinstance(value, str):
-        return [t for t in value.replace(" ", "").split(",") if t]
+        items = value.replace(" ", "").split(",")
+        if value.strip() and any(t == "" for t in items):
+            raise ValueError(f"empty item in the comma-separated list {value!r}")
+        return [t for t in items if t]
     if isinstance(value, Sequence):
         return list(value)
     return [value]
