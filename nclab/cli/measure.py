@@ -317,9 +317,21 @@ def measure(path, as_json, target, tol, num_classes, global_mean, within, per_cl
         _measure(path, as_json, target, tol, num_classes, global_mean, within, per_class, split, export, lambda_w,
                  lambda_h, depth, loss)
     except (ValueError, TypeError, OverflowError, FileNotFoundError) as exc:
-        fail(str(exc))
+        msg = str(exc) or type(exc).__name__
+        fail(msg if str(path) in msg or msg.startswith("--") else f"{path}: {msg}")
     except MemoryError:
         fail(f"not enough memory to measure {path}")
 
 
-measure_cmd = click.command("measure")(measure)
+class _OneLineErrors(click.Command):
+    """Usage errors (bad option values, unknown options) as one `error: ...` line, exit 2, like every other
+    error of this command (click's default prints a usage block and `Error:`)."""
+
+    def parse_args(self, ctx, args):
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:
+            fail(exc.format_message())
+
+
+measure_cmd = click.command("measure", cls=_OneLineErrors)(measure)

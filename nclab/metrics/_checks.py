@@ -71,6 +71,8 @@ def check_device(device) -> torch.device | None:
         raise TypeError(f"device must be a string or torch.device, got {type(device).__name__} {device!r}")
     try:
         dev = torch.device(device)
+        if dev.type == "meta":
+            raise ValueError("meta tensors hold no numbers")
         torch.empty(0, device=dev)
     except Exception as exc:  # RuntimeError, AssertionError (no CUDA build), ...
         raise ValueError(f"device {device!r} is not usable here: {str(exc).splitlines()[0] if str(exc) else exc!r}"
@@ -132,6 +134,8 @@ def as_tensor(x, name: str) -> torch.Tensor:
             raise ValueError(f"{name} is a {x.layout} tensor: pass a dense one ({name}.to_dense())")
         if x.is_complex():
             raise ValueError(f"{name} must be real numbers, got dtype {x.dtype}")
+        if x.is_meta or x.is_quantized:
+            raise ValueError(f"{name} is a {'meta' if x.is_meta else 'quantized'} tensor: pass one holding numbers")
         return x.detach()
     if x is None or isinstance(x, (str, bytes, dict, set)):
         raise TypeError(f"{name} must be an array or tensor, got {type(x).__name__}")
