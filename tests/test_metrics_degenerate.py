@@ -153,3 +153,24 @@ def test_nc1_nonnegative_property(K, D, sigma, seed):
     m = nc_metrics(H.astype(np.float32), y)
     assert m["nc1"] >= 0 or math.isnan(m["nc1"])
     assert ClassStats(K).update(H, y).compute()["nc1"] >= 0 or math.isnan(m["nc1"])
+
+
+@pytest.mark.parametrize("s1, s2", [(1.0, 1.0), (1e200, 1e200), (1e-200, 1e-200), (1e-200, 1.0), (1.0, 1e250)])
+def test_extreme_scales_streamed_and_merged(s1, s2):
+    """Statistics of any finite magnitude: stored rescaled by a power of two (scale_exp), public attributes in
+    the features' units, merge aligns scales, metrics equal those of one ClassStats over all the batches."""
+    H, y, W = data()
+    order = np.argsort(np.arange(len(y)) % 10, kind="stable")  # both halves hold every class
+    H, y, h = H[order], y[order], len(y) // 2
+    a = ClassStats(4).update(H[:h] * s1, y[:h])
+    b = ClassStats(4).update(H[h:] * s2, y[h:])
+    full = ClassStats(4).update(H[:h] * s1, y[:h]).update(H[h:] * s2, y[h:])
+    m, f = a.merge(b).compute(W), full.compute(W)
+    for k in ("nc1", "nc1_trace", "nc2_h", "nc2_w", "nc3", "cdnv"):
+        assert m[k] == pytest.approx(f[k], rel=1e-9) and math.isfinite(f[k]), k
+    if s1 == s2:
+        ref = ClassStats(4).update(H, y)
+        assert f["nc1"] == pytest.approx(ref.compute()["nc1"], rel=1e-9)
+        assert np.allclose(full.means.numpy(), ref.means.numpy() * s1, rtol=1e-12, atol=0)
+        means, _, scatter, e = full.scaled()
+        assert np.isfinite(scatter.numpy()).all() and (e == 0) == (s1 == 1.0)

@@ -203,12 +203,12 @@ def compute_metrics(stats: ClassStats, weights=None, bias=None, *, second: Secon
         raise ValueError(f"need at least 2 classes with samples, got {Ke}")
     n = counts_all[kept].astype(np.float64)
     N = n.sum()
-    means = stats.means.cpu().numpy()[kept]  # (K_eff, D), divided by 2^scale_exp (as m2, scatter by its square)
+    means = stats._means.cpu().numpy()[kept]  # (K_eff, D), divided by 2^scale_exp (as m2, scatter by its square)
     m2 = None
     if second is not None:
         m2 = second.m2.cpu().numpy()[kept]
-    elif stats.m2 is not None:
-        m2 = stats.m2.cpu().numpy()[kept]
+    elif stats._m2 is not None:
+        m2 = stats._m2.cpu().numpy()[kept]
     vals, why, per = {}, {}, {"label": kept.tolist(), "count": n.astype(int).tolist()}
     wmode = "weighted" if global_mean == "weighted" else "uniform"
     if second is not None:
@@ -227,8 +227,8 @@ def compute_metrics(stats: ClassStats, weights=None, bias=None, *, second: Secon
         q = second.q.cpu().numpy()[kept]
         c = q / N if within == "pooled" else q / (Ke * n)
         contrib, nc1 = c.tolist(), max(float(c.sum()), 0.0)
-    elif stats.scatter is not None and within == "pooled":
-        nc1 = F.nc1_from_scatter(stats.scatter.cpu().numpy(), p, int(N))
+    elif stats._scatter is not None and within == "pooled":
+        nc1 = F.nc1_from_scatter(stats._scatter.cpu().numpy(), p, int(N))
         why["nc1_per_class"] = "per-class NC1 needs a second pass"
     else:
         why["nc1"] = "needs the within-class scatter (moments='scatter', pooled) or a second pass"

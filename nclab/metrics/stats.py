@@ -18,8 +18,9 @@ and the batch scatter and that correction are one GEMM: S += A^T A with A = [cen
 Scale: features of any finite magnitude are accepted. While the largest |feature| stays within 2^+-300 the
 statistics are the plain sums above (scale_exp = 0). Outside that range every statistic is stored divided
 by a power of two, 2^scale_exp for means and 2^(2 scale_exp) for m2 and the scatter (exact; updated when a
-larger batch arrives), so no square overflows or underflows. Every NC metric is scale-invariant, and
-compute() reports per-class norms and variances in the features' own units.
+larger batch arrives), so no square overflows or underflows. Every NC metric is scale-invariant and is
+computed from the stored (scaled) statistics; the attributes means, m2, scatter and the per-class norms
+and variances of compute() are in the features' own units.
 Inputs that require grad are detached: the statistics never hold an autograd graph.
 """
 
@@ -108,8 +109,9 @@ class ClassStats:
         error in the scatter).
 
     Attributes: counts (K,) int64, means (K, D) float64, m2 (K,) float64, scatter (D, D) float64 (the
-    sum, not divided by N), num_samples, scale_exp (0 unless features beyond 2^+-300 were seen: then
-    means are stored divided by 2^scale_exp, m2 and scatter by 2^(2 scale_exp)).
+    sum, not divided by N), num_samples, all in the features' units; scale_exp (0 unless features beyond
+    2^+-300 were seen: the statistics are then stored divided by 2^scale_exp, resp. its square; `scaled()`
+    gives them so, for scale-invariant metrics that must not overflow).
     Sizes that cannot fit (K D + D^2 float64 numbers) are refused before allocating.
     """
 
@@ -124,7 +126,7 @@ class ClassStats:
 
     def reset(self) -> ClassStats:
         """Forget all data (keeps num_classes, dim, device)."""
-        self.counts = self.means = self.m2 = self.scatter = None
+        self.counts = self._means = self._m2 = self._scatter = None
         self.scale_exp, self._top = 0, None  # _top: exponent of the largest |feature| seen (None: only zeros)
         if self.dim is not None:
             self._alloc(self.dim, self.device or torch.device("cpu"))
@@ -141,9 +143,35 @@ class ClassStats:
                      f"(moments={self.moments!r})", device)
         K, self.dim, self.device = self.num_classes, dim, torch.device(device)
         self.counts = torch.zeros(K, dtype=torch.int64, device=device)
-        self.means = torch.zeros(K, dim, dtype=F64, device=device)
-        self.m2 = torch.zeros(K, dtype=F64, device=device) if self.moments != "none" else None
-        self.scatter = torch.zeros(dim, dim, dtype=F64, device=device) if self.moments == "scatter" else None
+        self._means = torch.zeros(K, dim, dtype=F64, device=device)
+        self._m2 = torch.zeros(K, dtype=F64, device=device) if self.moments != "none" else None
+        self._scatter = torch.zeros(dim, dim, dtype=F64, device=device) if self.moments == "scatter" else None
+
+    @property
+    def means(self) -> torch.Tensor | None:
+        """Class means (K, D), float64, in the features' units."""
+        return self._true(self._means, 1)
+
+    @property
+    def m2(self) -> torch.Tensor | None:
+        """Per-class sums of squared distances to the class mean (K,), in the features' units squared."""
+        return self._true(self._m2, 2)
+
+    @property
+    def scatter(self) -> torch.Tensor | None:
+        """Pooled within-class scatter sum (D, D), in the features' units squared (inf where that overflows)."""
+        return self._true(self._scatter, 2)
+
+    def _true(self, t, power: int):
+        if t is None or not self.scale_exp:
+            return t
+        return ldexp_(t.clone(), power * self.scale_exp)
+
+    def scaled(self) -> tuple:
+        """(means, m2, scatter, scale_exp): the stored statistics, divided by 2^scale_exp (means) and
+        2^(2 scale_exp) (m2, scatter). Every scale-invariant metric (NC1, normalized Grams) can use them as they
+        are, and they never overflow or underflow; scale_exp is 0 unless features beyond 2^+-300 were seen."""
+        return self._means, self._m2, self._scatter, self.scale_exp
 
     @property
     def num_samples(self) -> int:
@@ -160,8 +188,8 @@ class ClassStats:
         """Store the statistics divided by 2^e instead of 2^scale_exp (e >= scale_exp)."""
         d = e - self.scale_exp
         if d and self.counts is not None:
-            ldexp_(self.means, -d)
-            for t in (self.m2, self.scatter):
+            ldexp_(self._means, -d)
+            for t in (self._m2, self._scatter):
                 if t is not None:
                     ldexp_(t, -2 * d)
         self.scale_exp = e
@@ -194,22 +222,22 @@ class ClassStats:
         to the scatter in the same GEMM as the between-parts correction."""
         na, n = self.counts.to(F64), (self.counts + nb).to(F64)
         nb64 = nb.to(F64)
-        delta = mb - self.means  # (K, D)
+        delta = mb - self._means  # (K, D)
         c = na * nb64 / n.clamp(min=1)  # (K,) Chan weights, 0 unless the class is on both sides
-        self.means += delta * (nb64 / n.clamp(min=1)).unsqueeze(1)
-        if self.m2 is not None:
-            self.m2 += m2b + c * (delta * delta).sum(1)
-        if self.scatter is not None:
+        self._means += delta * (nb64 / n.clamp(min=1)).unsqueeze(1)
+        if self._m2 is not None:
+            self._m2 += m2b + c * (delta * delta).sum(1)
+        if self._scatter is not None:
             if scatter_b is not None:
-                self.scatter += scatter_b
+                self._scatter += scatter_b
             both = c > 0
             corr = delta[both] * c[both].sqrt().unsqueeze(1)  # (K', D)
             a = corr if rows is None else torch.cat([rows, corr])
             if self.gemm_dtype == F64:
-                self.scatter.addmm_(a.T, a)
+                self._scatter.addmm_(a.T, a)
             else:
                 a = a.to(self.gemm_dtype)
-                self.scatter += (a.T @ a).to(F64)
+                self._scatter += (a.T @ a).to(F64)
         self.counts += nb
 
     def merge(self, other: ClassStats) -> ClassStats:
@@ -230,9 +258,9 @@ class ClassStats:
         d = self.device
         self._fit_scale(other._top)
         sh = other.scale_exp - self.scale_exp  # <= 0 unless other has only zeros
-        self._merge(other.counts.to(d), ldexp_(other.means.to(d, copy=True), sh),
-                    None if self.m2 is None else ldexp_(other.m2.to(d, copy=True), 2 * sh), None,
-                    None if self.scatter is None else ldexp_(other.scatter.to(d, copy=True), 2 * sh))
+        self._merge(other.counts.to(d), ldexp_(other._means.to(d, copy=True), sh),
+                    None if self._m2 is None else ldexp_(other._m2.to(d, copy=True), 2 * sh), None,
+                    None if self._scatter is None else ldexp_(other._scatter.to(d, copy=True), 2 * sh))
         return self
 
     def all_reduce(self, group=None) -> ClassStats:
@@ -256,19 +284,19 @@ class ClassStats:
             self._top = int(tops[0])
         counts = self.counts.clone()
         dist.all_reduce(counts, group=group)
-        sums = self.means * self.counts.to(F64).unsqueeze(1)
+        sums = self._means * self.counts.to(F64).unsqueeze(1)
         dist.all_reduce(sums, group=group)
         means = sums / counts.clamp(min=1).to(F64).unsqueeze(1)
-        delta = self.means - means  # local minus global, 0 where this process has no samples
+        delta = self._means - means  # local minus global, 0 where this process has no samples
         w = self.counts.to(F64)
-        if self.m2 is not None:
-            self.m2 += w * (delta * delta).sum(1)
-            dist.all_reduce(self.m2, group=group)
-        if self.scatter is not None:
+        if self._m2 is not None:
+            self._m2 += w * (delta * delta).sum(1)
+            dist.all_reduce(self._m2, group=group)
+        if self._scatter is not None:
             a = delta * w.sqrt().unsqueeze(1)
-            self.scatter.addmm_(a.T, a)
-            dist.all_reduce(self.scatter, group=group)
-        self.counts, self.means = counts, means
+            self._scatter.addmm_(a.T, a)
+            dist.all_reduce(self._scatter, group=group)
+        self.counts, self._means = counts, means
         return self
 
     # --- views used by the metrics -------------------------------------------------------------
@@ -318,7 +346,7 @@ class SecondPass:
         self.stats, self.rtol, self.global_mean = stats, rtol, global_mean
         self.kept = kept
         dev, K = stats.device, stats.num_classes
-        means = stats.means[torch.as_tensor(kept, device=dev)]  # (K_eff, D)
+        means = stats._means[torch.as_tensor(kept, device=dev)]  # (K_eff, D)
         counts = stats.counts.cpu().numpy()[kept]
         p, self.singular_values, self.rank, self.mu_g = nc1_projector(means.cpu().numpy(), counts, rtol=rtol,
                                                               mode=global_mean)
