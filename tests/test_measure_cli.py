@@ -48,6 +48,9 @@ def test_per_layer(dump, name):
     assert len(out["layers"]) == 2 and out["layers"][1]["info"]["layer"] == 2
     r = CliRunner().invoke(measure_cmd, [str(d / name), "--per-class"])
     assert "layer 2" in r.output and "per class (layer 2)" in r.output
+    # nc3 (W Hbar) is one number for the whole head: printed once, not repeated in every layer column
+    assert "\nnc3 " not in r.output and "whole head (the same at every layer): nc3" in r.output
+    assert "\nnc3_dual" in r.output  # the per-layer self-duality stays per layer
 
 
 @pytest.mark.parametrize("name, msg", [("nolabels.npz", "no labels"), ("nan.npz", "NaN or inf"),

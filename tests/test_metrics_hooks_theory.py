@@ -125,3 +125,16 @@ def test_compare_to_theory_on_constructed_minimizer(bias):
     dh = deep_head_metrics(H.T, y, weights, b, target=[lay["mean_gram"] for lay in pred.layers])
     assert dh[0]["nc1"] == 0 or dh[0]["nc1"] < 1e-20
     assert dh[0]["nc2_h"] < 1e-8 and dh[2]["nc2_h"] < 1e-8
+
+
+def test_deep_table_prints_shared_metrics_once_only_when_equal():
+    from nclab.metrics import deep_head_metrics
+
+    rng = np.random.default_rng(0)
+    y = np.arange(30) % 3
+    H = rng.standard_normal((3, 4))[y] + 0.1 * rng.standard_normal((30, 4))
+    ws = [rng.standard_normal((4, 4)), rng.standard_normal((3, 4))]
+    same = deep_head_metrics(H, y, ws, target="of")
+    assert same.shared() == ["nc3", "accuracy"] and "whole head" in same.table() and "\nnc3 " not in same.table()
+    per = deep_head_metrics(H, y, ws, target=[np.eye(3), np.diag([1.0, 2.0, 3.0])])  # nc3 target per layer
+    assert "nc3" not in per.shared() and "\nnc3 " in per.table()

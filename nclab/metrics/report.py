@@ -99,12 +99,22 @@ class DeepHeadMetrics:
     def to_dict(self) -> dict:
         return {"layers": [m.to_dict() for m in self.layers]}
 
+    def shared(self) -> list:
+        """The SHARED metrics that are indeed one value at every layer here (the same target for each)."""
+        out = []
+        for k in self.SHARED:
+            v = [m.values.get(k, math.nan) for m in self.layers]
+            if k in self.layers[0].values and (all(math.isnan(x) for x in v) or all(
+                    math.isclose(x, v[0], rel_tol=1e-9, abs_tol=1e-12) for x in v)):
+                out.append(k)
+        return out
+
     def table(self) -> str:
-        names = [k for k in self.layers[0].values if k not in self.SHARED]
+        shared = self.shared() if len(self.layers) > 1 else []
+        names = [k for k in self.layers[0].values if k not in shared]
         head = f"{'metric':<15}" + "".join(f"{'layer ' + str(j + 1):>13}" for j in range(len(self.layers)))
         rows = [head] + [f"{k:<15}" + "".join(f"{_fmt(m.values.get(k, math.nan)):>13}" for m in self.layers)
                          for k in names]
-        shared = [k for k in self.SHARED if k in self.layers[0].values]
         if shared:
             rows.append("whole head (the same at every layer): " + ", ".join(
                 f"{k} {_fmt(self.layers[0].values[k])}" for k in shared))
@@ -193,7 +203,7 @@ def compute_metrics(stats: ClassStats, weights=None, bias=None, *, second: Secon
     K = stats.num_classes
     kept = stats.kept()
     Ke = len(kept)
-    check_memory(8.0 * 10 * Ke * Ke, f"the {Ke} x {Ke} class Grams")
+    check_memory(8.0 * 6 * Ke * Ke, f"the {Ke} x {Ke} class Grams")
     counts_all = stats.counts.cpu().numpy()
     dropped = np.flatnonzero(counts_all == 0).tolist()
     if dropped:
