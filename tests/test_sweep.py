@@ -260,3 +260,11 @@ def test_one_sweep_per_folder_and_a_locked_run_is_recorded_not_fatal(tmp_path, m
     assert by_name["seed=2"]["status"] in ("complete", "converged")
     again = run_sweep(path, out, workers=1, report=False)  # the lock is free now: the rerun completes it
     assert again.ok and "locked" not in {e["name"]: e for e in again.runs}["seed=1"]
+
+
+def test_a_run_folder_that_differs_only_in_threads_is_the_same_run(tmp_path):
+    path, out = write(tmp_path, TINY + 'steps = 20\n[grid]\nseed = [0, 1]\n'), tmp_path / "o"
+    run = expand_sweep(load_sweep(path))[0]
+    RunStore(out / run.name).write_config(run.config.replace(threads=4).to_dict(), kind="ufm-simulation", version="0")
+    res = run_sweep(path, out, dry_run=True)
+    assert [e["status"] for e in res.runs] == ["pending", "pending"]

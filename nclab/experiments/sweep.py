@@ -441,6 +441,9 @@ def _cpu_count() -> int:
 
 def _plan(runs: list[SweepRun], out: pathlib.Path) -> list[dict]:
     """Manifest entries; a run directory holding another config is an error, found before anything runs."""
+    import nclab.results
+
+    identity = getattr(nclab.results, "identity", lambda config: config)  # the fields that define the result
     entries = []
     for run in runs:
         d = out / run.name
@@ -452,7 +455,7 @@ def _plan(runs: list[SweepRun], out: pathlib.Path) -> list[dict]:
             except (OSError, ValueError) as exc:
                 raise ValueError(f"{d / CONFIG} is unreadable ({exc}); remove the run directory") from None
             new = json.loads(json.dumps(run.config.to_dict())) if hasattr(run.config, "to_dict") else old
-            diff = config_diff(old, new)
+            diff = config_diff(identity(old), identity(new))  # e.g. threads may differ: same result
             if diff:
                 raise ValueError(f"{d} holds a run with another config ({'; '.join(diff)}); use another --out "
                                  "or remove that run directory")
