@@ -68,6 +68,13 @@ def _g(v, digits: int = 4) -> str:
     return "n/a" if v is None else f"{v:.{digits}g}"
 
 
+def _pow10(lg: float) -> str:
+    """10**lg as text; '1e+400' style where it leaves float64 (never 'inf' or '0' for a positive value)."""
+    if not np.isfinite(lg):
+        return "n/a"
+    return f"{10.0**lg:.4g}" if -300 < lg < 300 else f"1e{lg:+.0f}"
+
+
 def _values(values) -> str:
     vals = [_g(v) for v in values]
     return vals[0] + " (every layer)" if len(set(vals)) == 1 and len(vals) > 1 else ", ".join(vals)
@@ -250,8 +257,8 @@ def _class_table(pred) -> list[str]:
     ratio = None
     if bias_free_mse:
         m = pred._mse
-        ratio = np.empty(p.K)
-        ratio[m.mode_class] = np.exp(m.log_a - np.log(pred.thresholds["a_star"]))
+        ratio = np.empty(p.K)  # log10(a_k / a*): printed as a number, or 1eNNN beyond float64
+        ratio[m.mode_class] = (m.log_a - np.log(pred.thresholds["a_star"])) / np.log(10)
     head = f"{'class':>9} {'n_k':>7} {'||w_k||':>11} {'||h_k||':>11} {'own logit':>10} {'margin':>10}"
     head += f" {'a_k/a*':>9}" if ratio is not None else ""
     head += "  state"
@@ -262,7 +269,7 @@ def _class_table(pred) -> list[str]:
         else:
             state = "collapsed" if c["collapsed"][k] else ("separated" if c["margin"][k] > 1e-9 else "not separated")
         cells = (p.counts[k], f"{c['w_norm'][k]:.5g}", f"{c['h_norm'][k]:.5g}", f"{c['logit_own'][k]:.5g}",
-                 f"{c['margin'][k]:.4g}", "" if ratio is None else _g(ratio[k]), state)
+                 f"{c['margin'][k]:.4g}", "" if ratio is None else _pow10(ratio[k]), state)
         rows.append((k, cells))
     grouped = []
     for k, cells in rows:

@@ -85,7 +85,7 @@ def _larger_log_root(la: np.ndarray, M: int, iters: int = 200) -> np.ndarray:
 
 
 def larger_root(a: np.ndarray, M: int, iters: int = 200) -> np.ndarray:
-    """Larger root of h(x) = a for a < a*(M) (M >= 2), elementwise; NaN where a >= a*.
+    """Larger root of h(x) = a for 0 < a < a*(M) (M >= 2), elementwise; one ValueError for other a.
 
     See :func:`_larger_log_root` (bisection in log x, stops at float64 resolution).
     """
@@ -93,6 +93,8 @@ def larger_root(a: np.ndarray, M: int, iters: int = 200) -> np.ndarray:
     if M < 2:
         raise ValueError("larger_root needs depth M >= 2 (for M = 1 the root is a^(-1/2) - 1)")
     a = _as_a(a)
+    if (a >= a_star(M)).any():
+        raise ValueError(f"larger_root needs every a < a*(M) = {a_star(M):.6g} (beyond it zero is the minimizer)")
     with np.errstate(divide="ignore", over="ignore"):
         return np.exp(_larger_log_root(np.log(a), M, iters))
 
