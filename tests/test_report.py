@@ -120,9 +120,11 @@ def test_find_runs_rejects_what_is_not_a_run(tmp_path, case):
 def test_columns_are_recognised_by_name(root):
     train = load_run(root / "train")
     assert train.x_key == "epoch" and train.counts == [30, 20, 10] and train.depth == 2
-    assert runlib.headline_columns(train.columns) == ["rel_gap", "train_acc", "test_acc", "nc1_L1", "nc2_h_L1",
-                                                      "nc2_w_L1", "nc3", "objective"]
-    assert metric_panels(train.columns, with_gap=False) == ["nc1_L1", "nc2_h_L1", "nc2_w_L1", "nc3", "train_loss",
+    # an old train run (only nc2_w_L{j}, nc2_h_L{j}): read with the shared end-to-end names
+    assert runlib.headline_columns(train.columns) == ["rel_gap", "train_acc", "test_acc", "nc1_L1", "nc2_w",
+                                                      "nc2_h", "nc3", "objective"]
+    assert train.final["nc2_w"] == train.final["nc2_w_L1"] and train.final["nc2_h"] == train.final["nc2_h_L1"]
+    assert metric_panels(train.columns, with_gap=False) == ["nc1_L1", "nc2_w", "nc2_h", "nc3", "train_loss",
                                                             "test_loss", "accuracy"]
     assert runlib.per_layer_columns(["nc1_L1", "nc1_L2", "nc3_L1", "w_norm_0"]) == {
         "nc1": [(1, "nc1_L1"), (2, "nc1_L2")], "nc3": [(1, "nc3_L1")]}
@@ -167,8 +169,9 @@ def test_report_embeds_decodable_figures(report):
 
     _, text = report
     page = parse(text)
-    # metrics + layers per kind (ufm, train), norms, phase diagram, one Gram figure per UFM run
-    assert len(page.images) == 2 * 2 + 2 + 3
+    # metrics, per-layer trajectories and final per-layer metrics per kind (ufm, train), norms, phase diagram,
+    # one Gram figure per UFM run (the fake train run stores no weights)
+    assert len(page.images) == 3 * 2 + 2 + 3
     for src in page.images:
         assert src.startswith("data:image/png;base64,")
         pixels = matplotlib.image.imread(io.BytesIO(base64.b64decode(src.split(",", 1)[1])), format="png")

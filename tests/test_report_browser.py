@@ -45,8 +45,9 @@ def test_chromium_renders_the_report(tmp_path):
     body = re.search(r"<body([^>]*)>", dom.stdout)
     assert dom.returncode == 0 and body, dom.stderr[-2000:]
     attrs = dict(re.findall(r'data-([a-z-]+)="([^"]*)"', body.group(1)))
-    # metrics, layers, norms, phase diagram, one Gram figure per run: all decoded with a width
-    assert attrs["images-total"] == "6" and attrs["images-rendered"] == "6", attrs
+    # metrics, per-layer trajectories, final per layer, norms, phase diagram, one Gram figure per run: all
+    # decoded with a width
+    assert attrs["images-total"] == "7" and attrs["images-rendered"] == "7", attrs
     assert int(attrs["tables-total"]) >= 10 and attrs["tables-filled"] == attrs["tables-total"], attrs
     assert attrs["rendered"] == "ok", attrs
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import click
 
@@ -13,24 +14,41 @@ def _metric(v) -> str:
     return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
+def _strict(obj):
+    """NaN and infinities as null: ``--json`` is strict JSON, as the run files are."""
+    if isinstance(obj, dict):
+        return {k: _strict(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_strict(v) for v in obj]
+    return None if isinstance(obj, float) and not math.isfinite(obj) else obj
+
+
 @click.command("runs")
-@click.argument("dirs", nargs=-1, required=True, type=click.Path())
+@click.argument("dirs", nargs=-1, type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="One JSON list: path, kind, status, params, final metrics, "
               "config per run.")
 @friendly_errors
 def runs_cmd(dirs, as_json):
-    """List the run directories given or found (recursively) under DIRS.
+    """List the run directories given or found (recursively) under DIRS [default: the current directory].
+
+    A run file that cannot be read (summary.json that is not a JSON object, a binary metrics.csv, ...) is
+    named in a warning on stderr and left out; the run is still listed.
 
     \b
     Examples:
+      nclab runs                       # every run below the current directory
       nclab runs runs/                 # every run below runs/
       nclab runs runs/gof --json       # machine-readable, with the full final metrics row
     """
     from nclab.report.runs import describe, load_runs
 
-    found = [describe(r) for r in load_runs(dirs)]
+    runs = load_runs(list(dirs) or ["."])
+    for run in runs:
+        for problem in run.problems:
+            click.echo(f"warning: {problem}", err=True)
+    found = [describe(r) for r in runs]
     if as_json:
-        click.echo(json.dumps(found, indent=2, allow_nan=True))
+        click.echo(json.dumps(_strict(found), indent=2, allow_nan=False))
         return
     table = [["run", "kind", "status", "progress", "parameters", "final metrics"]]
     for d in found:

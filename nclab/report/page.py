@@ -5,9 +5,14 @@ Everything is inline: figures as base64 PNG ``<img>``, one ``<style>``, one smal
 checks the page (after load it sets ``data-rendered="ok"`` on ``<body>`` when every image decoded and every
 table has rows; a headless browser test reads it). No network, no external assets: it opens offline.
 
-Sections: runs (parameters, status, final metrics), theory vs measurement (objective gap, collapsed
-classes, final NC metrics), figures, one section per run (config, prediction and thresholds, per-class
-norms, metrics table, Gram heatmaps, environment).
+Sections: runs (parameters, status, final metrics), warnings (files of a run that could not be read),
+theory vs measurement (objective gap, collapsed classes, final NC metrics), figures, one section per run
+(config, prediction and thresholds, per-class norms, metrics table, Gram heatmaps, environment).
+
+Figures (per run kind where the kinds are mixed): NC metrics against step/epoch; NC metrics at every layer
+(one row per metric, one column per layer); final NC metrics per layer; learned against predicted class
+norms; the minority-collapse phase diagram; per run, learned against predicted Gram heatmaps. Each is
+drawn once (Agg, PNG; PDF only when ``figures_dir`` asks for files).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import math
 import os
 import pathlib
 import tempfile
+import time
 
 import numpy as np
 
@@ -27,7 +33,7 @@ from nclab.report import figures as figlib
 from nclab.report import runs as runlib
 from nclab.results import atomic_write_bytes
 
-MAX_GRAM_FIGURES = 12  # Gram heatmaps (weights.pt is loaded for each) for the first runs only
+MAX_GRAM_FIGURES = 16  # Gram heatmaps (weights.pt is loaded for each) for the first runs only
 MAX_TABLE_ROWS = 12  # metrics table: first, last and evenly spaced rows in between
 MAX_CLASS_ROWS = 50
 
@@ -39,7 +45,7 @@ h3{margin-bottom:.3em}.meta{color:#666;font-size:.9em}
 table{border-collapse:collapse;margin:.5em 0 1em;font-size:.85em}
 th,td{border:1px solid #ddd;padding:.2em .5em;text-align:right;vertical-align:top}
 th{background:#f3f3f3}td.l,th.l{text-align:left}
-tr.bad td{background:#fdecea}
+tr.bad td{background:#fdecea}p.bad{color:#a12;margin:.2em 0}
 figure{margin:1em 0}figure img{max-width:100%;height:auto;border:1px solid #eee}
 figcaption{font-size:.85em;color:#555}
 details{margin:.8em 0;border:1px solid #e3e3e3;border-radius:4px;padding:.3em .8em}
@@ -95,7 +101,9 @@ def key_value_table(d: dict) -> str:
 
 
 def figure_html(fig, caption: str, name: str) -> str:
-    data = base64.b64encode(figlib.png_bytes(fig)).decode("ascii")
+    """``fig``: a Figure (drawn here) or the PNG bytes of one already drawn."""
+    png = fig if isinstance(fig, bytes) else figlib.png_bytes(fig)
+    data = base64.b64encode(png).decode("ascii")
     return (f'<figure id="fig-{html.escape(name)}"><img alt="{html.escape(caption)}" '
             f'src="data:image/png;base64,{data}"><figcaption>{html.escape(caption)}</figcaption></figure>')
 
@@ -123,20 +131,23 @@ def theory_row(run: runlib.Run, label: str) -> list | None:
     """Prediction next to measurement for one run; None when the run has no prediction."""
     pred = run.prediction
     if not pred:
-        return None
+        target = run.summary.get("target")
+        if target not in runlib.TARGET_NAMES:
+            return None
+        pred = {"geometry": f"{runlib.TARGET_NAMES[target]} (no theory prediction: "
+                            f"{run.summary.get('target_note') or 'chosen by the config'})"}
     final = run.final
     f, f_star = runlib.numeric(final.get("objective")), runlib.numeric(pred.get("objective"))
     rel = runlib.numeric(final.get("rel_gap"))
     if rel is None and f is not None and f_star is not None:
         rel = (f - f_star) / max(abs(f_star), 1e-300)
-    active = (pred.get("classes") or {}).get("active") or []
-    predicted_collapsed = [k for k, a in enumerate(active) if not a]
+    predicted_collapsed = runlib.predicted_collapsed(run)
     learned = runlib.learned_norms(run)
     learned_collapsed = None if learned is None else runlib.collapsed_classes(learned["w"])
-    nc = runlib.headline_columns(run.columns)
+    nc = runlib.headline_columns(run.columns or list(final), limit=50)
     nc = [c for c in nc if runlib.family_of(c) in runlib.NC_FAMILIES][:4]
     return [label, pred.get("geometry"), f_star, f, rel, final.get("w_norm_err"), final.get("h_norm_err"),
-            ",".join(map(str, predicted_collapsed)) or "none",
+            "?" if predicted_collapsed is None else (",".join(map(str, predicted_collapsed)) or "none"),
             "?" if learned_collapsed is None else (",".join(map(str, learned_collapsed)) or "none"),
             "; ".join(f"{c} {fmt(final.get(c))}" for c in nc) or "-"]
 
@@ -154,8 +165,10 @@ def class_table(run: runlib.Run) -> str:
     if pred is None and learned is None:
         return ""
     K = len(pred["w"] if pred is not None else learned["w"])
+    if pred is not None and learned is not None and len(learned["w"]) != K:
+        learned = None
     counts = run.counts or [None] * K
-    value = lambda norms, key, k: None if norms is None else float(norms[key][k])  # noqa: E731
+    value = lambda norms, key, k: None if norms is None or norms[key] is None else float(norms[key][k])  # noqa: E731
     rows = [[k, counts[k] if k < len(counts) else None, value(pred, "w", k), value(learned, "w", k),
              value(pred, "h", k), value(learned, "h", k)] for k in range(min(K, MAX_CLASS_ROWS))]
     note = f"<p class='empty'>first {MAX_CLASS_ROWS} of {K} classes</p>" if K > MAX_CLASS_ROWS else ""
@@ -200,9 +213,10 @@ def section(title: str, body: str, level: int = 3) -> str:
 
 
 def run_section(run: runlib.Run, name: str, label: str, gram_fig, open_: bool) -> str:
+    problems = "".join(f"<p class='bad'>warning: {html.escape(p)}</p>" for p in run.problems)
     parts = [f"<p class='meta'><code>{html.escape(str(run.path))}</code>: {html.escape(run.kind)}, "
              f"status {html.escape(run.status)}, {html.escape(runlib.progress(run))}, written by nclab "
-             f"{html.escape(run.version)}. {html.escape(str(run.summary.get('message', '')))}</p>",
+             f"{html.escape(run.version)}. {html.escape(str(run.summary.get('message', '')))}</p>" + problems,
              "<div class='cols'><div>" + section("Configuration", key_value_table(run.config)) + "</div><div>"
              + section("Prediction (nclab.predict)", prediction_table(run)) + "</div><div>"
              + section("Final metrics", final_table(run)) + "</div></div>",
@@ -217,20 +231,26 @@ def run_section(run: runlib.Run, name: str, label: str, gram_fig, open_: bool) -
 
 
 # ---------------------------------------------------------------------------------------------- the page
-def summary_figures(runs: list[runlib.Run], phase_diagram: bool) -> list[tuple]:
-    """(name, caption, Figure) of the figures section: metrics and layers per kind of run (legends name the
-    config fields that differ within the kind), class norms, the phase diagram."""
+def summary_figures(runs: list[runlib.Run], phase_diagram: bool, labels: list[str] | None = None) -> list[tuple]:
+    """(name, caption, Figure) of the figures section: per kind of run (legends name the fields that differ
+    within the kind) NC metrics against step/epoch, NC metrics at every layer, final NC metrics per layer;
+    then class norms and the phase diagram. ``labels``: one per run (default: runlib.run_labels per kind)."""
     figures = []
     kinds = list(dict.fromkeys(r.kind for r in runs))
     for kind in kinds:
         group = [r for r in runs if r.kind == kind]
-        labels = runlib.run_labels(group)
+        group_labels = runlib.run_labels(group) if labels is None else \
+            [lab for r, lab in zip(runs, labels) if r.kind == kind]
         suffix = f"-{kind}" if len(kinds) > 1 else ""
         x_names = " / ".join(sorted({r.x_key for r in group if r.x_key}))
         figures.append((f"metrics{suffix}", f"{kind}: NC metrics against {x_names} (log scale), one curve per run",
-                        figlib.metrics_figure(group, labels)))
+                        figlib.metrics_figure(group, group_labels)))
+        figures.append((f"layer-metrics{suffix}", f"{kind}: NC metrics at every layer j against {x_names}: NC1 of "
+                        "the features H_j entering layer j, NC2 of the partial product W_M..W_j and of the class "
+                        "means of H_j, NC3 between them (one column per layer)",
+                        figlib.layer_metrics_figure(group, group_labels)))
         figures.append((f"layers{suffix}", f"{kind}: final NC metrics at every layer",
-                        figlib.layers_figure(group, labels)))
+                        figlib.layers_figure(group, group_labels)))
     figures.append(("norms", "Learned (last snapshot) against predicted class norms; on the dashed line the "
                     "learned geometry is the predicted one", figlib.norms_figure(runs)))
     if phase_diagram:
@@ -256,6 +276,23 @@ def default_output(paths) -> pathlib.Path:
     return pathlib.Path(paths[0]) / "report.html" if len(paths) == 1 else pathlib.Path("report.html")
 
 
+def check_figures_dir(path: pathlib.Path) -> None:
+    """Raise one clear ValueError unless ``path`` is (or can be made) a writable directory."""
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"cannot write figures to {path}: it is a file, not a directory")
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"cannot write figures to {path}: {existing} is a file, not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise ValueError(f"cannot write figures to {path}: {exc.strerror or exc}") from None
+
+
 def check_writable(out: pathlib.Path) -> None:
     """Raise one clear ValueError unless ``out`` can be written (checked before any work)."""
     if out.is_dir():
@@ -274,7 +311,7 @@ def check_writable(out: pathlib.Path) -> None:
 
 
 def build_report(run_dirs, out=None, *, title: str | None = None, figures_dir=None,
-                 phase_diagram: bool = True) -> pathlib.Path:
+                 phase_diagram: bool = True, progress=None) -> pathlib.Path:
     """Write one self-contained HTML report for the runs given or found under ``run_dirs``.
 
     Parameters
@@ -284,6 +321,8 @@ def build_report(run_dirs, out=None, *, title: str | None = None, figures_dir=No
     title : str, default the directory name (one), else the runs' common parent folder
     figures_dir : path or None, also write every figure there as PNG + PDF
     phase_diagram : bool, include the minority-collapse phase diagram (about a second of nclab.predict calls)
+    progress : callable(str) or None, called with one line per stage (and one "warning: ..." line per file
+        of a run that could not be read and was left out); ``nclab report`` prints them on stderr
 
     Returns
     -------
@@ -291,41 +330,68 @@ def build_report(run_dirs, out=None, *, title: str | None = None, figures_dir=No
 
     Raises
     ------
-    ValueError : no runs found, a path that is not a run directory, an unwritable output
+    ValueError : no runs found, a path that is not a run directory, an unwritable output or figures folder
     """
     from nclab import __version__
+
+    t0 = time.perf_counter()
+
+    def log(message: str) -> None:
+        if progress is not None:
+            progress(f"{message} ({time.perf_counter() - t0:.1f} s)" if not message.startswith("warning") else message)
 
     paths = [run_dirs] if isinstance(run_dirs, (str, pathlib.PurePath)) else list(run_dirs)
     if not paths:
         raise ValueError("give at least one run directory or folder of runs")
     out = pathlib.Path(out) if out is not None else default_output(paths)
     check_writable(out)
+    if figures_dir is not None:
+        figures_dir = pathlib.Path(figures_dir)
+        check_figures_dir(figures_dir)
     runs = [runlib.load_run(p) for p in runlib.find_runs(paths)]
+    log(f"report: read {len(runs)} run(s)")
     title = title or default_title(paths, runs)
     names = runlib.short_paths(runs)  # unique: table rows, figure files
     figures = summary_figures(runs, phase_diagram)
     gram_figs = [figlib.gram_figure(r, name) if i < MAX_GRAM_FIGURES else None
                  for i, (r, name) in enumerate(zip(runs, names))]
+    jobs = [(n, f) for n, _, f in figures] + [(f"gram-{name.replace('/', '_')}", g)
+                                              for name, g in zip(names, gram_figs) if g is not None]
+    log(f"report: {len(jobs)} figure(s) built, drawing")
+    dpi, formats = (figlib.INLINE_DPI, ("png",)) if figures_dir is None else (figlib.DPI, ("png", "pdf"))
+
+    def done(count: int) -> None:
+        if count % 6 == 0 or count == len(jobs):
+            log(f"report: drew {count}/{len(jobs)} figures")
+
+    rendered = figlib.render_all([(f, dpi, formats) for _, f in jobs], on_done=done)
+    drawn = {name: data["png"] for (name, _), data in zip(jobs, rendered)}  # each figure drawn once
     if figures_dir is not None:
-        grams = [(f"gram-{name.replace('/', '_')}", "", g) for name, g in zip(names, gram_figs) if g is not None]
-        for name, _, fig in figures + grams:
-            figlib.save_figure(fig, pathlib.Path(figures_dir) / name)
+        for (name, _), data in zip(jobs, rendered):
+            for fmt, blob in data.items():
+                (figures_dir / f"{name}.{fmt}").write_bytes(blob)
+    figure_parts = [figure_html(drawn[n], c, n) for n, c, _ in figures]
+    gram_pngs = [None if g is None else drawn[f"gram-{name.replace('/', '_')}"] for name, g in zip(names, gram_figs)]
     labels = runlib.run_labels(runs)
     now = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     sources = ", ".join(str(p) for p in paths)
+    details = "".join(run_section(r, name, label, g, open_=len(runs) <= 4)
+                      for r, name, label, g in zip(runs, names, labels, gram_pngs))
+    problems = [p for r in runs for p in r.problems]  # after the figures: reading weights may add some
+    for p in problems:
+        log(f"warning: {p}")
+    warnings = "".join(f"<li>{html.escape(p)}</li>" for p in problems)
     body = [f"<h1>nclab report: {html.escape(title)}</h1>",
             f"<p class='meta'>{len(runs)} run(s) from <code>{html.escape(sources)}</code>; generated {now} by "
             f"nclab {html.escape(__version__)}.</p>",
             "<nav><a href='#runs'>Runs</a> &middot; <a href='#theory'>Theory vs measurement</a> &middot; "
             "<a href='#figures'>Figures</a> &middot; <a href='#details'>Run details</a></nav>",
-            "<section id='runs'>" + section("Runs", runs_table(runs, names), 2) + "</section>",
-            "<section id='theory'>" + section("Theory vs measurement", theory_table(runs, names), 2) + "</section>",
-            "<section id='figures'><h2>Figures</h2>" + "".join(figure_html(f, c, n) for n, c, f in figures)
-            + "</section>",
-            "<section id='details'><h2>Run details</h2>"
-            + "".join(run_section(r, name, label, g, open_=len(runs) <= 4)
-                      for r, name, label, g in zip(runs, names, labels, gram_figs))
-            + "</section>"]
+            "<section id='runs'>" + section("Runs", runs_table(runs, names), 2) + "</section>"]
+    if warnings:
+        body.append(f"<section id='warnings'><h2>Warnings</h2><ul class='bad'>{warnings}</ul></section>")
+    body += ["<section id='theory'>" + section("Theory vs measurement", theory_table(runs, names), 2) + "</section>",
+             "<section id='figures'><h2>Figures</h2>" + "".join(figure_parts) + "</section>",
+             "<section id='details'><h2>Run details</h2>" + details + "</section>"]
     if len(runs) > MAX_GRAM_FIGURES:
         body.append(f"<p class='empty'>Gram heatmaps are shown for the first {MAX_GRAM_FIGURES} runs only.</p>")
     page = ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
@@ -337,4 +403,5 @@ def build_report(run_dirs, out=None, *, title: str | None = None, figures_dir=No
         atomic_write_bytes(out, page.encode("utf-8"))
     except OSError as exc:
         raise ValueError(f"cannot write the report to {out}: {exc.strerror or exc}") from None
+    log(f"report: wrote {out}")
     return out

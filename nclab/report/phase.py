@@ -1,17 +1,19 @@
-"""Minority-collapse phase diagram from ``nclab.predict`` (bias-free MSE, all decays equal to lambda).
+"""Minority-collapse phase diagram from the closed-form minimizer (bias-free MSE, all decays equal to lambda).
 
 The majority classes keep their sizes; the minority classes (all of the same size n) shrink. For every
-(lambda, n) on a grid the closed-form minimizer says which classes keep a nonzero classifier row and
-class mean: all of them, all but the minority (minority collapse, theory.md sec. 3c), or none (the
-trivial solution). A point is one ``predict`` call (~0.5 ms); the state only grows with lambda, so each row
-of the grid needs O(log L) calls and a 4-depth diagram takes about a second.
+(lambda, n) on a grid the closed-form minimizer (nclab.theory's solve_mse, what ``nclab.predict`` wraps)
+says which classes keep a nonzero classifier row and class mean: all of them, all but the minority
+(minority collapse, theory.md sec. 3c), or none (the trivial solution). A point is one solve (~0.3 ms); the
+state only grows with lambda, so each row of the grid needs O(log L) solves and a 4-depth diagram takes
+a fraction of a second.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from nclab.theory import predict
+from nclab.theory.mse import solve_mse
+from nclab.theory.problem import make_problem
 
 NOT_COLLAPSED, MINORITY_COLLAPSED, TRIVIAL = 0, 1, 2
 STATE_NAMES = {NOT_COLLAPSED: "minority classes active", MINORITY_COLLAPSED: "minority collapsed",
@@ -21,10 +23,14 @@ DEFAULT_DEPTHS = (1, 2, 3, 6)
 
 
 def phase_state(majority, n_minority: int, minority_classes: int, depth: int, lam: float) -> int:
-    """NOT_COLLAPSED, MINORITY_COLLAPSED or TRIVIAL for one point (lambda_w = lambda_h = lam)."""
+    """NOT_COLLAPSED, MINORITY_COLLAPSED or TRIVIAL for one point (lambda_w = lambda_h = lam): which classes
+    the closed-form minimizer (nclab.theory.solve_mse, what nclab.predict wraps) keeps active."""
     counts = list(majority) + [int(n_minority)] * minority_classes
     width = max(64, len(counts))  # no bottleneck: only the thresholds decide
-    active = predict(counts, depth=depth, widths=width, lambda_w=lam, lambda_h=lam).active
+    problem = make_problem(counts, depth=depth, widths=width, lambda_w=lam, lambda_h=lam)
+    sol = solve_mse(problem)
+    active = np.zeros(len(counts), dtype=bool)
+    active[sol.mode_class] = sol.active  # bias-free: one mode per class (nclab.theory.predict.Prediction)
     if not active.any():
         return TRIVIAL
     return MINORITY_COLLAPSED if not active[len(majority):].all() else NOT_COLLAPSED

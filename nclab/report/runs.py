@@ -2,13 +2,20 @@
 
 A run directory is any folder with a ``config.json`` of the form ``{"nclab_version", "kind", "config"}``
 (nclab.results). Everything else in it is optional: a run still in progress has no ``summary.json`` yet,
-a train run has no ``prediction.json`` unless its trainer wrote one. Metric columns are never assumed:
-the x axis is ``step`` or ``epoch``, NC metrics are recognised by name (``nc1*``, ``nc2*``, ``nc3*``,
-``nc4*``, ``rel_gap``, ``balance*``), everything else numeric is shown as it is.
+a train run has no ``prediction.json`` unless its trainer wrote one. Metric columns follow one naming
+scheme for every run kind (:mod:`nclab.report.columns`); older runs are read too (the equal end-to-end and
+layer-1 columns are filled from each other, nothing else is assumed): the x axis is ``step`` or ``epoch``,
+NC metrics are recognised by name (``nc1*``, ``nc2*``, ``nc3*``, ``nc4*``, ``rel_gap``, ``balance*``),
+everything else numeric is shown as it is.
+
+Nothing in a run folder can stop a listing or a report: a file that cannot be read (binary, not UTF-8,
+valid JSON that is not an object, permission denied) is left out and named in ``Run.problems``, which
+``nclab runs`` and ``nclab report`` print as warnings.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -18,18 +25,22 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from nclab.results import CONFIG, ENVIRONMENT, SUMMARY, WEIGHTS, RunStore
+from nclab.report import columns as colnames
+from nclab.results import CONFIG, ENVIRONMENT, METRICS, SUMMARY, WEIGHTS, RunStore
 
 X_KEYS = ("epoch", "step", "iteration", "iter")  # train rows have both epoch and step: epoch wins
 NC_FAMILIES = ("nc1", "nc2", "nc3", "nc4")
 LAYER_SUFFIX = re.compile(r"^(?P<base>.+?)[_./-](?:L|layer|l)(?P<layer>\d+)$")  # nc1_L3, nc3.layer2, nc1_l1
 PER_CLASS = re.compile(r"^(?P<base>[a-z]_norm)_(?P<k>\d+)$")  # w_norm_0, h_norm_12
 DEPTH_KEYS = {"widths", "depth", "head_depth", "M"}  # the depth is one label field, "M", whatever the kind calls it
-LABEL_ORDER = ("counts", "classes", "per_class", "lambda_w", "lambda_h",
-               "weight_decay", "bias", "loss", "optimizer", "lr", "steps", "epochs", "seed")
+LABEL_ORDER = ("dataset", "arch", "backbone", "model", "M", "counts", "classes", "per_class", "loss", "bias",
+               "lambda_w", "lambda_h", "weight_decay", "optimizer", "lr", "steps", "epochs", "seed")
 BOOKKEEPING = {"snapshot_every", "checkpoint_every", "threads", "device", "progress", "out", "tensorboard",
-               "num_workers", "workers", "log_every", "eval_every"}  # change what is recorded, not the result
+               "num_workers", "workers", "log_every", "eval_every", "track_every", "eval_batch_size",
+               "class_counts"}  # change what is recorded, not the result (class_counts: compared as "counts")
 COLLAPSE_TOL = 1e-3  # a learned class norm below this fraction of the largest one counts as collapsed
+HEAD_WEIGHT = re.compile(r"(?:^|\.)head\.linears\.(\d+)\.weight$")  # W_j of a train run's state_dict (0-based)
+TARGET_NAMES = {"etf": "simplex ETF target", "of": "orthogonal frame target"}
 
 
 @dataclass
@@ -42,10 +53,11 @@ class Run:
     kind : str, e.g. "ufm-simulation" or "train"
     version : str, nclab version that wrote it
     config : dict, the run's configuration (config.json["config"])
-    summary : dict, summary.json ({} while running or after a crash)
-    rows : list of dict, metrics.csv (numbers parsed, empty cells None)
+    summary : dict, summary.json ({} while running, after a crash, or when unreadable)
+    rows : list of dict, metrics.csv (numbers parsed, empty cells None, columns of nclab.report.columns)
     prediction : dict or None, prediction.json (nclab.predict(...).to_dict())
     environment : dict or None, environment.json
+    problems : list of str, files that could not be read and were left out (one line each, naming the file)
     """
 
     path: pathlib.Path
@@ -56,6 +68,7 @@ class Run:
     rows: list = field(default_factory=list)
     prediction: dict | None = None
     environment: dict | None = None
+    problems: list = field(default_factory=list)
     cache: dict = field(default_factory=dict, repr=False, compare=False)  # derived values (learned Grams)
 
     @property
@@ -69,7 +82,9 @@ class Run:
 
     @property
     def columns(self) -> list[str]:
-        return list(self.rows[0]) if self.rows else []
+        if "columns" not in self.cache:
+            self.cache["columns"] = list(dict.fromkeys(k for r in self.rows for k in r)) if self.rows else []
+        return self.cache["columns"]
 
     @property
     def x_key(self) -> str | None:
@@ -79,31 +94,56 @@ class Run:
     @property
     def final(self) -> dict:
         """The last metrics row (summary.json's ``final`` when the table is empty)."""
-        return self.rows[-1] if self.rows else dict(self.summary.get("final") or {})
+        if self.rows:
+            return self.rows[-1]
+        final = self.summary.get("final")
+        return colnames.with_aliases(dict(final)) if isinstance(final, dict) else {}
 
     @property
     def depth(self) -> int | None:
         cfg = self.config
-        if isinstance(cfg.get("widths"), list):
+        if isinstance(cfg.get("widths"), list) and cfg["widths"]:
             return len(cfg["widths"])
         for key in ("depth", "head_depth", "M"):
-            if isinstance(cfg.get(key), int):
+            if isinstance(cfg.get(key), int) and not isinstance(cfg.get(key), bool):
                 return cfg[key]
-        if self.prediction:
-            return len(self.prediction.get("problem", {}).get("widths", [])) or None
-        return None
+        widths = _get(self.prediction, "problem", "widths")
+        return len(widths) if isinstance(widths, list) and widths else None
 
     @property
     def counts(self) -> list[int] | None:
-        cfg = self.config
-        for key in ("counts", "class_counts"):
-            if isinstance(cfg.get(key), list) and cfg[key]:
-                return [int(v) for v in cfg[key]]
-        if isinstance(self.summary.get("counts"), list):
-            return [int(v) for v in self.summary["counts"]]  # train runs: the subset actually drawn
-        if self.prediction:
-            return list(self.prediction.get("problem", {}).get("counts", [])) or None
+        """Samples per class: the config's, else the subset a train run drew (summary.json), else the
+        prediction's problem; None when unknown."""
+        for source in (self.config.get("counts"), self.config.get("class_counts"), self.summary.get("counts"),
+                       _get(self.prediction, "problem", "counts")):
+            counts = _int_list(source)
+            if counts:
+                return counts
         return None
+
+    @property
+    def num_classes(self) -> int | None:
+        counts = self.counts
+        if counts:
+            return len(counts)
+        k = self.config.get("classes")
+        return k if isinstance(k, int) and not isinstance(k, bool) and k > 0 else None
+
+
+def _get(doc, *keys):
+    for k in keys:
+        if not isinstance(doc, dict):
+            return None
+        doc = doc.get(k)
+    return doc
+
+
+def _int_list(value) -> list[int] | None:
+    if not isinstance(value, list) or not value:
+        return None
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value):
+        return None
+    return [int(v) for v in value]
 
 
 # ---------------------------------------------------------------------------------------------- finding
@@ -168,26 +208,62 @@ def find_runs(paths) -> list[pathlib.Path]:
     return sorted(unique.values(), key=_natural_key)
 
 
-def _optional_json(store: RunStore, name: str):
+def _json_object(store: RunStore, name: str, problems: list) -> dict | None:
+    """A JSON object file of the run, or None (missing; unreadable or not an object: noted in ``problems``)."""
     if not store.has(name):
         return None
+    path = store.file(name)
     try:
-        return store.read_json(name)
-    except (OSError, ValueError):
-        return None  # unreadable extras are shown as missing, never fatal
+        doc = json.loads(path.read_bytes().decode("utf-8"))
+    except OSError as exc:
+        problems.append(f"{path}: cannot be read ({exc.strerror or exc}); left out")
+        return None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        problems.append(f"{path}: not valid JSON ({str(exc).splitlines()[0][:80]}); left out")
+        return None
+    if not isinstance(doc, dict):
+        problems.append(f"{path}: valid JSON but not an object (a {type(doc).__name__}); left out")
+        return None
+    return doc
+
+
+def _read_rows(store: RunStore, problems: list) -> list[dict]:
+    """metrics.csv as rows with the shared column names (nclab.report.columns); [] when it is missing or
+    unreadable (noted in ``problems``)."""
+    path = store.file(METRICS)
+    if not path.is_file():
+        return []
+    try:
+        data = path.read_bytes()
+        if b"\0" in data:
+            raise ValueError("binary data (NUL bytes)")
+        rows = store.read_rows()
+    except OSError as exc:
+        problems.append(f"{path}: cannot be read ({exc.strerror or exc}); the run is shown without metrics")
+        return []
+    except (ValueError, csv.Error) as exc:  # UnicodeDecodeError is a ValueError
+        reason = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else str(exc).splitlines()[0][:80]
+        problems.append(f"{path}: not a metrics table ({reason}); the run is shown without metrics")
+        return []
+    return [colnames.with_aliases(r) for r in rows]
 
 
 def load_run(path) -> Run:
-    """Read one run directory (raises ValueError if it is not one)."""
+    """Read one run directory (raises ValueError if it is not one); unreadable optional files are left out
+    and named in ``Run.problems``."""
     path = pathlib.Path(path)
     doc = _read_config(path)
     if doc is None:
         raise ValueError(f"{path} is not a run directory (no nclab config.json)")
-    store = RunStore(path)
+    store, problems = RunStore(path), []
+    summary = _json_object(store, SUMMARY, problems) or {}
+    if "final" in summary and not isinstance(summary["final"], (dict, type(None))):
+        problems.append(f"{store.file(SUMMARY)}: its 'final' entry is not an object; left out")
+        summary = {k: v for k, v in summary.items() if k != "final"}
     return Run(path=path, kind=str(doc["kind"]), version=str(doc.get("nclab_version", "?")), config=doc["config"],
-               summary=_optional_json(store, SUMMARY) or {}, rows=store.read_rows(),
-               prediction=_optional_json(store, "prediction.json"),
-               environment=_optional_json(store, ENVIRONMENT))
+               summary=summary, rows=_read_rows(store, problems),
+               prediction=_json_object(store, "prediction.json", problems),
+               environment=_json_object(store, ENVIRONMENT, problems), problems=problems)
 
 
 def load_runs(paths) -> list[Run]:
@@ -220,14 +296,23 @@ def family_of(column: str) -> str | None:
     return None
 
 
+def _nc_order(column: str) -> tuple:
+    """Sort key within an NC family: the shared names first, in the scheme's order (nc2_w before nc2_h)."""
+    parsed = layer_of(column)
+    base, layer = parsed if parsed else (column, 0)
+    known = {b: i for i, b in enumerate(colnames.PER_LAYER)}
+    return (known.get(base, len(known)), base, layer)
+
+
 def headline_columns(columns, limit: int = 8) -> list[str]:
     """The columns worth a glance, in order: rel_gap, accuracies, per NC family its columns without a layer
-    suffix and the first layer of per-layer ones that have no such column, then objective and losses."""
+    suffix and the first layer of per-layer ones that have no such column (nc1_L1: NC1 of H), then objective
+    and losses."""
     cols = [c for c in columns if c not in X_KEYS and not PER_CLASS.match(c)]
     out = [c for c in ("rel_gap",) if c in cols]
     out += [c for c in cols if "acc" in c.lower()]
     for fam in NC_FAMILIES:
-        members = [c for c in cols if family_of(c) == fam]
+        members = sorted((c for c in cols if family_of(c) == fam), key=_nc_order)
         out += [c for c in members if layer_of(c) is None]
         for base, layers in per_layer_columns(members).items():  # nc1_L1.., nc2_w_L1..: the head input, layer 1
             if base not in cols:
@@ -302,39 +387,84 @@ def _canonical(value) -> str:
     at depth 2 is the same decay as [l] at depth 1; widths [64, 64] as [64]: the depth is compared apart)."""
     if isinstance(value, list) and value and all(v == value[0] for v in value):
         value = value[0]
-    return json.dumps(value, sort_keys=True)
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def label_value(run: Run, key: str) -> str:
+    """How a field reads in a legend: the depth as a number, class counts as drawn (a whole split is named
+    by its counts when the run recorded them, else "all"), anything else short."""
+    if key == "M":
+        return str(run.depth) if run.depth is not None else "?"
+    if key == "counts":
+        counts = run.counts
+        return _short(counts) if counts else "all"
+    value = run.config.get(key)
+    if isinstance(value, list) and value and all(v == value[0] for v in value):
+        value = value[0]  # per-layer lambda_w [l, l, l]: "l", as it is compared
+    return _short(value)
+
+
+def _compared(run: Run, key: str) -> str:
+    if key in ("M", "counts"):
+        return label_value(run, key)
+    return _canonical(run.config.get(key))
 
 
 def describe(run: Run) -> dict:
     """What ``nclab runs --json`` prints for one run (JSON-ready)."""
     return {"path": str(run.path), "kind": run.kind, "nclab_version": run.version, "status": run.status,
             "message": run.summary.get("message", ""), "progress": progress(run), "params": key_params(run),
-            "headline": headline_columns(run.columns or list(run.final)), "final": run.final, "config": run.config}
+            "headline": headline_columns(run.columns or list(run.final)), "final": run.final, "config": run.config,
+            "problems": list(run.problems)}
 
 
 def varying_fields(runs: list[Run]) -> list[str]:
-    """Config fields whose values differ between the runs (the sweep axes), problem fields first. The depth
-    is ``"M"`` (from widths or depth, whatever the kind calls it); fields that only change what is recorded
-    (snapshot_every, threads, ...) are left out."""
+    """Fields whose values differ between the runs (the sweep axes): dataset and architecture, the depth
+    ``"M"`` (from widths or depth, whatever the kind calls it), the class counts as drawn, then the other
+    config fields; fields that only change what is recorded (snapshot_every, threads, ...) are left out."""
     if len(runs) < 2:
         return []
-    keys = {k for r in runs for k in r.config} - BOOKKEEPING - DEPTH_KEYS
-    varying = [k for k in keys if len({_canonical(r.config.get(k)) for r in runs}) > 1]
+    keys = ({k for r in runs for k in r.config} - BOOKKEEPING - DEPTH_KEYS) | {"M", "counts"}
+    varying = [k for k in keys if len({_compared(r, k) for r in runs}) > 1]
     order = {k: i for i, k in enumerate(LABEL_ORDER)}
-    depth = ["M"] if len({r.depth for r in runs}) > 1 else []
-    return depth + sorted(varying, key=lambda k: (order.get(k, len(order)), k))
+    return sorted(varying, key=lambda k: (order.get(k, len(order)), k))
 
 
 def run_labels(runs: list[Run], max_fields: int = 3) -> list[str]:
-    """One legend label per run: the varying config fields (``M = 3``, ``lambda_w = 0.001``; at most
-    ``max_fields``), else the folder name."""
-    fields = varying_fields(runs)[:max_fields]
-    labels = []
-    for r in runs:
-        parts = [f"M = {r.depth}" if k == "M" else f"{k} = {_short(r.config.get(k))}" for k in fields]
-        labels.append(", ".join(parts) or r.name)
+    """One distinct legend label per run, from the fields that differ between ``runs`` only (``M = 3``,
+    ``dataset = digits``, ...), in LABEL_ORDER: up to ``max_fields`` of them, skipping a field the fields
+    already taken determine (the counts of a dataset, lambda_h = lambda_w), more while two labels are
+    equal, then the folder (relative to the runs' common parent) if labels still collide. A field a run's
+    kind does not have (a UFM run's dataset) is left out of its label; one run: its folder name."""
+    fields = varying_fields(runs)
+    if not fields:
+        return short_paths(runs) if runs else []
+    values = {f: [label_value(r, f) if f in ("M", "counts") or f in r.config else None for r in runs] for f in fields}
+
+    def determined(field: str, chosen: list[str]) -> bool:
+        seen: dict = {}
+        for i in range(len(runs)):
+            key = tuple(values[c][i] for c in chosen)
+            if seen.setdefault(key, values[field][i]) != values[field][i]:
+                return False
+        return bool(chosen)
+
+    def make(chosen: list[str]) -> list[str]:
+        return [", ".join(f"{f} = {values[f][i]}" for f in chosen if values[f][i] is not None) or r.kind
+                for i, r in enumerate(runs)]
+
+    chosen: list[str] = []
+    for f in fields:
+        if len(chosen) >= max_fields and len(set(make(chosen))) == len(runs):
+            break
+        if not determined(f, chosen):
+            chosen.append(f)
+    labels = make(chosen)
     if len(set(labels)) < len(labels):  # e.g. the same config twice: tell them apart by folder
-        labels = [f"{lab} ({r.name})" for lab, r in zip(labels, runs)]
+        names = short_paths(runs)
+        labels = [f"{lab} ({p})" if lab != r.kind else p for lab, p, r in zip(labels, names, runs)]
+        if not chosen:
+            labels = names
     return labels
 
 
@@ -353,26 +483,57 @@ def finite(v) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------- class norms
+def _vector(value, K: int | None) -> np.ndarray | None:
+    try:
+        v = np.asarray(value, dtype=float)
+    except (TypeError, ValueError):
+        return None
+    if v.ndim != 1 or (K is not None and len(v) != K) or not np.isfinite(v).all():
+        return None
+    return v
+
+
+def _matrix(value, K: int | None = None) -> np.ndarray | None:
+    """A finite square matrix (K x K when K is given), else None."""
+    if value is None:
+        return None
+    try:
+        m = np.asarray(value, dtype=float)
+    except (TypeError, ValueError):
+        return None
+    if m.ndim != 2 or m.shape[0] != m.shape[1] or (K is not None and m.shape[0] != K) or not np.isfinite(m).all():
+        return None
+    return m
+
+
 def learned_norms(run: Run) -> dict | None:
-    """Final per-class ||w_k|| and ||h_k|| (from the w_norm_k/h_norm_k columns, else weights.pt Grams)."""
-    K = len(run.counts or [])
+    """Final per-class ||w_k|| and ||h_k|| (class means of H, the head input): the w_norm_k/h_norm_k columns,
+    else the learned Grams' diagonals. ``"h"`` is None where only the weights are stored (a train run
+    written before the tracker recorded class-mean norms: its features are not in the run folder)."""
     last = run.final
-    if K and all(f"w_norm_{k}" in last and f"h_norm_{k}" in last for k in range(K)):
-        return {"w": np.array([numeric(last[f"w_norm_{k}"]) or 0.0 for k in range(K)]),
-                "h": np.array([numeric(last[f"h_norm_{k}"]) or 0.0 for k in range(K)])}
+    K = run.num_classes
+    if K is None:
+        K = sum(1 for k in last if PER_CLASS.match(k) and k.startswith("w_norm_")) or None
+    if K and all(finite(last.get(f"w_norm_{k}")) for k in range(K)):
+        w = np.array([float(last[f"w_norm_{k}"]) for k in range(K)])
+        h = np.array([float(last[f"h_norm_{k}"]) for k in range(K)]) \
+            if all(finite(last.get(f"h_norm_{k}")) for k in range(K)) else None
+        return {"w": w, "h": h}
     grams = learned_grams(run)
-    if grams is None:
+    if grams is None or grams.get("WWt") is None:
         return None
     return {"w": np.sqrt(np.clip(np.diag(grams["WWt"]), 0, None)),
-            "h": np.sqrt(np.clip(np.diag(grams["HtH"]), 0, None))}
+            "h": None if grams.get("HtH") is None else np.sqrt(np.clip(np.diag(grams["HtH"]), 0, None))}
 
 
 def predicted_norms(run: Run) -> dict | None:
-    classes = (run.prediction or {}).get("classes")
-    if not classes or "w_norm2" not in classes:
+    classes = _get(run.prediction, "classes")
+    if not isinstance(classes, dict):
         return None
-    return {"w": np.sqrt(np.clip(np.asarray(classes["w_norm2"], dtype=float), 0, None)),
-            "h": np.sqrt(np.clip(np.asarray(classes["h_norm2"], dtype=float), 0, None))}
+    w2, h2 = _vector(classes.get("w_norm2"), None), _vector(classes.get("h_norm2"), None)
+    if w2 is None or h2 is None or len(w2) != len(h2):
+        return None
+    return {"w": np.sqrt(np.clip(w2, 0, None)), "h": np.sqrt(np.clip(h2, 0, None))}
 
 
 def collapsed_classes(norms: np.ndarray) -> list[int]:
@@ -381,13 +542,25 @@ def collapsed_classes(norms: np.ndarray) -> list[int]:
     return [k for k, v in enumerate(norms) if v <= COLLAPSE_TOL * top or top == 0.0]
 
 
+def predicted_collapsed(run: Run) -> list[int] | None:
+    """Classes the prediction sets to zero (``classes.active`` false); None without a prediction."""
+    active = _get(run.prediction, "classes", "active")
+    if not isinstance(active, list):
+        return None
+    return [k for k, a in enumerate(active) if not a]
+
+
 def learned_grams(run: Run) -> dict | None:
-    """K x K Grams W W^T, Hbar^T Hbar, W Hbar of the final parameters of a UFM run (weights.pt with
-    ``weights``, ``H``, ``labels``), or of ``grams.json`` when a run stores them itself; None otherwise
-    (e.g. a network's state_dict). Read once per Run (cached).
+    """Learned K x K Grams ``WWt`` (W = W_M..W_1), ``HtH`` (class means of H) and ``WH`` at the end of the
+    run, each an array or None, plus ``source`` (where they come from); None when nothing is stored.
+
+    * ``grams.json`` (a train run's tracker writes it: the Grams of its last metrics row),
+    * a UFM run's ``weights.pt`` (``weights``, ``H``, ``labels``): all three,
+    * a train run's ``weights.pt`` without grams.json (older runs): the network's state_dict gives ``WWt``
+      from the head's layers; the class means need the features, which the run folder does not hold.
 
     Class means are centred by the sample-weighted global mean when the problem has a bias (as the
-    theory's Grams are), uncentred otherwise.
+    theory's Grams are), uncentred otherwise. Read once per Run (cached).
     """
     if "grams" not in run.cache:
         run.cache["grams"] = _read_grams(run)
@@ -396,19 +569,33 @@ def learned_grams(run: Run) -> dict | None:
 
 def _read_grams(run: Run) -> dict | None:
     store = RunStore(run.path)
-    doc = _optional_json(store, "grams.json") or {}
-    if all(k in doc for k in ("WWt", "HtH", "WH")):
-        return {k: np.asarray(doc[k], dtype=float) for k in ("WWt", "HtH", "WH")}
+    doc = _json_object(store, colnames.GRAMS, run.problems) or {}
+    if doc:
+        grams = {k: _matrix(doc.get(k)) for k in ("WWt", "HtH", "WH")}
+        if grams["WWt"] is not None:
+            epoch = doc.get("epoch")
+            grams["source"] = f"grams.json (epoch {epoch})" if epoch is not None else "grams.json"
+            return grams
     if not store.has(WEIGHTS):
         return None
     import torch
 
-    try:  # memory-mapped: a large network checkpoint is not read just to find it holds no features
-        state = torch.load(store.file(WEIGHTS), map_location="cpu", weights_only=False, mmap=True)
+    try:  # memory-mapped, tensors only: a large network checkpoint is not read just to find its head
+        state = torch.load(store.file(WEIGHTS), map_location="cpu", weights_only=True, mmap=True)
     except Exception:  # noqa: BLE001 -- a foreign or damaged file: no Grams, not a failed report
+        run.problems.append(f"{store.file(WEIGHTS)}: not readable as nclab weights; learned Grams left out")
         return None
-    if not isinstance(state, dict) or not {"weights", "H", "labels"} <= set(state):
-        return None
+    try:
+        if isinstance(state, dict) and {"weights", "H", "labels"} <= set(state):
+            return _ufm_grams(state, bool(run.config.get("bias")))
+        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+            return _head_grams(state["state_dict"])
+    except (TypeError, ValueError, RuntimeError, IndexError):
+        run.problems.append(f"{store.file(WEIGHTS)}: unexpected contents; learned Grams left out")
+    return None
+
+
+def _ufm_grams(state: dict, bias: bool) -> dict:
     W = state["weights"][0].double().numpy()
     for w in state["weights"][1:]:
         W = w.double().numpy() @ W  # W_M .. W_1, (K, d)
@@ -417,6 +604,37 @@ def _read_grams(run: Run) -> dict | None:
     K = W.shape[0]
     counts = np.bincount(labels, minlength=K).astype(float)
     means = np.stack([H[:, labels == k].mean(axis=1) if counts[k] else np.zeros(H.shape[0]) for k in range(K)])
-    if run.config.get("bias"):
+    if bias:
         means = means - (counts @ means) / counts.sum()
-    return {"WWt": W @ W.T, "HtH": means @ means.T, "WH": W @ means.T}
+    return {"WWt": W @ W.T, "HtH": means @ means.T, "WH": W @ means.T, "source": "weights.pt"}
+
+
+def _head_grams(state_dict: dict) -> dict | None:
+    """W W^T of a network's deep linear head (head.linears.{j}.weight in its state_dict)."""
+    layers = sorted((int(m[1]), v) for k, v in state_dict.items() if (m := HEAD_WEIGHT.search(k)))
+    if not layers or [j for j, _ in layers] != list(range(len(layers))):
+        return None
+    W = layers[0][1].double().numpy()
+    for _, w in layers[1:]:
+        W = w.double().numpy() @ W
+    return {"WWt": W @ W.T, "HtH": None, "WH": None,
+            "source": "weights.pt (head weights only: class means are not stored in this run)"}
+
+
+def reference_grams(run: Run) -> tuple[dict, str] | None:
+    """The Grams a run is compared with, and their name: the prediction's (nclab.predict), else the named
+    frame a train run's tracker used (``summary.json`` target "etf"/"of": only the shape is defined, the
+    heatmaps are divided by their norms anyway); None when neither is known."""
+    pred = run.prediction or {}
+    grams = {k: _matrix(pred.get(k)) for k in ("WWt", "HtH", "WH")}
+    if all(g is not None for g in grams.values()):
+        note = "" if pred.get("gram_unique", True) else " (only the spectra are unique)"
+        return grams, "predicted" + note
+    target = run.summary.get("target")
+    K = run.num_classes
+    if target in TARGET_NAMES and K and K >= 2:
+        from nclab.metrics import target_gram
+
+        g = target_gram(target, K)
+        return {"WWt": g, "HtH": g, "WH": g}, TARGET_NAMES[target]
+    return None
