@@ -171,6 +171,8 @@ def test_labels_come_from_the_fields_that_differ(tmp_path):
     same = _fake(tmp_path / "again", "train", {**base, "dataset": "digits", "counts": None}, counts=[178] * 10)
     assert runlib.run_labels([a, same]) == ["digits-mlp/depth-3", "again"]  # nothing differs: the folders
     assert runlib.run_labels([a]) == ["depth-3"]
+    ufm = _fake(tmp_path / "ufm", "ufm-simulation", {"counts": [3, 3], "widths": [4, 4, 4]})
+    assert runlib.run_labels([b, ufm]) == ["train, counts = 10x500", "ufm-simulation, counts = 2x3"]  # kinds named
     fig = figlib.metrics_figure([a, b, c])
     colors = {tuple(line.get_color()) for line in fig.axes[0].lines}
     assert len(colors) == 3  # one colour per run, never shared by equal labels

@@ -535,7 +535,7 @@ def _class_groups(points) -> list[tuple[float, float, list[int]]]:
 
 def _class_text(ks: list[int], counts) -> str:
     ks = sorted(set(ks))
-    names = ",".join(map(str, ks)) if len(ks) <= 4 else f"{ks[0]}..{ks[-1]} ({len(ks)})"
+    names = ",".join(map(str, ks)) if len(ks) <= 6 else ",".join(map(str, ks[:4])) + f",.. ({len(ks)} classes)"
     ns = sorted({counts[k] for k in ks if counts and k < len(counts)})
     return f"k={names}" + (f" (n={ns[0]})" if len(ns) == 1 else "")
 

@@ -437,28 +437,45 @@ def run_labels(runs: list[Run], max_fields: int = 3) -> list[str]:
     equal, then the folder (relative to the runs' common parent) if labels still collide. A field a run's
     kind does not have (a UFM run's dataset) is left out of its label; one run: its folder name."""
     fields = varying_fields(runs)
-    if not fields:
+    kinds = len({r.kind for r in runs}) > 1
+    if not fields and not kinds:
         return short_paths(runs) if runs else []
     values = {f: [label_value(r, f) if f in ("M", "counts") or f in r.config else None for r in runs] for f in fields}
 
+    values["kind"] = [r.kind for r in runs]
+
     def determined(field: str, chosen: list[str]) -> bool:
         seen: dict = {}
+        chosen = chosen + (["kind"] if kinds else [])
         for i in range(len(runs)):
             key = tuple(values[c][i] for c in chosen)
             if seen.setdefault(key, values[field][i]) != values[field][i]:
                 return False
         return bool(chosen)
 
+    def redundant(field: str, chosen: list[str]) -> bool:
+        """Says nothing the chosen fields (and the kind) do not: a split's counts once the dataset is named, a
+        field equal to a chosen one in every run (lambda_h = lambda_w), a field only one kind has and never
+        varies within it (a train run's dataset next to UFM runs)."""
+        if field in ("counts", "classes", "per_class") and "dataset" in chosen and determined(field, ["dataset"]):
+            return True
+        if kinds and None in values[field] and determined(field, []):
+            return True
+        return any(values[field] == values[c] for c in chosen)
+
     def make(chosen: list[str]) -> list[str]:
-        return [", ".join(f"{f} = {values[f][i]}" for f in chosen if values[f][i] is not None) or r.kind
-                for i, r in enumerate(runs)]
+        parts = [[f"{f} = {values[f][i]}" for f in chosen if values[f][i] is not None] for i in range(len(runs))]
+        return [", ".join(([r.kind] if kinds else []) + p) or r.kind for p, r in zip(parts, runs)]
 
     chosen: list[str] = []
+    for f in fields:  # the fields that tell runs apart first, then the others while there is room
+        if len(chosen) < max_fields or len(set(make(chosen))) < len(runs):
+            if not determined(f, chosen) and not redundant(f, chosen):
+                chosen.append(f)
     for f in fields:
-        if len(chosen) >= max_fields and len(set(make(chosen))) == len(runs):
-            break
-        if not determined(f, chosen):
+        if len(chosen) < max_fields and f not in chosen and not redundant(f, chosen):
             chosen.append(f)
+    chosen.sort(key=fields.index)
     labels = make(chosen)
     if len(set(labels)) < len(labels):  # e.g. the same config twice: tell them apart by folder
         names = short_paths(runs)
