@@ -93,11 +93,13 @@ DESCRIPTIONS = {
     "paper-mlp-cifar10-imbalanced": "MLP (6 x 2048) + M bias-free layers, CIFAR-10 counts 100..500, full batch, "
                                     "12,000 epochs: GOF",
     "cpu-mlp-balanced": "MLP (3 x 64, BN) + M layers, 1,000 Fashion-MNIST images, bias: ETF; M = 3: NC1 5.65 -> "
-                        "0.021 in 60 epochs, 3 s",
+                        "0.014 in 60 epochs, 5 s (2 cores, load 2.2)",
     "cpu-mlp-imbalanced": "MLP (3 x 64, BN) + M bias-free layers, 750 Fashion-MNIST images, counts 25..125, full "
-                          "batch: GOF; M = 3: NC1 5.59 -> 0.0023 in 1,500 epochs, 5 s",
-    "cpu-resnet18": "ResNet18 + M layers, 200 embedded 8 x 8 digits, full batch; M = 3: NC1 1.02 -> 0.0016, 21 s",
-    "cpu-vgg16": "VGG16-BN + M layers, 100 embedded digits at 32 x 32, full batch; M = 3: NC1 0.53 -> 2e-4, 95 s",
+                          "batch: GOF; M = 3: NC1 5.59 -> 0.001 in 1,500 epochs, 8 s (2 cores, load 2.2)",
+    "cpu-resnet18": "ResNet18 + M layers, 200 embedded 8 x 8 digits, full batch; M = 3: NC1 1.02 -> 0.0016, 75 s "
+                    "(2 cores, load 3.3)",
+    "cpu-vgg16": "VGG16-BN + M layers, 100 embedded digits at 32 x 32, full batch; M = 3: NC1 0.53 -> 1.7e-4, "
+                 "490 s (2 cores, load 3.3)",
 }
 
 
