@@ -172,28 +172,41 @@ def render(fig: Figure, dpi: int = INLINE_DPI, formats=("png",)) -> dict:
     return out
 
 
-_PENDING: list = []  # (figure, dpi, formats) handed to forked drawing processes (inherited, never pickled)
+_PENDING: list = []  # the jobs handed to forked drawing processes (inherited, never pickled)
 
 
-def _render_pending(i: int) -> dict:
-    fig, dpi, formats = _PENDING[i]
-    return render(fig, dpi, formats)
+def _run_job(job) -> dict | None:
+    """Build (if ``job[0]`` is a callable) and draw one figure: {format: bytes}, None when there is nothing to
+    draw, {"error": message} when building or drawing failed (the report goes on without it)."""
+    make, dpi, formats = job
+    try:
+        fig = make() if callable(make) else make
+        return None if fig is None else render(fig, dpi, formats)
+    except Exception as exc:  # noqa: BLE001 -- one broken figure must not cost the whole report
+        return {"error": f"{type(exc).__name__}: {exc}"}
 
 
-def render_all(jobs, *, processes: int | None = None, on_done=None) -> list[dict]:
-    """:func:`render` for every (figure, dpi, formats) job, in order. Drawing is CPU-bound and the figures
-    are independent, so up to ``processes`` (default: 2 if the machine has 2 or more CPUs for this process)
-    forked workers draw them (Linux; figures are inherited, only the bytes come back); one process
-    otherwise, or if the workers cannot start. ``on_done(count)`` after each figure."""
+def _run_pending(i: int) -> dict | None:
+    return _run_job(_PENDING[i])
+
+
+def render_all(jobs, *, processes: int | None = None, on_done=None) -> list[dict | None]:
+    """Build and draw every (figure or zero-argument callable returning one, dpi, formats) job; results in
+    order, as :func:`_run_job` gives them. Building and drawing are CPU-bound and the figures independent,
+    so up to ``processes`` (default: 2 when this process may use 2 or more CPUs and at least 1.5 of them
+    are idle by the load average) forked workers do them
+    (Linux; the runs read by the parent are inherited, only the bytes come back), the costliest jobs
+    first as given; one process otherwise, or if the workers cannot start. ``on_done(count)`` after each."""
     import os
 
     jobs = list(jobs)
     if processes is None:
         try:
             cpus = len(os.sched_getaffinity(0))
-        except AttributeError:  # not Linux
-            cpus = 1
-        processes = min(2, cpus)
+            idle = cpus - os.getloadavg()[0]
+        except (AttributeError, OSError):  # not Linux
+            cpus = idle = 1
+        processes = 2 if cpus >= 2 and idle >= 1.5 else 1  # on busy CPUs a second process only adds overhead
     results: list = [None] * len(jobs)
     if processes > 1 and len(jobs) >= 4:
         import multiprocessing
@@ -204,10 +217,9 @@ def render_all(jobs, *, processes: int | None = None, on_done=None) -> list[dict
             ctx = None
         if ctx is not None:
             _PENDING[:] = jobs
-            order = sorted(range(len(jobs)), key=lambda i: -len(jobs[i][0].axes) - len(jobs[i][0].axes[0].images))
             try:
                 with ctx.Pool(processes) as pool:
-                    for done, (i, data) in enumerate(zip(order, pool.imap(_render_pending, order)), 1):
+                    for done, (i, data) in enumerate(enumerate(pool.imap(_run_pending, range(len(jobs)))), 1):
                         results[i] = data
                         if on_done is not None:
                             on_done(done)
@@ -216,8 +228,8 @@ def render_all(jobs, *, processes: int | None = None, on_done=None) -> list[dict
                 pass
             finally:
                 _PENDING.clear()
-    for i, (fig, dpi, formats) in enumerate(jobs):
-        results[i] = render(fig, dpi, formats)
+    for i, job in enumerate(jobs):
+        results[i] = _run_job(job)
         if on_done is not None:
             on_done(i + 1)
     return results

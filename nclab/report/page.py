@@ -231,11 +231,17 @@ def run_section(run: runlib.Run, name: str, label: str, gram_fig, open_: bool) -
 
 
 # ---------------------------------------------------------------------------------------------- the page
-def summary_figures(runs: list[runlib.Run], phase_diagram: bool, labels: list[str] | None = None) -> list[tuple]:
-    """(name, caption, Figure) of the figures section: per kind of run (legends name the fields that differ
-    within the kind) NC metrics against step/epoch, NC metrics at every layer, final NC metrics per layer;
-    then class norms and the phase diagram. ``labels``: one per run (default: runlib.run_labels per kind)."""
-    figures = []
+def figure_jobs(runs: list[runlib.Run], phase_diagram: bool, labels: list[str] | None = None) -> list[tuple]:
+    """(name, caption, builder) of the figures section, costliest first (builders are called where the
+    figures are drawn, see figures.render_all): per kind of run (legends name the fields that differ within
+    the kind) NC metrics at every layer, NC metrics against step/epoch, final NC metrics per layer; class
+    norms; the phase diagram. ``labels``: one per run (default: runlib.run_labels per kind). The page keeps
+    the order of :data:`SECTION_ORDER`."""
+    jobs = []
+    if phase_diagram:
+        jobs.append(("phase", "Minority-collapse phase diagram from nclab.predict (bias-free MSE, "
+                     "lambda_W = lambda_H = lambda), the runs' depths; markers: runs on this setting",
+                     lambda: figlib.phase_figure(**figlib.phase_setup(runs))))
     kinds = list(dict.fromkeys(r.kind for r in runs))
     for kind in kinds:
         group = [r for r in runs if r.kind == kind]
@@ -243,21 +249,31 @@ def summary_figures(runs: list[runlib.Run], phase_diagram: bool, labels: list[st
             [lab for r, lab in zip(runs, labels) if r.kind == kind]
         suffix = f"-{kind}" if len(kinds) > 1 else ""
         x_names = " / ".join(sorted({r.x_key for r in group if r.x_key}))
-        figures.append((f"metrics{suffix}", f"{kind}: NC metrics against {x_names} (log scale), one curve per run",
-                        figlib.metrics_figure(group, group_labels)))
-        figures.append((f"layer-metrics{suffix}", f"{kind}: NC metrics at every layer j against {x_names}: NC1 of "
-                        "the features H_j entering layer j, NC2 of the partial product W_M..W_j and of the class "
-                        "means of H_j, NC3 between them (one column per layer)",
-                        figlib.layer_metrics_figure(group, group_labels)))
-        figures.append((f"layers{suffix}", f"{kind}: final NC metrics at every layer",
-                        figlib.layers_figure(group, group_labels)))
-    figures.append(("norms", "Learned (last snapshot) against predicted class norms; on the dashed line the "
-                    "learned geometry is the predicted one", figlib.norms_figure(runs)))
-    if phase_diagram:
-        figures.append(("phase", "Minority-collapse phase diagram from nclab.predict (bias-free MSE, "
-                        "lambda_W = lambda_H = lambda); markers: runs on this setting",
-                        figlib.phase_figure(**figlib.phase_setup(runs))))
-    return [(n, c, f) for n, c, f in figures if f is not None]
+        jobs.append((f"layer-metrics{suffix}", f"{kind}: NC metrics at every layer j against {x_names}: NC1 of the "
+                     "features H_j entering layer j, NC2 of the partial product W_M..W_j and of the class means of "
+                     "H_j, NC3 between them (one column per layer)",
+                     lambda g=group, lab=group_labels: figlib.layer_metrics_figure(g, lab)))
+        jobs.append((f"metrics{suffix}", f"{kind}: NC metrics against {x_names} (log scale), one curve per run",
+                     lambda g=group, lab=group_labels: figlib.metrics_figure(g, lab)))
+        jobs.append((f"layers{suffix}", f"{kind}: final NC metrics at every layer",
+                     lambda g=group, lab=group_labels: figlib.layers_figure(g, lab)))
+    jobs.append(("norms", "Learned (last snapshot) against predicted class norms; on the dashed line the "
+                 "learned geometry is the predicted one", lambda: figlib.norms_figure(runs)))
+    return jobs
+
+
+SECTION_ORDER = ("metrics", "layer-metrics", "layers", "norms", "phase")  # how the figures section reads
+
+
+def _section_key(name: str) -> tuple:
+    base = next((b for b in sorted(SECTION_ORDER, key=len, reverse=True) if name.startswith(b)), name)
+    return (SECTION_ORDER.index(base) if base in SECTION_ORDER else len(SECTION_ORDER), name)
+
+
+def summary_figures(runs: list[runlib.Run], phase_diagram: bool, labels: list[str] | None = None) -> list[tuple]:
+    """(name, caption, Figure) of the figures section, built here, in page order (see :func:`figure_jobs`)."""
+    built = [(n, c, make()) for n, c, make in figure_jobs(runs, phase_diagram, labels)]
+    return sorted([(n, c, f) for n, c, f in built if f is not None], key=lambda t: _section_key(t[0]))
 
 
 def default_title(paths, runs) -> str:
@@ -352,26 +368,32 @@ def build_report(run_dirs, out=None, *, title: str | None = None, figures_dir=No
     log(f"report: read {len(runs)} run(s)")
     title = title or default_title(paths, runs)
     names = runlib.short_paths(runs)  # unique: table rows, figure files
-    figures = summary_figures(runs, phase_diagram)
-    gram_figs = [figlib.gram_figure(r, name) if i < MAX_GRAM_FIGURES else None
-                 for i, (r, name) in enumerate(zip(runs, names))]
-    jobs = [(n, f) for n, _, f in figures] + [(f"gram-{name.replace('/', '_')}", g)
-                                              for name, g in zip(names, gram_figs) if g is not None]
-    log(f"report: {len(jobs)} figure(s) built, drawing")
+    for run in runs:  # in this process, so that the tables see them (the figures are built in workers)
+        runlib.learned_grams(run)
+    jobs = figure_jobs(runs, phase_diagram)
+    jobs += [(f"gram-{name.replace('/', '_')}", f"{name}: learned and predicted Grams, each divided by its "
+              "Frobenius norm", lambda r=r, name=name: figlib.gram_figure(r, name))
+             for i, (r, name) in enumerate(zip(runs, names)) if i < MAX_GRAM_FIGURES]
+    log(f"report: building and drawing {len(jobs)} figures")
     dpi, formats = (figlib.INLINE_DPI, ("png",)) if figures_dir is None else (figlib.DPI, ("png", "pdf"))
 
     def done(count: int) -> None:
         if count % 6 == 0 or count == len(jobs):
             log(f"report: drew {count}/{len(jobs)} figures")
 
-    rendered = figlib.render_all([(f, dpi, formats) for _, f in jobs], on_done=done)
-    drawn = {name: data["png"] for (name, _), data in zip(jobs, rendered)}  # each figure drawn once
-    if figures_dir is not None:
-        for (name, _), data in zip(jobs, rendered):
-            for fmt, blob in data.items():
+    rendered = figlib.render_all([(make, dpi, formats) for _, _, make in jobs], on_done=done)
+    drawn = {}
+    for (name, _, _), data in zip(jobs, rendered):  # each figure built and drawn once
+        if data is not None and "error" in data:
+            log(f"warning: figure {name} could not be drawn ({data['error']}); left out")
+        elif data is not None:
+            drawn[name] = data["png"]
+            for fmt, blob in data.items() if figures_dir is not None else ():
                 (figures_dir / f"{name}.{fmt}").write_bytes(blob)
-    figure_parts = [figure_html(drawn[n], c, n) for n, c, _ in figures]
-    gram_pngs = [None if g is None else drawn[f"gram-{name.replace('/', '_')}"] for name, g in zip(names, gram_figs)]
+    figures = sorted([(n, c) for n, c, _ in jobs if n in drawn and not n.startswith("gram-")],
+                     key=lambda t: _section_key(t[0]))
+    figure_parts = [figure_html(drawn[n], c, n) for n, c in figures]
+    gram_pngs = [drawn.get(f"gram-{name.replace('/', '_')}") for name in names]
     labels = runlib.run_labels(runs)
     now = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     sources = ", ".join(str(p) for p in paths)
