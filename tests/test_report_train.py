@@ -265,3 +265,11 @@ def test_report_cli_prints_progress_on_stderr(runs_root, tmp_path):
                                    "--no-phase-diagram"])
     assert res.exit_code == 0, res.stderr
     assert res.stdout.startswith("report: ") and "read 1 run(s)" in res.stderr and "drew" in res.stderr
+
+
+def test_collapse_is_judged_against_the_predicted_scale():
+    """At the zero solution every learned norm is ~1e-11: all classes collapsed, not "none"."""
+    tiny = np.array([1.3e-11, 1.2e-11, 1.1e-11, 7e-12])
+    assert runlib.collapsed_classes(tiny) == []  # against themselves they look alike
+    assert runlib.collapsed_classes(tiny, scale=6.4) == [0, 1, 2, 3]
+    assert runlib.collapsed_classes(np.array([3.0, 2.0, 1e-6, 0.0]), scale=1.0) == [2, 3]

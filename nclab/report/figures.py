@@ -723,9 +723,8 @@ def phase_setup(runs: list[runlib.Run]) -> dict:
         lams.append(runlib.numeric(r.config.get("lambda_h")))
         if r.depth not in depths or len(set(lams)) != 1 or lams[0] is None or not lams[0] > 0:
             continue
-        learned = runlib.learned_norms(r)
-        collapsed = None if learned is None else bool(set(range(len(majority), len(r.counts))) &
-                                                      set(runlib.collapsed_classes(learned["w"])))
+        learned = runlib.learned_collapsed(r)
+        collapsed = None if learned is None else bool(set(range(len(majority), len(r.counts))) & set(learned))
         marks.append((r.depth, float(lams[0]), low, collapsed, r.name))
     top = max(majority) if majority else 100
     return {"depths": depths, "majority": majority, "minority_classes": minority_classes, "marks": marks,

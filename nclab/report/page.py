@@ -142,13 +142,20 @@ def theory_row(run: runlib.Run, label: str) -> list | None:
     if rel is None and f is not None and f_star is not None:
         rel = (f - f_star) / max(abs(f_star), 1e-300)
     predicted_collapsed = runlib.predicted_collapsed(run)
-    learned = runlib.learned_norms(run)
-    learned_collapsed = None if learned is None else runlib.collapsed_classes(learned["w"])
+    learned_collapsed = runlib.learned_collapsed(run)
+    K = run.num_classes
+
+    def classes(ks):
+        if ks is None:
+            return "?"
+        if K and len(ks) == K:
+            return "all (the zero solution)"
+        return ",".join(map(str, ks)) or "none"
+
     nc = runlib.headline_columns(run.columns or list(final), limit=50)
     nc = [c for c in nc if runlib.family_of(c) in runlib.NC_FAMILIES][:4]
     return [label, pred.get("geometry"), f_star, f, rel, final.get("w_norm_err"), final.get("h_norm_err"),
-            "?" if predicted_collapsed is None else (",".join(map(str, predicted_collapsed)) or "none"),
-            "?" if learned_collapsed is None else (",".join(map(str, learned_collapsed)) or "none"),
+            classes(predicted_collapsed), classes(learned_collapsed),
             "; ".join(f"{c} {fmt(final.get(c))}" for c in nc) or "-"]
 
 

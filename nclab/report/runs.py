@@ -553,10 +553,23 @@ def predicted_norms(run: Run) -> dict | None:
     return {"w": np.sqrt(np.clip(w2, 0, None)), "h": np.sqrt(np.clip(h2, 0, None))}
 
 
-def collapsed_classes(norms: np.ndarray) -> list[int]:
-    """Classes whose norm is below COLLAPSE_TOL of the largest (all of them if every norm is 0)."""
-    top = float(np.max(norms, initial=0.0))
+def collapsed_classes(norms: np.ndarray, scale: float = 0.0) -> list[int]:
+    """Classes whose norm is below COLLAPSE_TOL of the largest, or of ``scale`` when that is larger (the
+    predicted largest norm: at the zero solution every learned norm is ~1e-11 and all classes collapsed);
+    all of them if every norm is 0."""
+    top = max(float(np.max(norms, initial=0.0)), float(scale))
     return [k for k, v in enumerate(norms) if v <= COLLAPSE_TOL * top or top == 0.0]
+
+
+def learned_collapsed(run: Run) -> list[int] | None:
+    """Classes whose learned classifier row vanished (||w_k|| against the largest learned or predicted one);
+    None when the run stores no classifier norms."""
+    learned = learned_norms(run)
+    if learned is None:
+        return None
+    pred = predicted_norms(run)
+    scale = float(np.max(pred["w"], initial=0.0)) if pred is not None and len(pred["w"]) == len(learned["w"]) else 0.0
+    return collapsed_classes(learned["w"], scale)
 
 
 def predicted_collapsed(run: Run) -> list[int] | None:
