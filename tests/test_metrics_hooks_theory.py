@@ -107,12 +107,10 @@ def test_compare_to_theory_with_plain_arrays():
 
 @pytest.mark.parametrize("bias", [False, True])
 def test_compare_to_theory_on_constructed_minimizer(bias):
-    theory = pytest.importorskip("nclab.theory")
-    try:
-        pred = theory.predict([30, 20, 10, 10], depth=3, widths=8, bias=bias, lambda_w=1e-3, lambda_h=1e-3)
-        weights, H, b = pred.construct()
-    except Exception as exc:  # the theory package is developed in parallel
-        pytest.skip(f"nclab.theory not usable yet: {exc}")
+    from nclab import theory
+
+    pred = theory.predict([30, 20, 10, 10], depth=3, widths=8, bias=bias, lambda_w=1e-3, lambda_h=1e-3)
+    weights, H, b = pred.construct()
     y = theory.labels_from_counts(pred.problem.counts)
     out = compare_to_theory(pred, H.T, y, weights, b)
     for key in ("WWt", "HtH", "WH"):

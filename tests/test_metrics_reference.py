@@ -226,8 +226,12 @@ def test_exact_collapse_gives_zero_and_deep_head_layers():
     ws = [rng.standard_normal((D, D)), rng.standard_normal((5, D)), rng.standard_normal((K, 5))]
     dh = deep_head_metrics(H, y, ws, target="etf")
     assert len(dh) == 3 and [m.info["layer"] for m in dh.layers] == [1, 2, 3]
+    # every layer's classifier gives the same logits H W1^T W2^T W3^T; the class means stay distinct, so the
+    # nearest class mean is the sample's own class and NC4 is the fraction the random classifier gets wrong
+    wrong = float(np.mean((H @ ws[0].T @ ws[1].T @ ws[2].T).argmax(1) != y))
+    assert 0 < wrong < 1
     for m in dh.layers:
-        assert m["nc1"] == 0.0 and m["nc4"] == 0.0 or m["nc4"] >= 0
+        assert m["nc1"] < 1e-20 and m["nc4"] == wrong, (m.info["layer"], m["nc1"], m["nc4"])
     # layer 2 equals nc_metrics on the explicitly mapped features with W3 W2
     H2 = H @ ws[0].T
     ref = ref_metrics(H2, y, K, ws[2] @ ws[1])

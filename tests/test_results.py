@@ -4,9 +4,10 @@ import json
 import math
 import os
 
+import pytest
 import torch
 
-from nclab.results import RunStore, atomic_write_json, config_diff
+from nclab.results import RunStore, atomic_write_bytes, atomic_write_json, config_diff
 
 
 def test_json_is_atomic_and_strict(tmp_path):
@@ -21,20 +22,60 @@ def test_json_is_atomic_and_strict(tmp_path):
     assert mode == 0o666 & ~umask
 
 
-def test_failed_write_leaves_old_file(tmp_path):
+@pytest.mark.parametrize("stage", ["write", "fsync", "replace"])
+def test_failed_write_leaves_old_file(tmp_path, monkeypatch, stage):
+    """A failure DURING the write (after the temp file holds data) leaves the old file and no temp file."""
     path = tmp_path / "c.json"
     atomic_write_json(path, {"v": 1})
+    seen = []
 
-    class Boom:
-        def tolist(self):
-            raise RuntimeError("boom")
+    def boom(*args, **kwargs):
+        seen.extend(p.name for p in tmp_path.iterdir() if p.name != "c.json")  # the temp file exists now
+        raise OSError(28, "No space left on device")
 
-    try:
-        atomic_write_json(path, {"v": Boom()})
-    except RuntimeError:
-        pass
+    if stage == "write":
+        real_fdopen = os.fdopen
+
+        def fdopen(fd, *args, **kwargs):
+            fh = real_fdopen(fd, *args, **kwargs)
+
+            class Half:  # writes half of the data to the temp file, then fails
+                def __enter__(self):
+                    return self
+
+                def __exit__(self, *exc):
+                    fh.close()
+
+                def write(self, data):
+                    fh.write(data[: len(data) // 2])
+                    fh.flush()
+                    boom()
+
+            return Half()
+
+        monkeypatch.setattr(os, "fdopen", fdopen)
+    else:
+        monkeypatch.setattr(os, stage, boom)
+    with pytest.raises(OSError, match="No space"):
+        atomic_write_json(path, {"v": 2, "pad": "x" * 1000})
+    monkeypatch.undo()
+    assert len(seen) == 1 and seen[0].startswith(".c.json.") and seen[0].endswith(".tmp")
     assert json.loads(path.read_text()) == {"v": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["c.json"]
+
+
+def test_interrupt_during_write_also_rolls_back(tmp_path, monkeypatch):
+    path = tmp_path / "d.bin"
+    atomic_write_bytes(path, b"old")
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write_bytes(path, b"new")
+    monkeypatch.undo()
+    assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["d.bin"]
 
 
 def test_rows_round_trip_exactly_and_torn_line_is_ignored(tmp_path):
@@ -77,3 +118,36 @@ def test_torch_save_and_config_helpers(tmp_path):
     (tmp_path / "r" / "keep.txt").write_text("user file")
     store.clear()
     assert not store.exists() and (tmp_path / "r" / "keep.txt").exists()
+
+
+@pytest.mark.parametrize("torn", [
+    "5,5.333,,o",  # torn inside the last field: as many fields as the header, last one truncated
+    "5,5.333,,",  # torn right after the last separator (empty last field)
+    "5,5.33",  # torn inside an earlier field
+    "5",
+    '5,5.333,,"o',  # torn inside a quoted field
+])
+def test_torn_last_line_is_dropped_whatever_it_holds(tmp_path, torn):
+    store = RunStore(tmp_path)
+    rows = [{"step": i, "x": 1 / 3 + i, "flag": None, "s": "ok"} for i in range(5)]
+    store.append_rows(rows)
+    with open(tmp_path / "metrics.csv", "a") as fh:
+        fh.write(torn)  # no newline: the writer died in the middle of its one write()
+    assert store.read_rows() == rows
+    assert RunStore(tmp_path).read_rows() == rows  # a fresh reader too
+    kept = store.truncate_rows(10)  # what a resume does before appending again: the torn bytes are gone
+    assert kept == rows and (tmp_path / "metrics.csv").read_text().endswith("\n")
+
+
+def test_complete_last_line_and_header_only(tmp_path):
+    store = RunStore(tmp_path)
+    (tmp_path / "metrics.csv").write_text("step,x\n")
+    assert store.read_rows() == []
+    (tmp_path / "metrics.csv").write_text("step,x\n1,2.5\n2,")  # the complete row stays, the torn one goes
+    assert store.read_rows() == [{"step": 1, "x": 2.5}]
+    (tmp_path / "metrics.csv").write_text("step,x\n1,2.5\n2,3\n")
+    assert store.read_rows() == [{"step": 1, "x": 2.5}, {"step": 2, "x": 3}]
+    (tmp_path / "metrics.csv").write_text("")
+    assert store.read_rows() == []
+    (tmp_path / "metrics.csv").write_text("step,x")  # a torn header: nothing complete
+    assert store.read_rows() == []
