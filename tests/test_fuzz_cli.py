@@ -20,8 +20,9 @@ NASTY = ["", " ", "nan", "NaN", "inf", "-inf", "-1", "0", "1e400", "1e-320", "5e
 
 
 def run(args, tmp_path):
-    return CliRunner().invoke(cli, [str(a) for a in args] + ["--out", str(tmp_path / "o")]
-                              if args[0] in ("simulate", "train") and "--out" not in args else [str(a) for a in args])
+    args = [str(a).replace("{missing}", str(tmp_path / "missing")) for a in args]  # a path that does not exist
+    return CliRunner().invoke(cli, args + ["--out", str(tmp_path / "o")]
+                              if args[0] in ("simulate", "train") and "--out" not in args else args)
 
 
 def clean(res) -> None:
@@ -52,9 +53,9 @@ TABLE = [
     TRAIN + ["--size", "100000"], TRAIN + ["--size", "0"], TRAIN + ["--channels", "0"], TRAIN + ["--depth", "0"],
     TRAIN + ["--lambda-w", "1,2,3"], TRAIN + ["--lambda-h", "nan"], TRAIN + ["--milestones", "x"],
     TRAIN + ["--schedule", "step"], TRAIN + ["--device", "tpu"], TRAIN + ["--dataset", "mnist", "--data-root", "/"],
-    TRAIN + ["--config", "/nonexistent-nclab.toml"], TRAIN + ["--preset", "nope"], TRAIN + ["--depths", ","],
+    TRAIN + ["--config", "{missing}.toml"], TRAIN + ["--preset", "nope"], TRAIN + ["--depths", ","],
     ["train", "--resume"], ["train", "--out", "", "--epochs", "1"],
-    ["sweep", "/nonexistent-nclab-grid.toml"], ["runs", "/nonexistent-nclab-dir"], ["report", "/nonexistent-nclab"],
+    ["sweep", "{missing}-grid.toml"], ["runs", "{missing}-dir"], ["report", "{missing}"],
     ["demo", "--out", "/dev/null/x"],
 ]
 

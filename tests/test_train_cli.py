@@ -65,12 +65,14 @@ def test_every_config_field_is_a_flag():
     (["--epochs", "0"], "epochs must be an integer >= 1"),
     (["--counts", "3,x"], "every entry of counts must be an integer"),
     (["--dataset", "cifar10"], "cifar10: no root given"),
-    (["--dataset", "mnist", "--data-root", "/nonexistent"], "data folder /nonexistent does not exist"),
-    (["--config", "/nonexistent.toml"], "config file /nonexistent.toml does not exist"),
+    (["--dataset", "mnist", "--data-root", "{missing}"], "data folder {missing} does not exist"),
+    (["--config", "{missing}.toml"], "config file {missing}.toml does not exist"),
     (["--resume", "--overwrite"], "not both"),
     (["--arch", "vgg16"], "set size = 32"),
 ])
-def test_bad_input_is_one_line_and_exit_2(args, message):
+def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
+    missing = str(tmp_path / "missing")  # a path that surely does not exist, on any machine
+    args, message = [a.format(missing=missing) for a in args], message.format(missing=missing)
     res = run(*args)
     assert res.exit_code == 2
     lines = res.output.strip().splitlines()
