@@ -5,7 +5,7 @@ Run: python benchmarks/report.py [--runs-dir DIR] [--reps 3] [--target 5]
 Builds (once; reused when ``--runs-dir`` already holds them) 16 small run directories like a sweep a user
 would report on:
 
-* 14 ``nclab.simulate`` runs, full-batch SGD, 400 steps, a snapshot every 20 steps (21 metric rows):
+* 14 ``nclab.simulate`` runs, full-batch SGD, 3,000 steps, a snapshot every 10 (301 metric rows, as the paper preset):
   imbalanced [200, 100, 50, 50] bias-free at M = 1, 2, 3, 6 and lambda 5e-4, 5e-3 (8 runs), balanced
   [100] * 4 with bias at M = 1, 3, 6 and bias-free at M = 1, 3, 6 (6 runs), widths 16;
 * 2 ``nclab.train`` runs on the bundled digits: MLP backbone, deep linear head M = 1 and 3, 30 and 300
@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 
-SIM = dict(widths=16, optimizer="sgd", steps=400, snapshot_every=20, threads=1, seed=0)
+SIM = dict(widths=16, optimizer="sgd", steps=3000, snapshot_every=10, threads=1, seed=0)
 
 
 def build_runs(root: pathlib.Path) -> int:

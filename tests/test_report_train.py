@@ -273,3 +273,20 @@ def test_collapse_is_judged_against_the_predicted_scale():
     assert runlib.collapsed_classes(tiny) == []  # against themselves they look alike
     assert runlib.collapsed_classes(tiny, scale=6.4) == [0, 1, 2, 3]
     assert runlib.collapsed_classes(np.array([3.0, 2.0, 1e-6, 0.0]), scale=1.0) == [2, 3]
+
+
+def test_phase_search_from_the_previous_row_is_exact(monkeypatch):
+    """The searches start where the previous row switched (a hint); any hint gives the brute-force row."""
+    from nclab.report import phase
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        L = int(rng.integers(1, 20))
+        lambdas, hints = np.arange(L, dtype=float), {}
+        for _ in range(5):
+            a = int(rng.integers(0, L + 1))
+            b = int(rng.integers(a, L + 1))
+            truth = np.zeros(L, int)
+            truth[a:], truth[b:] = phase.MINORITY_COLLAPSED, phase.TRIVIAL
+            monkeypatch.setattr(phase, "phase_state", lambda *args, t=truth: int(t[int(args[-1])]))
+            assert (phase._row((9,), 1, 1, 1, lambdas, hints) == truth).all()

@@ -68,21 +68,24 @@ def layer_column(base: str, j: int) -> str:
     return f"{base}_L{j}"
 
 
-def _zero_features(row: dict) -> bool:
+def _zero_features(row: dict, keys=None) -> bool:
     """Every class mean norm recorded and exactly 0 (old runs at the zero solution)."""
-    norms = [v for k, v in row.items() if k.startswith("h_norm_") and k[7:].isdigit()]
+    if keys is None:
+        keys = [k for k in row if k.startswith("h_norm_") and k[7:].isdigit()]
+    norms = [row.get(k) for k in keys]
     return bool(norms) and all(isinstance(v, (int, float)) and v == 0 for v in norms)
 
 
-def with_aliases(row: dict) -> dict:
+def with_aliases(row: dict, h_norm_keys=None) -> dict:
     """The row with the equal end-to-end/layer-1 columns filled from each other where one is missing (in
-    place, returned), and NC1 set to NaN (undefined) where every class mean is exactly zero."""
+    place, returned), and NC1 set to NaN (undefined) where every class mean is exactly zero.
+    ``h_norm_keys``: the row's h_norm_{k} columns when the caller knows them (a table: found once)."""
     for plain, layered in ALIASES.items():
         if row.get(plain) is None and row.get(layered) is not None:
             row[plain] = row[layered]
         elif row.get(layered) is None and row.get(plain) is not None:
             row[layered] = row[plain]
-    if _zero_features(row):
+    if _zero_features(row, h_norm_keys):
         for k, v in row.items():
             if k.startswith("nc1_L") and v == 0:
                 row[k] = math.nan

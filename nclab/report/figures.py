@@ -668,7 +668,7 @@ def phase_figure(depths=phase.DEFAULT_DEPTHS, majority=phase.DEFAULT_MAJORITY, m
     """
     from matplotlib.colors import ListedColormap
     from matplotlib.patches import Patch
-    from matplotlib.ticker import NullFormatter, ScalarFormatter
+    from matplotlib.ticker import FuncFormatter, NullFormatter, ScalarFormatter
 
     palette = ["#9ecae1", "#fd8d3c", "#bdbdbd"]  # not collapsed, minority collapsed, trivial
     cmap = ListedColormap(palette)
@@ -688,6 +688,8 @@ def phase_figure(depths=phase.DEFAULT_DEPTHS, majority=phase.DEFAULT_MAJORITY, m
         ax.set_yticks([t for t in (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000) if n.min() <= t <= n.max()])
         ax.yaxis.set_major_formatter(ScalarFormatter())
         ax.yaxis.set_minor_formatter(NullFormatter())
+        ax.xaxis.set_major_formatter(FuncFormatter(_power_label))  # plain text: no mathtext parser
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("lambda (= lambda_W = lambda_H)")
         ax.set_title(f"M = {M}")
         ax.grid(False)

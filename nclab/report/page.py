@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+import gc
 import html
 import json
 import math
@@ -388,7 +389,14 @@ def build_report(run_dirs, out=None, *, title: str | None = None, figures_dir=No
         if count % 6 == 0 or count == len(jobs):
             log(f"report: drew {count}/{len(jobs)} figures")
 
-    rendered = figlib.render_all([(make, dpi, formats) for _, _, make in jobs], on_done=done)
+    gc_was_on = gc.isenabled()
+    gc.disable()  # figures are many small objects: the cyclic collector would cost ~12% of the drawing time
+    try:
+        rendered = figlib.render_all([(make, dpi, formats) for _, _, make in jobs], on_done=done)
+    finally:
+        if gc_was_on:
+            gc.enable()
+
     drawn = {}
     for (name, _, _), data in zip(jobs, rendered):  # each figure built and drawn once
         if data is not None and "error" in data:

@@ -56,31 +56,53 @@ def phase_grid(majority=DEFAULT_MAJORITY, minority_classes: int = 2, depth: int 
     sizes = np.unique(np.geomspace(1, top, 40).round().astype(int)) if sizes is None else np.asarray(sizes, int)
     order = np.argsort(lambdas)
     states = np.empty((len(sizes), len(lambdas)), dtype=int)
+    hints: dict = {}  # where the previous row switched: neighbouring rows switch nearby (a guess, checked)
     for i, n in enumerate(sizes):
-        states[i, order] = _row(majority, int(n), minority_classes, depth, lambdas[order])
+        states[i, order] = _row(majority, int(n), minority_classes, depth, lambdas[order], hints)
     return lambdas, sizes, states
 
 
-def _row(majority, n: int, minority_classes: int, depth: int, lambdas: np.ndarray) -> np.ndarray:
-    """States along increasing lambdas with O(log L) predict calls. The set of active classes only shrinks
-    as lambda grows (class k is active iff n_k > n_thr = N kappa / a*(M), and kappa = (N lambda^(M+1))^(1/M)
+def _row(majority, n: int, minority_classes: int, depth: int, lambdas: np.ndarray, hints=None) -> np.ndarray:
+    """States along increasing lambdas with O(log L) solves. The set of active classes only shrinks as
+    lambda grows (class k is active iff n_k > n_thr = N kappa / a*(M), and kappa = (N lambda^(M+1))^(1/M)
     grows with lambda; the rank budget is fixed), so "some minority class collapsed" and "all collapsed"
-    each switch on once: two binary searches find where."""
+    each switch on once: two searches find where. ``hints`` {level: index} starts each search where the
+    previous row switched, galloping out from there (2 solves when the switch did not move); the result
+    never depends on the hint, only the number of solves does."""
     cache: dict[int, int] = {}
+    hints = {} if hints is None else hints
+    L = len(lambdas)
 
     def state(i: int) -> int:
         if i not in cache:
             cache[i] = phase_state(majority, n, minority_classes, depth, float(lambdas[i]))
         return cache[i]
 
+    def at_least(i: int, level: int) -> bool:  # virtual ends: state(-1) below every level, state(L) above
+        return i >= L or (i >= 0 and state(i) >= level)
+
     def first_at_least(level: int) -> int:
-        lo, hi = 0, len(lambdas)
+        lo, hi = 0, L  # the answer lies in [lo, hi]
+        guess = hints.get(level)
+        if guess is not None:
+            step = 1
+            if at_least(guess, level):  # the switch is at guess or to its left
+                hi = guess
+                while hi - step >= 0 and at_least(hi - step, level):
+                    hi, step = hi - step, step * 2
+                lo = max(hi - step + 1, 0)
+            else:  # strictly to its right
+                lo = guess + 1
+                while lo + step - 1 < L and not at_least(lo + step - 1, level):
+                    lo, step = lo + step, step * 2
+                hi = min(lo + step - 1, L)
         while lo < hi:
             mid = (lo + hi) // 2
-            lo, hi = (lo, mid) if state(mid) >= level else (mid + 1, hi)
+            lo, hi = (lo, mid) if at_least(mid, level) else (mid + 1, hi)
+        hints[level] = lo
         return lo
 
-    row = np.full(len(lambdas), NOT_COLLAPSED)
+    row = np.full(L, NOT_COLLAPSED)
     row[first_at_least(MINORITY_COLLAPSED):] = MINORITY_COLLAPSED
     row[first_at_least(TRIVIAL):] = TRIVIAL
     return row
