@@ -46,7 +46,8 @@ def reference_row(pred, W, H, b):
         data = float(np.mean(np.log(np.exp(Z).sum(0)) - Z[y, np.arange(N)]))
     reg = 0.5 * sum(lam * (w**2).sum() for lam, w in zip(p.lambda_w, W)) + 0.5 * p.lambda_h * (H**2).sum()
     f = data + reg
-    row = {"objective": f, "loss": data, "gap": f - pred.objective, "rel_gap": (f - pred.objective) / abs(pred.objective)}
+    gap = f - pred.objective
+    row = {"objective": f, "loss": data, "gap": gap, "rel_gap": gap / abs(pred.objective)}
     feats, parts = [H], []
     for w in W[:-1]:
         feats.append(w @ feats[-1])  # H_j, the input of layer j (d_j, N)
