@@ -290,3 +290,17 @@ def test_phase_search_from_the_previous_row_is_exact(monkeypatch):
             truth[a:], truth[b:] = phase.MINORITY_COLLAPSED, phase.TRIVIAL
             monkeypatch.setattr(phase, "phase_state", lambda *args, t=truth: int(t[int(args[-1])]))
             assert (phase._row((9,), 1, 1, 1, lambdas, hints) == truth).all()
+
+
+def test_forked_drawing_gives_the_same_figures_and_survives_a_broken_one(runs_root):
+    runs = [load_run(runs_root / "train" / d) for d in ("depth-1", "depth-3")]
+
+    def broken():
+        raise RuntimeError("boom")
+
+    jobs = [(lambda: figlib.metrics_figure(runs), 80, ("png",)), (lambda: None, 80, ("png",)),
+            (broken, 80, ("png",)), (lambda: figlib.layers_figure(runs), 80, ("png",))]
+    serial = figlib.render_all(jobs, processes=1)
+    assert serial[1] is None and serial[2] == {"error": "RuntimeError: boom"} and serial[0]["png"][:4] == b"\x89PNG"
+    if hasattr(os, "fork"):
+        assert figlib.render_all(jobs, processes=2) == serial

@@ -195,7 +195,8 @@ def render_all(jobs, *, processes: int | None = None, on_done=None) -> list[dict
     order, as :func:`_run_job` gives them. Building and drawing are CPU-bound and the figures independent,
     so up to ``processes`` (default: 2 when this process may use 2 or more CPUs and at least 1.5 of them
     are idle by the load average) forked workers do them
-    (Linux; the runs read by the parent are inherited, only the bytes come back), the costliest jobs
+    (Linux, and only while this process runs no other thread: a fork copies no thread and no lock state
+    to trust; the runs read by the parent are inherited, only the bytes come back), the costliest jobs
     first as given; one process otherwise, or if the workers cannot start. ``on_done(count)`` after each."""
     import os
 
@@ -208,7 +209,9 @@ def render_all(jobs, *, processes: int | None = None, on_done=None) -> list[dict
             cpus = idle = 1
         processes = 2 if cpus >= 2 and idle >= 1.5 else 1  # on busy CPUs a second process only adds overhead
     results: list = [None] * len(jobs)
-    if processes > 1 and len(jobs) >= 4:
+    import threading
+
+    if processes > 1 and len(jobs) >= 4 and threading.active_count() == 1:  # never fork beside other threads
         import multiprocessing
 
         try:
