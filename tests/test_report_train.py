@@ -304,3 +304,28 @@ def test_forked_drawing_gives_the_same_figures_and_survives_a_broken_one(runs_ro
     assert serial[1] is None and serial[2] == {"error": "RuntimeError: boom"} and serial[0]["png"][:4] == b"\x89PNG"
     if hasattr(os, "fork"):
         assert figlib.render_all(jobs, processes=2) == serial
+
+
+def test_weights_are_read_without_torch_exactly(runs_root, tmp_path):
+    import torch
+
+    def same(a, b):
+        if isinstance(b, torch.Tensor):
+            return isinstance(a, np.ndarray) and a.shape == tuple(b.shape) and np.array_equal(a, b.detach().numpy())
+        if isinstance(b, dict):
+            return list(a) == list(b) and all(same(a[k], b[k]) for k in b)
+        if isinstance(b, (list, tuple)):
+            return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+        return a == b
+
+    for name in ("train/depth-3", "ufm/depth-2"):
+        path = runs_root / name / "weights.pt"
+        assert same(runlib.read_tensors(path), torch.load(path, weights_only=True))
+    x = torch.arange(24, dtype=torch.float64).reshape(4, 6)
+    odd = {"t": x.t(), "s": x[1:, 2:], "scalar": torch.tensor(3.5), "empty": torch.zeros(0, 3),
+           "b": torch.tensor([True, False]), "i": torch.tensor([1, 2], dtype=torch.int32)}
+    torch.save(odd, tmp_path / "odd.pt")
+    assert same(runlib.read_tensors(tmp_path / "odd.pt"), odd)
+    torch.save({"x": torch.ones(2, dtype=torch.bfloat16)}, tmp_path / "bf16.pt")
+    with pytest.raises(ValueError, match="not a plain tensor"):
+        runlib.read_tensors(tmp_path / "bf16.pt")  # learned_grams then asks torch.load
