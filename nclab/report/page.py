@@ -344,7 +344,7 @@ def build_report(run_dirs, out=None, *, title: str | None = None, figures_dir=No
     out : path of the HTML file, default ``DIR/report.html`` for one directory, else ``./report.html``
     title : str, default the directory name (one), else the runs' common parent folder
     figures_dir : path or None, also write every figure there as PNG + PDF
-    phase_diagram : bool, include the minority-collapse phase diagram (about a second of nclab.predict calls)
+    phase_diagram : bool, include the minority-collapse phase diagram (the runs' depths, ~0.1 s of solves per depth)
     progress : callable(str) or None, called with one line per stage (and one "warning: ..." line per file
         of a run that could not be read and was left out); ``nclab report`` prints them on stderr
 
