@@ -10,8 +10,8 @@ import click
 from click.core import ParameterSource
 
 from nclab.cli._common import fail, friendly_errors, parse_int_list
+from nclab.cli._runs import StatusLine, check_run_flags
 from nclab.cli.predict import problem_kwargs, problem_options
-from nclab.cli.status import StatusLine
 
 PRESET_NAMES = ["paper-balanced-of", "paper-balanced-etf", "paper-imbalanced-gof"]
 RUN_OPTIONS = ["optimizer", "lr", "momentum", "steps", "schedule", "gamma", "init_std", "init", "seed", "dtype",
@@ -113,17 +113,7 @@ def simulate_cmd(ctx, counts, classes, per_class, depth, widths, width, lambda_w
     from nclab.ufm.presets import DEPTHS, preset_options, run_depths
     from nclab.ufm.trainer import simulate
 
-    if resume and overwrite:
-        raise ValueError("give --resume or --overwrite, not both")
-    if out is not None and not out.strip():
-        raise ValueError("--out must not be empty")
-    if resume and out is None:
-        raise ValueError("--resume needs --out, the run directory to continue")
-    if resume:
-        from nclab.results import RunStore, depth_run_dirs
-
-        if not RunStore(out).exists() and not depth_run_dirs(out):
-            raise ValueError(f"{out} holds no run to resume; drop --resume to start one there")
+    check_run_flags(out, resume, overwrite)
     kw = problem_kwargs(counts, classes, per_class, depth, widths, width, lambda_w, lambda_h, loss, bias)
     run_kw = dict(optimizer=optimizer, lr=lr, momentum=momentum, steps=steps, schedule=schedule,
                   milestones=parse_int_list(milestones, "--milestones") or (), gamma=gamma, init_std=init_std,

@@ -14,7 +14,7 @@ import time
 import click
 
 from nclab.cli._common import fail, friendly_errors, parse_int_list
-from nclab.cli.status import StatusLine, chain
+from nclab.cli._runs import StatusLine, chain, check_run_flags
 from nclab.experiments.config import CHOICES, FIELDS
 from nclab.experiments.presets import DESCRIPTIONS, PRESETS
 from nclab.results import TensorBoardLogger
@@ -120,17 +120,7 @@ def train_cmd(config_file, preset, list_presets, per_class, depths, out, resume,
         for name in PRESETS:
             click.echo(f"{name:<30} {DESCRIPTIONS[name]}")
         return
-    if resume and overwrite:
-        raise ValueError("give --resume or --overwrite, not both")
-    if out is not None and not out.strip():
-        raise ValueError("--out must not be empty")
-    if resume and out is None:
-        raise ValueError("--resume needs --out, the run directory to continue")
-    if resume:
-        from nclab.results import RunStore, depth_run_dirs
-
-        if not RunStore(out).exists() and not depth_run_dirs(out):
-            raise ValueError(f"{out} holds no run to resume; drop --resume to start one there")
+    check_run_flags(out, resume, overwrite)
     opts = load_toml(config_file) if config_file else {}
     if preset is not None:
         opts["preset"] = preset

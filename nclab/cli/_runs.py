@@ -1,4 +1,4 @@
-"""A periodic one-line status on stderr for logs (no progress bar when stderr is not a terminal)."""
+"""Shared by the run commands (simulate, train): the run-folder flags and a periodic status line for logs."""
 
 from __future__ import annotations
 
@@ -6,6 +6,21 @@ import math
 import os
 import sys
 import time
+
+
+def check_run_flags(out: str | None, resume: bool, overwrite: bool) -> None:
+    """One ValueError for --out/--resume/--overwrite combinations that cannot mean anything."""
+    if resume and overwrite:
+        raise ValueError("give --resume or --overwrite, not both")
+    if out is not None and not out.strip():
+        raise ValueError("--out must not be empty")
+    if resume and out is None:
+        raise ValueError("--resume needs --out, the run directory to continue")
+    if resume:
+        from nclab.results import RunStore, depth_run_dirs
+
+        if not RunStore(out).exists() and not depth_run_dirs(out):
+            raise ValueError(f"{out} holds no run to resume; drop --resume to start one there")
 
 
 def _seconds(s: float) -> str:
