@@ -73,7 +73,7 @@ def test_python_api_matches_cli_options():
         (["--counts", f"3,{10**20}"], "class count"),
         (["-K", str(10**12), "-n", "1"], "memory"),
         (["-K", "21", "-n", "2", "--grams"], "--json"),
-        (["-K", "100000", "-n", "1", "--json"], "memory"),
+        (["-K", "100000", "-n", "1", "--grams", "/tmp/nclab-grams-never-written"], "memory"),
         (["--lambda-w", "5e-324", "-M", "30"], "float64"),
         (["--lambda-w", "x"], "--lambda-w"),
         (["--depth", "0"], "depth"),
@@ -181,7 +181,11 @@ def test_large_K_summary_needs_no_dense_matrix(monkeypatch):
     r = run("-K", "100000", "-n", "1")
     assert r.exit_code == 0, r.output
     assert "0-99999" in r.output and "collapsed" in r.output
-    r = run("-K", "20000", "-n", "1", "--json")
+    r = run("-K", "20000", "-n", "1", "--json")  # the structure, O(K): no K x K matrix (issue 14)
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.output)
+    assert not d["dense"] and "WWt" not in d and d["structure"]["basis"]["kind"] == "diagonal"
+    r = run("-K", "20000", "-n", "1", "--grams", "/tmp/nclab-grams-never-written")
     assert r.exit_code == 2 and "memory" in r.output and "GiB" in r.output
 
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import textwrap
 
 import click
 import numpy as np
 
-from nclab.cli._common import echo_json, friendly_errors, parse_float_list, parse_int_list
+from nclab.cli._common import friendly_errors, parse_float_list, parse_int_list
 
 #: largest K for which --grams prints the K x K matrices (wider tables do not fit a terminal)
 GRAMS_MAX_K = 20
@@ -197,7 +198,7 @@ def _mse_story(pred) -> tuple[list[str], list[str]]:
             "  a_k        = N kappa / n_k: cost-to-gain ratio of class k's mode (printed as a_k/a*: < 1 kept)",
         ] + sym_a
     else:
-        r, nz = int(m.active.sum()), int((m.mu > 0).sum())
+        r, nz = int(m.active.sum()), K - 1  # D - n n^T/N: one zero eigenvalue (along 1), K - 1 positive
         mu_thr = float(np.exp(np.log(p.N) + m.log_kappa - np.log(astar)))
         if p.balanced:
             lines.append("  With an unregularized bias b* = 1/K, the class means (centred) and classifier rows form "
@@ -251,45 +252,76 @@ def _ce_story(pred) -> tuple[list[str], list[str]]:
     return lines, syms
 
 
-def _class_table(pred) -> list[str]:
+def _range(lo, hi, fmt) -> str:
+    a, b = fmt(lo), fmt(hi)
+    return a if a == b else f"{a}..{b}"
+
+
+def _class_table(pred) -> tuple[list[str], str]:
+    """The class table and a note: one row per class for K <= TABLE_MAX_ROWS; above, one row per run of
+    consecutive classes in the same state (ranges min..max), or one row per state when runs are many."""
     p, c = pred.problem, pred.classes
+    K = p.K
     bias_free_mse = p.loss == "mse" and not p.bias
     ratio = None
     if bias_free_mse:
         m = pred._mse
-        ratio = np.empty(p.K)  # log10(a_k / a*): printed as a number, or 1eNNN beyond float64
+        ratio = np.empty(K)  # log10(a_k / a*): printed as a number, or 1eNNN beyond float64
         ratio[m.mode_class] = (m.log_a - np.log(pred.thresholds["a_star"])) / np.log(10)
+    collapsed = np.asarray(c["collapsed"], dtype=bool)
+    margin = np.asarray(c["margin"], dtype=np.float64)
+    if bias_free_mse:
+        state = np.where(collapsed, 0, 1)
+    else:
+        state = np.where(collapsed, 0, np.where(margin > 1e-9, 2, np.where(np.isnan(margin), 4, 3)))
+    names = ["collapsed", "kept", "separated", "not separated", "margin not computed"]
+    cols = {
+        "n": np.asarray(p.counts, dtype=np.float64), "w": np.asarray(c["w_norm"]), "h": np.asarray(c["h_norm"]),
+        "own": np.asarray(c["logit_own"]), "margin": margin,
+    }
+    fmts = {"n": lambda v: f"{v:.0f}", "w": lambda v: f"{v:.5g}", "h": lambda v: f"{v:.5g}",
+            "own": lambda v: f"{v:.5g}", "margin": lambda v: f"{v:.4g}"}
+    if ratio is not None:
+        cols["r"], fmts["r"] = ratio, _pow10
+    if K <= TABLE_MAX_ROWS:
+        groups = [(str(k), np.asarray([k])) for k in range(K)]
+        note = ""
+    else:
+        starts = np.flatnonzero(np.concatenate([[True], state[1:] != state[:-1]]))
+        if starts.size <= TABLE_MAX_ROWS:
+            ends = np.concatenate([starts[1:], [K]])
+            groups = [(str(a) if b - a == 1 else f"{a}-{b - 1}", np.arange(a, b)) for a, b in zip(starts, ends)]
+            note = (f"(K = {K:,} classes: one row per run of consecutive classes in the same state; a..b is the "
+                    "range over the run; --json or --grams DIR for every class)")
+        else:
+            groups = []
+            for st in np.unique(state):
+                idx = np.flatnonzero(state == st)
+                groups.append((f"{idx.size} cls", idx))
+            note = (f"(K = {K:,} classes in {starts.size:,} runs: one row per state; a..b is the range over its "
+                    "classes; --json or --grams DIR for every class)")
     head = f"{'class':>9} {'n_k':>7} {'||w_k||':>11} {'||h_k||':>11} {'own logit':>10} {'margin':>10}"
     head += f" {'a_k/a*':>9}" if ratio is not None else ""
-    head += "  state"
-    rows = []
-    for k in range(p.K):
-        if bias_free_mse:
-            state = "collapsed" if c["collapsed"][k] else "kept"
-        else:
-            state = "collapsed" if c["collapsed"][k] else ("separated" if c["margin"][k] > 1e-9 else "not separated")
-        cells = (p.counts[k], f"{c['w_norm'][k]:.5g}", f"{c['h_norm'][k]:.5g}", f"{c['logit_own'][k]:.5g}",
-                 f"{c['margin'][k]:.4g}", "" if ratio is None else _pow10(ratio[k]), state)
-        rows.append((k, cells))
-    grouped = []
-    for k, cells in rows:
-        if p.K > TABLE_MAX_ROWS and grouped and grouped[-1][2] == cells:
-            grouped[-1][1] = k
-        else:
-            grouped.append([k, k, cells])
-    out = [head]
-    for first, last, (n, w, h, own, margin, r, state) in grouped:
-        label = str(first) if first == last else f"{first}-{last}"
-        line = f"{label:>9} {n:>7} {w:>11} {h:>11} {own:>10} {margin:>10}"
-        line += f" {r:>9}" if ratio is not None else ""
-        out.append(line + "  " + state)
-    return out
+    out = [head + "  state"]
+    for label, idx in groups:
+        cells = {}
+        for key, v in cols.items():
+            vals = v[idx]
+            fin = vals[np.isfinite(vals)] if key == "margin" else vals
+            cells[key] = "n/a" if fin.size == 0 else _range(fin.min(), fin.max(), fmts[key])
+        w = max(11, len(cells["w"]))
+        line = (f"{label:>9} {cells['n']:>7} {cells['w']:>{w}} {cells['h']:>11} {cells['own']:>10} "
+                f"{cells['margin']:>10}")
+        line += f" {cells['r']:>9}" if ratio is not None else ""
+        out.append(line + "  " + names[int(state[idx[0]])])
+    return out, note
 
 
 def _grams_text(pred) -> list[str]:
     p = pred.problem
     if p.K > GRAMS_MAX_K:
-        raise ValueError(f"--grams prints K x K matrices for K <= {GRAMS_MAX_K} (K = {p.K}); use --json for the Grams")
+        raise ValueError(f"--grams prints K x K matrices for K <= {GRAMS_MAX_K} (K = {p.K}); use --grams DIR to "
+                         "write them as .npy files (--json gives their structure)")
     out = ["", "Grams (K x K, class coordinates; rows and columns are classes 0..K-1):"]
     names = [
         ("WWt", "W W^T: inner products of the classifier rows w_k (diagonal: ||w_k||^2)"),
@@ -322,7 +354,10 @@ def format_summary(pred, grams: bool = False) -> str:
         if "no proof" not in note:
             lines.append(f"note: {note}")
     lines.append("")
-    lines += _class_table(pred)
+    table, table_note = _class_table(pred)
+    lines += table
+    if table_note:
+        lines.append(table_note)
     if pred.bias is not None:
         b = np.asarray(pred.bias)
         lines.append(f"optimal bias b* = {np.array2string(b[:12], precision=5, separator=', ')}"
@@ -341,19 +376,113 @@ def format_summary(pred, grams: bool = False) -> str:
         "  margin     own logit minus the largest other logit of a class-k sample (> 0: classified correctly)",
     ] + [textwrap.fill(line, width=110, subsequent_indent=" " * 15, break_on_hyphens=False) for line in syms]
     if p.K <= GRAMS_MAX_K and not grams:
-        lines.append("(--grams prints W W^T, Hbar^T Hbar and W Hbar; --json everything, per layer too)")
+        lines.append("(--grams prints W W^T, Hbar^T Hbar and W Hbar; --grams DIR writes every Gram as .npy; "
+                     "--json everything, per layer too)")
     return "\n".join(lines)
+
+
+def read_counts_file(path: str) -> list[int]:
+    """Class counts from a file: .npy (a 1-D integer array) or text (integers separated by commas, spaces or
+    newlines; '#' starts a comment). One ValueError for anything else."""
+    import os
+
+    if not os.path.isfile(path):
+        raise ValueError(f"--counts-file {path}: no such file")
+    if path.lower().endswith(".npy"):
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"--counts-file {path}: not a readable .npy file ({str(exc).splitlines()[0]})") from None
+        if arr.ndim != 1 or arr.dtype.kind not in "iuf":
+            raise ValueError(f"--counts-file {path}: needs a 1-D array of integers, got shape {arr.shape} "
+                             f"dtype {arr.dtype}")
+        if arr.dtype.kind == "f" and not (np.isfinite(arr).all() and (arr == np.round(arr)).all()):
+            raise ValueError(f"--counts-file {path}: class counts must be integers")
+        return arr.astype(np.int64).tolist() if arr.dtype.kind == "f" else arr.tolist()
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"--counts-file {path}: cannot read it as text ({exc})") from None
+    out = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        for tok in line.split("#", 1)[0].replace(",", " ").split():
+            try:
+                out.append(int(tok))
+            except ValueError:
+                raise ValueError(f"--counts-file {path}, line {lineno}: {tok!r} is not an integer") from None
+    if not out:
+        raise ValueError(f"--counts-file {path}: no class counts in it")
+    return out
+
+
+def write_grams(pred, folder: str) -> list[str]:
+    """Write every dense Gram as .npy into ``folder`` (WWt, HtH, WH, layer{j}_{mean_gram,partial_gram,
+    nc3_scale}); refused before writing when memory or disk space cannot take them."""
+    import os
+
+    from nclab.cli._common import check_out_dir
+    from nclab.theory.resources import format_bytes
+    from nclab.theory.structure import check_dense
+
+    out = check_out_dir(folder, "--grams")
+    K, M = pred.problem.K, pred.problem.M
+    check_dense(K, 2, "writing the Grams")
+    need = 8.0 * K * K * (3 + 3 * M)
+    out.mkdir(parents=True, exist_ok=True)
+    st = os.statvfs(out)
+    if need > st.f_bavail * st.f_frsize:
+        raise ValueError(f"--grams {folder}: the {3 + 3 * M} Grams of {K:,} x {K:,} need {format_bytes(need)} of disk, "
+                         f"more than the {format_bytes(st.f_bavail * st.f_frsize)} free there")
+    names = [(name, None) for name in ("WWt", "HtH", "WH")] + [
+        (name, j) for j in range(1, M + 1) for name in ("mean_gram", "partial_gram", "nc3_scale")]
+    written = []
+    for name, j in names:
+        g = pred.gram(name, j)
+        if g is None:
+            continue
+        fn = out / (name if j is None else f"layer{j}_{name}")
+        np.save(fn.with_suffix(".npy"), g)
+        written.append(str(fn.with_suffix(".npy")))
+        del g
+    return written
+
+
+def dumps(obj) -> str:
+    """Strict JSON, indented, with lists of numbers on one line (a K-long list is one line, not K)."""
+    import json
+
+    from nclab.cli._common import _jsonable
+
+    def enc(v, pad):
+        if isinstance(v, dict):
+            if not v:
+                return "{}"
+            inner = pad + "  "
+            return "{\n" + ",\n".join(f"{inner}{json.dumps(k)}: {enc(x, inner)}" for k, x in v.items()) \
+                + "\n" + pad + "}"
+        if isinstance(v, list) and v and any(isinstance(x, (dict, list)) for x in v):
+            inner = pad + "  "
+            return "[\n" + ",\n".join(inner + enc(x, inner) for x in v) + "\n" + pad + "]"
+        return json.dumps(v, allow_nan=False)
+
+    return enc(_jsonable(obj), "")
 
 
 @click.command("predict")
 @problem_options
+@click.option("--counts-file", type=click.Path(dir_okay=False),
+              help="Samples per class from a file: text (one integer per line or comma-separated) or .npy.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the CE low-rank search.")
-@click.option("--grams", is_flag=True,
-              help=f"Also print the K x K Grams W W^T, Hbar^T Hbar, W Hbar (K <= {GRAMS_MAX_K}).")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (every Gram, per layer too) instead.")
+@click.option("--grams", "grams", is_flag=False, flag_value="-", default=None, metavar="[DIR]",
+              help=f"Alone: also print the K x K Grams W W^T, Hbar^T Hbar, W Hbar (K <= {GRAMS_MAX_K}). With a "
+                   "folder: write every dense Gram (and per layer) there as .npy files.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON object instead: the structure of every Gram (per-mode values over a basis, "
+                   "O(K)); the dense K x K Grams too for K <= 32.")
 @friendly_errors
-def predict_cmd(counts, classes, per_class, depth, widths, width, lambda_w, lambda_h, loss, bias, seed, grams,
-                as_json):
+def predict_cmd(counts, classes, per_class, depth, widths, width, lambda_w, lambda_h, loss, bias, counts_file, seed,
+                grams, as_json):
     """Closed-form global minimizer of the deep linear UFM: which geometry is optimal, which classes
     collapse and why, the predicted class norms (and Grams).
 
@@ -370,15 +499,27 @@ def predict_cmd(counts, classes, per_class, depth, widths, width, lambda_w, lamb
     """
     from nclab.theory import predict
 
+    if counts_file is not None and (counts is not None or classes is not None or per_class is not None):
+        raise ValueError("give --counts-file or --counts / --classes / --per-class, not both")
     kw = problem_kwargs(counts, classes, per_class, depth, widths, width, lambda_w, lambda_h, loss, bias)
+    if counts_file is not None:
+        kw["counts"] = read_counts_file(counts_file)
     if kw["counts"] is None and kw["classes"] is None and kw["per_class"] is None:
         kw["counts"] = [200, 100, 50, 50]  # the paper's imbalanced configuration
-    if grams and not as_json and kw["counts"] is None and kw["classes"] is not None:
+    show = grams == "-"
+    if show and not as_json and kw["counts"] is None and kw["classes"] is not None:
         if isinstance(kw["classes"], int) and kw["classes"] > GRAMS_MAX_K:
             raise ValueError(f"--grams prints K x K matrices for K <= {GRAMS_MAX_K} (K = {kw['classes']}); "
-                             "use --json for the Grams")
+                             "use --grams DIR to write them as .npy files (--json gives their structure)")
     pred = predict(**kw, seed=seed)
+    written = write_grams(pred, grams) if grams not in (None, "-") else []
     if as_json:
-        echo_json(pred.to_dict())
+        doc = pred.to_dict()
+        if written:
+            doc["grams_written"] = written
+        click.echo(dumps(doc))
     else:
-        click.echo(format_summary(pred, grams=grams))
+        click.echo(format_summary(pred, grams=show))
+        if written:
+            click.echo(f"\nwrote {len(written)} dense Grams (.npy, float64, K x K) to {grams}: "
+                       + ", ".join(os.path.basename(w) for w in written[:6]) + (" ..." if len(written) > 6 else ""))

@@ -44,6 +44,7 @@ import numpy as np
 from scipy.optimize import brentq, minimize
 
 from nclab.theory.problem import MAX_INT, Problem, check_int
+from nclab.theory.structure import LowRankBasis, ProjectorBasis, ZeroBasis
 
 #: relative tolerance under which two objective values count as equal (ties, "ETF is global")
 TIE_RTOL = 1e-8
@@ -51,6 +52,11 @@ TIE_RTOL = 1e-8
 _SV_RTOL = 1e-9
 #: above this K the search is shrunk to a few ranks and one random start per rank
 _LARGE_K = 32
+#: above this K the polygon's logit sum uses the Bessel series (O(1) per scale instead of O(K))
+_BESSEL_K = 512
+#: the largest K the low-rank search handles: it runs L-BFGS on dense K x K factors (about a minute at
+#: K = 96 on 2 cores, growing like K^3); beyond it only the structured candidates are compared
+CE_SEARCH_MAX_K = 128
 #: scales beyond this are never optimal for any realistic gamma (CE < e^-400 there); keeps exp() finite
 _SCALE_CAP = 800.0
 
@@ -283,9 +289,11 @@ def _cross_polytope(K: int):
 
     A class-(2i) sample has logits sigma/2 (own), -sigma/2 (partner), 0 (others).
     """
-    Q = np.zeros((K, K // 2))
-    for i in range(K // 2):
+    def Zf(s):
+        Q = np.zeros((K, K // 2))
+        i = np.arange(K // 2)
         Q[2 * i, i], Q[2 * i + 1, i] = 1.0, -1.0
+        return 0.5 * s * Q @ Q.T
 
     def c(s):
         return np.log1p(np.exp(-s) + (K - 2) * np.exp(-s / 2))
@@ -294,14 +302,32 @@ def _cross_polytope(K: int):
         e1, e2 = np.exp(-s), np.exp(-s / 2)
         return -(e1 + 0.5 * (K - 2) * e2) / (1 + e1 + (K - 2) * e2)
 
-    return c, dc, K // 2, (lambda s: 0.5 * s * Q @ Q.T), K // 2
+    return c, dc, K // 2, Zf, K // 2
 
 
 def _polygon(K: int):
     """Classes at angles 2 pi k/K in a plane: Z = (2 sigma/K) A A^T, A = [cos, sin] (K x 2), A^T A = K/2 I."""
     th = 2 * np.pi * np.arange(K) / K
-    A = np.stack([np.cos(th), np.sin(th)], axis=1)
     g = np.cos(th[1:]) - 1.0  # logit gaps (in units of 2 sigma/K) to the other classes
+
+    def Zf(s):
+        A = np.stack([np.cos(th), np.sin(th)], axis=1)
+        return (2 * s / K) * A @ A.T
+
+    if K > _BESSEL_K:
+        # sum_j exp(a (cos theta_j - 1)) = K e^-a I_0(a) + 2 K sum_m e^-a I_mK(a) with a = 2 sigma/K; the
+        # aliasing terms are below 1e-19 relative for K > 512 at the scales that can beat zero (a <= 1600/K)
+        from scipy.special import ive
+
+        def c(s):
+            a = 2 * np.asarray(s, dtype=np.float64) / K
+            return np.log(K * ive(0, a))
+
+        def dc(s):
+            a = 2 * np.asarray(s, dtype=np.float64) / K
+            return (2.0 / K) * (ive(1, a) / ive(0, a) - 1.0)
+
+        return c, dc, 2, Zf, 2
 
     def c(s):
         s = np.asarray(s)[:, None]
@@ -312,7 +338,7 @@ def _polygon(K: int):
         e = np.exp(2 * s / K * g)
         return (2.0 / K) * (e * g).sum(axis=1) / (1.0 + e.sum(axis=1))
 
-    return c, dc, 2, (lambda s: (2 * s / K) * A @ A.T), 2
+    return c, dc, 2, Zf, 2
 
 
 def _rank1_beta(s: np.ndarray, K: int) -> np.ndarray:
@@ -559,6 +585,10 @@ class CESolution:
     active: list
     layers: list
     notes: list = field(default_factory=list)
+    basis: object = None  # structure.Basis of Z = U diag(z) V^T (no K x K matrix)
+    values: dict = None  # per-mode values of WWt, HtH, WH over basis
+    sigma: np.ndarray = None  # (M, modes) singular values of W_j per mode
+    regularizer: float = 0.0  # lambda_j/2 ||W_j||^2, the same for every layer and the features
 
     def to_dict(self) -> dict:
         def conv(v):
@@ -572,7 +602,8 @@ class CESolution:
                 return v.item()
             return v
 
-        out = {k: conv(getattr(self, k)) for k in self.__dataclass_fields__ if k != "problem"}
+        skip = ("problem", "basis", "values", "sigma")
+        out = {k: conv(getattr(self, k)) for k in self.__dataclass_fields__ if k not in skip}
         out["problem"] = self.problem.to_dict()
         return out
 
@@ -612,7 +643,8 @@ def _structure(problem: Problem, gamma: float, Z: np.ndarray) -> dict:
     return {"WWt": WWt, "HtH": HtH, "layers": layers, "active": active, "rank": int(z.size)}
 
 
-def solve_ce(problem: Problem, *, seed: int = 0, restarts: int | None = None) -> CESolution:
+def solve_ce(problem: Problem, *, seed: int = 0, restarts: int | None = None, search: bool | None = None
+             ) -> CESolution:
     """Balanced cross-entropy: ETF candidate, zero, code families and a low-rank search (module doc).
 
     Parameters
@@ -621,6 +653,9 @@ def solve_ce(problem: Problem, *, seed: int = 0, restarts: int | None = None) ->
     seed : int, seeds the random starts of the search (the result is deterministic given the seed)
     restarts : random starts per rank (default 3 for K <= 10, 2 for K <= 32, 1 above, where the search
         also covers only ranks 1, 2, 3, K/2 and K - 1 within the budget). 0 keeps only the structured starts.
+    search : run the low-rank search; default None = for M >= 2 and K <= CE_SEARCH_MAX_K (128). For M = 1 the
+        ETF is proven and the search only checks it. True beyond CE_SEARCH_MAX_K is refused with the reason.
+        Without the search nothing K x K is formed: the result is the best structured candidate, in O(K).
     """
     _check_problem(problem)
     if problem.loss != "ce":
@@ -634,8 +669,20 @@ def solve_ce(problem: Problem, *, seed: int = 0, restarts: int | None = None) ->
     K, M, R = problem.K, problem.M, problem.rank_budget
     from nclab.theory.resources import check_memory
 
-    # L-BFGS over M + 1 factors of up to K x K (history of 10 pairs), SVDs and Grams of K x K
-    check_memory(8.0 * K * K * (40 + 25 * (M + 1)), f"the CE search for K = {K:,} classes, M = {M}")
+    if search is not None and not isinstance(search, (bool, np.bool_)):
+        raise ValueError(f"search must be true, false or None, got {search!r}")
+    if search and K > CE_SEARCH_MAX_K:
+        raise ValueError(
+            f"the CE low-rank search handles K <= {CE_SEARCH_MAX_K} classes (it runs L-BFGS on dense K x K "
+            f"factors: about a minute at K = 96 on 2 cores, growing like K^3); K = {K:,} is beyond it. Without "
+            "the search the structured candidates (ETF, cross-polytope, polygon, rank-1) are compared in O(K)"
+        )
+    dense = K <= CE_SEARCH_MAX_K
+    if search is None:
+        search = dense
+    if dense:
+        # L-BFGS over M + 1 factors of up to K x K (history of 10 pairs), SVDs and Grams of K x K
+        check_memory(8.0 * K * K * (40 + 25 * (M + 1)), f"the CE search for K = {K:,} classes, M = {M}")
     if restarts is None:
         restarts = 3 if K <= 10 else (2 if K <= _LARGE_K else 1)
     restarts = check_int(restarts, "restarts", 0, 10**6)
@@ -647,11 +694,10 @@ def solve_ce(problem: Problem, *, seed: int = 0, restarts: int | None = None) ->
     # ETF candidate
     etf_z, etf_val = etf_scalar(K, M, gamma)
     etf_feasible = R >= K - 1
-    P = np.eye(K) - 1.0 / K
-    points = {}  # name -> (value, Z, b, rank, scale), exact structured points
+    points = {}  # name -> (value, Z or its builder Z(scale), b, rank, scale), exact structured points
     zeros_b = np.zeros(K) if problem.bias else None
     if etf_feasible and etf_z > 0:
-        points[ETF] = (etf_val, etf_z * P, zeros_b, K - 1, etf_z)
+        points[ETF] = (etf_val, (lambda z: z * (np.eye(K) - 1.0 / K)), zeros_b, K - 1, etf_z)
     elif not etf_feasible:
         notes.append(f"the simplex ETF needs rank K - 1 = {K - 1} but the widths allow only R = {R}")
 
@@ -672,16 +718,19 @@ def solve_ce(problem: Problem, *, seed: int = 0, restarts: int | None = None) ->
         s, val = _min_scale(c, dc, m, K, M, gamma)
         if s > 0:
             b = bf(s) if bf is not None else zeros_b
-            points[name] = (val, Zf(s), b, rk, s)
+            points[name] = (val, Zf, b, rk, s)
         else:
             trivial.append(name)
 
-    # exact values (the compact-SVD reconstruction is what the full model is built from)
+    # exact values (the compact-SVD reconstruction is what the full model is built from); without dense
+    # matrices (K > CE_SEARCH_MAX_K) the 1-D problems' values are the exact values of Z = scale * Pi
     cands = {}
-    for name, (_, Z, b, rk, s) in list(points.items()):
-        exact, Zc = _clean_value(Z, b, gamma, M)
-        points[name] = (exact, Zc, b, rk, s)
-        cands[name] = {"objective": exact, "rank": rk, "scale": s}
+    for name, (val, Zf, b, rk, s) in list(points.items()):
+        if dense:
+            Z = Zf if isinstance(Zf, np.ndarray) else Zf(s)
+            val, Zc = _clean_value(Z, b, gamma, M)
+            points[name] = (val, Zc, b, rk, s)
+        cands[name] = {"objective": val, "rank": rk, "scale": s}
     for name in trivial:
         cands[name] = {"objective": logK, "rank": 0, "scale": 0.0}
     if etf_feasible and etf_z == 0:
@@ -690,21 +739,32 @@ def solve_ce(problem: Problem, *, seed: int = 0, restarts: int | None = None) ->
 
     # numerical search
     rmax = min(R, K - 1)
-    if K <= _LARGE_K:
-        ranks = list(range(1, rmax + 1))
-        note = "all ranks 1..min(R, K-1)"
+    if not search:
+        ranks, per_rank, sbest = [], {}, None
+        note = ("not run: " + (f"K = {K:,} > {CE_SEARCH_MAX_K}, the largest K the low-rank search handles (dense "
+                               "K x K factors)" if not dense else "search=False")
+                + "; the best structured candidate is reported")
+        if M >= 2:
+            notes.append(f"low-rank search {note}")
+        starts = []
     else:
-        ranks = sorted({r for r in (1, 2, 3, K // 2, K - 1) if 1 <= r <= rmax})
-        note = f"K > {_LARGE_K}: search shrunk to ranks {ranks} with {restarts} random start(s) each"
-        notes.append(note)
-    starts = [(Z, b) for (_, Z, b, _, _) in points.values()]
-    per_rank, sbest = _search(problem, gamma, ranks, restarts, seed, starts)
+        if K <= _LARGE_K:
+            ranks = list(range(1, rmax + 1))
+            note = "all ranks 1..min(R, K-1)"
+        else:
+            ranks = sorted({r for r in (1, 2, 3, K // 2, K - 1) if 1 <= r <= rmax})
+            note = f"K > {_LARGE_K}: search shrunk to ranks {ranks} with {restarts} random start(s) each"
+            notes.append(note)
+        starts = [(Z, b) for (_, Z, b, _, _) in points.values()]
+        per_rank, sbest = _search(problem, gamma, ranks, restarts, seed, starts)
     search = {
         "ranks": ranks,
         "restarts": restarts,
         "structured_starts": len(starts),
         "seed": seed,
-        "complete": K <= _LARGE_K,
+        "complete": bool(search) and K <= _LARGE_K,
+        "run": bool(search),
+        "max_K": CE_SEARCH_MAX_K,
         "note": note,
         "best_per_rank": {int(r): float(v) for r, v in per_rank.items()},
     }
@@ -730,11 +790,26 @@ def solve_ce(problem: Problem, *, seed: int = 0, restarts: int | None = None) ->
         exact, Z = _clean_value(sbest[1], sbest[2], gamma, M)
         best_name, best_val, best_Z, best_b = f"rank-{_spectral(Z)[1].size} code", exact, Z, sbest[2]
     elif best_name == ZERO:
-        best_val, best_Z, best_b = logK, np.zeros((K, K)), zeros_b
+        best_val, best_Z, best_b = logK, (np.zeros((K, K)) if dense else None), zeros_b
     else:
         best_val, best_Z, best_b = points[best_name][0], points[best_name][1], points[best_name][2]
+        if not dense:
+            best_Z = None
 
-    st = _structure(problem, gamma, best_Z)
+    if best_Z is not None:
+        st = _structure(problem, gamma, best_Z)
+    if best_name == ZERO:
+        basis, zvals = ZeroBasis(K), np.zeros(0)
+    elif best_name in _PREFERENCE:
+        basis, zvals = ProjectorBasis(K, best_name), np.asarray([points[best_name][4]])
+    else:
+        U, zvals, Vt = _spectral(best_Z)
+        basis = LowRankBasis(U, Vt.T)
+    values, sig, reg = _struct_values(problem, gamma, zvals, basis.mult)
+    if best_Z is None:
+        act = basis.diag(np.ones(basis.nmodes)) > 0 if basis.nmodes else np.zeros(K, dtype=bool)
+        st = {"WWt": None, "HtH": None, "layers": None, "active": [bool(a) for a in act],
+              "rank": int(basis.mult.sum())}
     etf_is_global = bool(etf_feasible and etf_val <= best_val + rtol * abs(best_val))
 
     # uniqueness
@@ -791,13 +866,30 @@ def solve_ce(problem: Problem, *, seed: int = 0, restarts: int | None = None) ->
         bias=None if best_b is None else np.asarray(best_b, dtype=np.float64),
         WWt=st["WWt"],
         HtH=st["HtH"],
-        WH=best_Z.copy(),
+        WH=None if best_Z is None else best_Z.copy(),
         gram_unique=gram_unique,
         uniqueness_note=unote,
         active=st["active"],
         layers=st["layers"],
         notes=notes,
+        basis=basis,
+        values=values,
+        sigma=sig,
+        regularizer=reg,
     )
+
+
+def _struct_values(problem: Problem, gamma: float, z: np.ndarray, mult: np.ndarray):
+    """Per-mode values of WWt, HtH, WH and per-layer singular values for Z of singular values z (balanced
+    factors, theory.md sec. 1.1 and 4): s = z^(1/(M+1)), sigma_j = sqrt(gamma/lambda_j) s."""
+    M, n = problem.M, problem.counts[0]
+    s = np.asarray(z, dtype=np.float64) ** (1.0 / (M + 1))
+    alpha = np.asarray([math.sqrt(gamma / lj) for lj in problem.lambda_w])
+    alpha_h = math.sqrt(gamma / (n * problem.lambda_h))
+    values = {"WWt": (float(np.prod(alpha)) * s**M) ** 2, "HtH": (alpha_h * s) ** 2,
+              "WH": np.asarray(z, dtype=np.float64)}
+    sigma = alpha[:, None] * s[None, :]
+    return values, sigma, 0.5 * gamma * float(np.sum(mult * s**2))
 
 
 def construct_ce(problem: Problem, solution: CESolution):
@@ -814,7 +906,11 @@ def construct_ce(problem: Problem, solution: CESolution):
     K, M, n = problem.K, problem.M, problem.counts[0]
     _check_construct_memory(problem)
     gamma = ce_gamma(problem)
-    U, z, Vt = _spectral(np.asarray(solution.Z, dtype=np.float64))
+    if solution.Z is not None:
+        U, z, Vt = _spectral(np.asarray(solution.Z, dtype=np.float64))
+    else:  # structured (large K): Z = scale * Pi, Pi = Q Q^T
+        U, mode = solution.basis.vectors()
+        z, Vt = np.asarray(solution.values["WH"])[mode], U.T
     r = z.size
     s = z ** (1.0 / (M + 1))
     dims = list(problem.widths) + [K]
@@ -840,5 +936,6 @@ def _check_construct_memory(problem: Problem) -> None:
 
     dims = list(problem.widths) + [problem.K]
     n_weights = sum(float(dims[j + 1]) * dims[j] for j in range(problem.M))
-    check_memory(8.0 * (n_weights + float(dims[0]) * problem.N + 2.0 * dims[0] * problem.K),
+    basis = 2.0 * problem.K * min(problem.K, problem.rank_budget)  # the active eigenvectors, K x r (twice)
+    check_memory(8.0 * (n_weights + float(dims[0]) * problem.N + 2.0 * dims[0] * problem.K + basis),
                  f"the explicit minimizer (W_1..W_M and H of {dims[0]:,} x {problem.N:,})")

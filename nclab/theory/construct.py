@@ -29,16 +29,21 @@ def construct_minimizer(prediction):
         return construct_ce(p, prediction._ce)
     st = prediction._struct
     K, M = p.K, p.M
-    r = st.s.size
+    Q, mode = st.basis.vectors("u", centred=False)  # (K, r) active eigenvectors of T, one column per mode
+    QE = st.basis.vectors("u", centred=True)[0] if p.bias else Q  # E^T U_a (E = I - ybar 1^T)
+    r = Q.shape[1]
+    s, sigma = st.s[mode], st.sigma[:, mode]
     dims = list(p.widths) + [K]
     weights = []
     for j in range(M):
         W = np.zeros((dims[j + 1], dims[j]))
-        out_basis = st.Ua if j == M - 1 else np.eye(dims[j + 1])[:, :r]
-        W[:, :r] = out_basis * st.sigma[j][None, :]
+        if j == M - 1:
+            W[:, :r] = Q * sigma[j][None, :]
+        else:
+            W[np.arange(r), np.arange(r)] = sigma[j]
         weights.append(W)
     b = None if prediction.bias is None else prediction.bias.copy()
     Hbar = np.zeros((dims[0], K))  # d x K class means
-    Hbar[:r, :] = (np.sqrt(st.s) / (st.s + st.c))[:, None] * st.UaE
+    Hbar[:r, :] = (np.sqrt(s) / (s + st.c))[:, None] * QE.T
     H = Hbar[:, labels_from_counts(p.counts)]
     return weights, H, b

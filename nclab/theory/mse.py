@@ -25,8 +25,10 @@ class MSESolution:
     """Per-mode solution of the MSE problem; see :class:`nclab.theory.predict.Prediction`.
 
     Modes are sorted by target eigenvalue mu, largest first (ties: lower class index first).
-    ``U`` (K x K) holds the eigenvectors of T as columns (with a bias); bias-free it is None (the
-    eigenvectors are the class indicators: ``mode_class[i]`` is the class of mode i, see :meth:`eigvecs`).
+    ``U`` is None: bias-free the eigenvectors are the class indicators (``mode_class[i]`` is the class of
+    mode i); with a bias they are held in structured form by ``basis`` (structure.SecularBasis: secular roots
+    and blocks of equal counts), see :meth:`eigvecs`. With a bias, ``mu`` is NaN for eigenvalues that were
+    not computed because they cannot matter (beyond the rank budget or below the threshold, many groups).
     Everything is computed from logarithms (``log_a``, ``log_x``, ``log_s``), so settings whose a or x
     leave float64 (lambda = 5e-324) still give the right finite Grams.
     """
@@ -52,14 +54,15 @@ class MSESolution:
     log_s: np.ndarray | None = None  # (K,) -inf where inactive
     log_c: float = 0.0
     log_kappa: float = 0.0
+    basis: object = None  # with a bias: structure.SecularBasis of the active modes (no K x K matrix)
 
     def eigvecs(self) -> np.ndarray:
-        """U as a dense K x K matrix (bias-free: the permuted identity, built on demand)."""
-        if self.U is not None:
-            return self.U
+        """The active eigenvectors as a dense K x r matrix (built on demand; bias-free: class indicators)."""
         K = self.problem.K
-        _check_dense(K, 1, "the K x K eigenvector matrix")
-        return np.eye(K)[:, self.mode_class]
+        if self.mode_class is not None:
+            _check_dense(K, 1, "the K x K eigenvector matrix")
+            return np.eye(K)[:, self.mode_class[self.active]]
+        return self.basis.vectors()[0]
 
 
 def _check_dense(K: int, count: int, what: str, advice: str = "") -> None:
@@ -77,8 +80,9 @@ def _check_problem(problem) -> Problem:
 def solve_mse(problem: Problem) -> MSESolution:
     """Solve the MSE problem (bias-free or with bias, any counts, depth, widths, lambdas).
 
-    Bias-free the cost is O(K log K) time and O(K) memory (no K x K matrix); with a bias the K x K
-    target Gram is diagonalized (O(K^3) time, refused before allocating when it cannot fit).
+    Bias-free the cost is O(K log K) time and O(K) memory (no K x K matrix); with a bias the target Gram
+    D - n n^T/N is diagonal plus rank one: its eigenvalues come from the secular equation (O(G) per root, G
+    distinct class counts, only the roots that matter), again O(K) memory.
     """
     _check_problem(problem)
     if problem.loss != "mse":
@@ -91,25 +95,24 @@ def solve_mse(problem: Problem) -> MSESolution:
     with np.errstate(over="ignore", under="ignore"):
         c, kappa = float(np.exp(log_c)), float(np.exp(log_kappa))
 
+    basis = None
     if problem.bias:
-        _check_dense(K, 5, "diagonalizing the centred target Gram D - n n^T/N (--bias)")
-        T = np.diag(n) - np.outer(n, n) / N
-        mu, U = np.linalg.eigh(T)
-        del T
-        order = np.argsort(-mu, kind="stable")
-        mu, U = mu[order], U[:, order]
-        # T 1 = 0 exactly; round-off leaves ~1e-16 N there, which must not count as a mode.
-        mu = np.where(mu > 1e-12 * n.max(), mu, 0.0)
+        mu, bias_modes = _bias_spectrum(n, N, problem.rank_budget, float(np.log(N) + log_kappa - np.log(a_star(M))))
         mode_class = None
     else:
         mode_class = np.argsort(-n, kind="stable")
         mu = n[mode_class]
-        U = None
+        bias_modes = None
+    U = None
 
-    with np.errstate(divide="ignore"):
-        la = np.where(mu > 0, np.log(N) + log_kappa - np.log(np.where(mu > 0, mu, 1.0)), np.inf)
-    lx, Fmin, tie = solve_modes_log(la, M)
+    known = np.isfinite(mu)  # with a bias, eigenvalues that cannot matter are not computed (NaN)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        la = np.where(known & (mu > 0), np.log(N) + log_kappa - np.log(np.where(known & (mu > 0), mu, 1.0)), np.inf)
+    ula, inv = np.unique(la, return_inverse=True)  # equal counts share one scalar problem: solve each once
+    lx, Fmin, tie = (v[inv.reshape(-1)] for v in solve_modes_log(ula, M))
     eligible = np.isfinite(lx)
+    if bias_modes is not None:
+        eligible = np.where(known, eligible, bias_modes["eligible"])
     R = problem.rank_budget
     active = eligible & (np.arange(K) < R)
     lx = np.where(active, lx, -np.inf)
@@ -125,12 +128,18 @@ def solve_mse(problem: Problem) -> MSESolution:
     with np.errstate(over="ignore", under="ignore"):
         a, x, s = np.exp(la), np.exp(lx), np.exp(ls)
 
-    objective = float(np.sum(mu * Fmin) / (2 * N))
-    objective_zero = float(np.sum(mu) / (2 * N))
+    if bias_modes is None:
+        objective = float(np.sum(mu * Fmin) / (2 * N))
+        objective_zero = float(np.sum(mu) / (2 * N))
+    else:  # tr T = sum_k n_k (1 - n_k/N); inactive modes keep F = 1
+        trace = float(np.sum(n * (1.0 - n / N)))
+        objective = float((trace - np.sum(np.where(active, mu * (1.0 - Fmin), 0.0))) / (2 * N))
+        objective_zero = trace / (2 * N)
+        basis = _bias_basis(n, bias_modes, int(active.sum()))
 
     notes = []
     n_elig = int(eligible.sum())
-    if n_elig > R and abs(mu[R - 1] - mu[R]) <= _TIE_RTOL * mu[0]:
+    if n_elig > R and known[R] and abs(mu[R - 1] - mu[R]) <= _TIE_RTOL * mu[0]:
         notes.append(
             f"rank budget R = {R} cuts through modes of equal eigenvalue {mu[R - 1]:g}: any R-dim "
             "subspace of their span is optimal, only the spectra of the Grams are unique"
@@ -141,8 +150,74 @@ def solve_mse(problem: Problem) -> MSESolution:
         problem=problem, mu=mu, U=U, mode_class=mode_class, a=a, x=x, s=s, F=Fmin,
         active=active, eligible=eligible, objective=objective, objective_zero=objective_zero,
         gram_unique=not notes, uniqueness_note="; ".join(notes), c=c, kappa=kappa,
-        log_a=la, log_x=lx, log_s=ls, log_c=log_c, log_kappa=log_kappa,
+        log_a=la, log_x=lx, log_s=ls, log_c=log_c, log_kappa=log_kappa, basis=basis,
     )
+
+
+#: with a bias, every secular root is computed when there are at most this many distinct class counts
+ALL_ROOTS_MAX_GROUPS = 4096
+
+
+def _bias_spectrum(n: np.ndarray, N: float, R: int, log_mu_thr: float):
+    """Eigenvalues of T = D - n n^T/N, descending, without a K x K matrix (structure.py).
+
+    Returns mu (K,) (NaN where a root was not computed: it is then beyond the rank budget or below the
+    threshold and never active) and a dict: per eigenmode ``kind`` (0 block, 1 root, 2 the zero root),
+    ``group``/``gap`` index, ``eligible`` for the uncomputed roots, and the groups.
+    """
+    from nclab.theory.structure import _secular
+
+    K = n.size
+    neg, inv, mg = np.unique(-n, return_inverse=True, return_counts=True)
+    cg, inv = -neg, inv.reshape(-1)
+    G = cg.size
+    # order: block 0 (c_0, m_0 - 1 times), root in gap 0, block 1, root in gap 1, ..., block G-1, zero root
+    kind = np.empty(K, dtype=np.int8)
+    ref = np.empty(K, dtype=np.int64)
+    pos = 0
+    for g in range(G):
+        b = int(mg[g]) - 1
+        kind[pos:pos + b], ref[pos:pos + b] = 0, g
+        pos += b
+        kind[pos], ref[pos] = (1, g) if g < G - 1 else (2, g)
+        pos += 1
+    mu = np.full(K, np.nan)
+    blk = kind == 0
+    mu[blk] = cg[ref[blk]]
+    mu[kind == 2] = 0.0
+    roots = np.flatnonzero(kind == 1)
+    gap = ref[roots]
+    thr = np.exp(log_mu_thr) if log_mu_thr < 700 else np.inf
+    if G <= ALL_ROOTS_MAX_GROUPS:
+        need = np.ones(roots.size, dtype=bool)
+    else:  # roots that may be active or are shown, and the one straddling the threshold
+        need = ((roots < R + 8) & (cg[gap] > thr)) | ((cg[gap + 1] < thr) & (thr < cg[gap]))
+    o, sgn, tau, _ = _secular(cg, mg.astype(np.float64), N, gap[need])
+    mu[roots[need]] = o + sgn * tau
+    eligible = np.zeros(K, dtype=bool)
+    eligible[roots] = cg[gap + 1] >= thr  # only read where mu is NaN
+    solved = np.zeros((3, G))  # (origin, sign, tau) per gap, for the basis
+    solved[:, gap[need]] = o, sgn, tau
+    return mu, {"kind": kind, "ref": ref, "eligible": eligible, "cg": cg, "mg": mg, "group_of": inv,
+                "solved": solved}
+
+
+def _bias_basis(n: np.ndarray, modes: dict, r: int):
+    """SecularBasis of the first r eigenmodes (a block cut by the rank budget keeps its first q + 1 classes)."""
+    from nclab.theory.structure import SecularBasis
+
+    kind, ref = modes["kind"][:r], modes["ref"][:r]
+    gaps = ref[kind == 1]
+    order = np.argsort(modes["group_of"], kind="stable")
+    starts = np.concatenate([[0], np.cumsum(modes["mg"])])
+    q = np.bincount(ref[kind == 0], minlength=modes["cg"].size)
+    blocks = [order[starts[g]:starts[g] + q[g] + 1] for g in np.flatnonzero(q)]
+    # block modes appear in eigen-order interleaved with roots; the basis lists roots first, then blocks
+    basis = SecularBasis(n, gaps, blocks, roots=modes["solved"][:, gaps])
+    pos_blk = np.flatnonzero(kind == 0)
+    _, first_blk = np.unique(ref[pos_blk], return_index=True)
+    basis.first = np.concatenate([np.flatnonzero(kind == 1), pos_blk[first_blk]]).astype(np.int64)
+    return basis
 
 
 #: largest natural log of a value we present (exp(700) ~ 1e304 leaves headroom for sums and products)

@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from nclab.theory.problem import MAX_INT, check_int
+
+if TYPE_CHECKING:  # torch is imported where it is used: nclab predict starts without it
+    import torch
 
 
 def ufm_objective_torch(
@@ -47,6 +50,8 @@ def ufm_objective_torch(
     Shapes, dtypes and decays are checked (one ValueError/TypeError naming the argument); label values
     are checked on the CPU only (no device synchronization in a training loop).
     """
+    import torch
+
     lam, K = _check_torch_args(weights, H, labels, lambda_w, lambda_h, bias, loss, num_classes)
     Z = H
     for W in weights:
@@ -77,6 +82,8 @@ def _decay(value, name: str) -> float:
 
 def _check_torch_args(weights, H, labels, lambda_w, lambda_h, bias, loss, num_classes):
     """Cheap checks of :func:`ufm_objective_torch`'s arguments; returns (lambdas, K)."""
+    import torch
+
     if isinstance(weights, torch.Tensor) or not isinstance(weights, Sequence) or len(weights) == 0:
         raise ValueError("weights must be a non-empty sequence of 2-D tensors W_1..W_M")
     for j, W in enumerate(weights, 1):
@@ -140,6 +147,8 @@ def ufm_objective(
     loss: str = "mse",
 ) -> float:
     """numpy float64 front end of :func:`ufm_objective_torch` (same arguments, arrays in)."""
+    import torch
+
 
     def t(a, name):
         try:

@@ -7,30 +7,38 @@ from functools import cached_property
 
 import numpy as np
 
-from nclab.theory.mse import _LOG_MAX, MSESolution, _check_dense, geometry_name, solve_mse, thresholds
+from nclab.theory.mse import _LOG_MAX, MSESolution, geometry_name, solve_mse, thresholds
 from nclab.theory.problem import Problem, check_int, make_problem
+
+#: above this K, Prediction.to_dict (and nclab predict --json) leaves the dense K x K Grams out
+DENSE_JSON_MAX_K = 32
 
 
 class MSEStructure:
-    """K x K Grams of the MSE minimizer, built on demand from the per-mode spectrum.
+    """Grams of the MSE minimizer in structured form (structure.py), dense K x K only on demand.
 
-    Every Gram has the form L^T diag(v) R with L, R in {U_a^T, U_a^T E} (U_a: active eigenvectors
-    of T, E = I bias-free or I - ybar 1^T with a bias), theory.md sec. 3. Bias-free, U_a is a set
-    of class indicator vectors and every Gram is diagonal (the per-class values cost O(K), and no
-    K x K matrix exists until a Gram is asked for).
-
-    All per-mode values are computed from logarithms (log s, log c, log lambda_j) and exponentiated
+    Every Gram has the form L diag(v) R^T over the active modes (theory.md sec. 3): bias-free the modes are
+    class indicators and every Gram is diagonal; with a bias they are the eigenvectors of D - n n^T/N held as
+    secular roots and blocks of equal counts (structure.SecularBasis), centred by E = I - ybar 1^T where the
+    Gram needs it. Per-mode values are computed from logarithms (log s, log c, log lambda_j) and exponentiated
     once, so they are right wherever they fit in float64; :meth:`check_finite` refuses the rest.
     """
 
     def __init__(self, sol: MSESolution):
+        from nclab.theory.structure import DiagonalBasis
+
         p = sol.problem
         self.sol, self.K, self.M = sol, p.K, p.M
         act = sol.active
-        self.s, self.c = sol.s[act], sol.c
+        if sol.mode_class is not None:
+            self.basis = DiagonalBasis(p.K, sol.mode_class[act])
+            first = np.flatnonzero(act)
+        else:
+            self.basis = sol.basis
+            first = self.basis.first
         self.idx = None if sol.mode_class is None else sol.mode_class[act]
-        self._Ua = None if sol.U is None else sol.U[:, act]  # (K, r)
-        ls = sol.log_s[act]
+        self.s, self.c = sol.s[first], sol.c
+        ls = sol.log_s[first]
         self.log_s = ls
         lsc = np.logaddexp(ls, sol.log_c)  # log(s + c)
         with np.errstate(under="ignore"):
@@ -47,7 +55,9 @@ class MSEStructure:
         self._log_nc3 = lsc[None, :] - ls[None, :] + self._log_post
         with np.errstate(under="ignore"):
             self.sigma = np.exp(0.5 * self._log_sig2)
-        self._reg_log = np.log(0.5) + lbar + (np.logaddexp.reduce(ls / self.M) if ls.size else -np.inf)
+        mult = self.basis.mult
+        self._reg_log = np.log(0.5) + lbar + (
+            np.logaddexp.reduce(ls / self.M + np.log(np.maximum(mult, 1))) if ls.size else -np.inf)
 
     def check_finite(self) -> None:
         """One ValueError if any Gram entry or per-layer value would overflow float64."""
@@ -66,56 +76,35 @@ class MSEStructure:
                     f"{list(p.lambda_w)}, lambda_H = {p.lambda_h:g}, M = {p.M}; use less extreme weight decays"
                 )
 
-    @property
-    def Ua(self) -> np.ndarray:
-        """Active eigenvectors of T, K x r (bias-free: class indicators, built on demand)."""
-        if self._Ua is None:
-            _check_dense(self.K, 1, "the active eigenvectors")
-            self._Ua = np.eye(self.K)[:, self.idx]
-        return self._Ua
-
-    @property
-    def UaE(self) -> np.ndarray:
-        """U_a^T E, r x K (E = I - ybar 1^T with a bias)."""
-        p = self.sol.problem
-        if not p.bias:
-            return self.Ua.T
-        ybar = np.asarray(p.counts, dtype=np.float64) / p.N
-        return self.Ua.T - np.outer(self.Ua.T @ ybar, np.ones(self.K))
-
     def gram(self, v: np.ndarray, left_E: bool, right_E: bool) -> np.ndarray:
-        _check_dense(self.K, 1, "a K x K Gram", "ask for the per-class values (Prediction.classes) instead")
-        if self.idx is not None:
-            out = np.zeros((self.K, self.K))
-            out[self.idx, self.idx] = v
-            return out
-        L = self.UaE if left_E else self.Ua.T
-        R = self.UaE if right_E else self.Ua.T
-        return L.T @ (v[:, None] * R)
+        return self.basis.dense(v, "u", "u", left_E, right_E)
 
     def gram_diag(self, v: np.ndarray, left_E: bool, right_E: bool) -> np.ndarray:
-        if self.idx is not None:
-            out = np.zeros(self.K)
-            out[self.idx] = v
-            return out
-        L = self.UaE if left_E else self.Ua.T
-        R = self.UaE if right_E else self.Ua.T
-        return np.einsum("ik,i,ik->k", L, v, R)
+        return self.basis.diag(v, "u", "u", left_E, right_E)
+
+    def layer_values(self, j: int) -> dict:
+        """Per-mode values of layer j's (1-based) mean_gram, partial_gram and nc3_scale."""
+        with np.errstate(under="ignore", over="ignore"):
+            pre, post, nc3 = (np.exp(v[j - 1]) for v in (self._log_pre, self._log_post, self._log_nc3))
+        return {"mean_gram": self.feature_scale * pre, "partial_gram": post, "nc3_scale": nc3}
+
+    @property
+    def regularizer(self) -> float:
+        with np.errstate(under="ignore"):
+            return float(np.exp(self._reg_log))
 
     def layer(self, j: int) -> dict:
-        """Structure of layer j (1-based): W_j and the features entering it."""
+        """Structure of layer j (1-based): W_j and the features entering it (dense Grams)."""
         p = self.sol.problem
-        with np.errstate(under="ignore"):
-            pre, post, nc3 = (np.exp(v[j - 1]) for v in (self._log_pre, self._log_post, self._log_nc3))
-            reg = float(np.exp(self._reg_log))
+        v = self.layer_values(j)
         return {
             "layer": j,
             "shape": [p.widths[j] if j < self.M else self.K, p.widths[j - 1]],
             "sigma": self.sigma[j - 1],
-            "mean_gram": self.gram(self.feature_scale * pre, True, True),
-            "partial_gram": self.gram(post, False, False),
-            "nc3_scale": self.gram(nc3, False, False),
-            "regularizer": reg,
+            "mean_gram": self.gram(v["mean_gram"], True, True),
+            "partial_gram": self.gram(v["partial_gram"], False, False),
+            "nc3_scale": self.gram(v["nc3_scale"], False, False),
+            "regularizer": self.regularizer,
         }
 
 
@@ -187,50 +176,106 @@ class Prediction:
                 "candidates": ce.candidates,
             }
 
-    # -- Grams, on demand (K x K each) --
+    # -- structure: every Gram as per-mode values over one basis (structure.py) --
+    @cached_property
+    def _parts(self):
+        """(basis, {WWt, HtH, WH: per-mode values}, sigma (M, modes), regularizer)."""
+        if self._mse is not None:
+            st = self._struct
+            return st.basis, {"WWt": st.s, "HtH": st.feature_scale, "WH": st.logit_scale}, st.sigma, \
+                st.regularizer
+        ce = self._ce
+        return ce.basis, ce.values, np.asarray(ce.sigma), ce.regularizer
+
+    def _layer_values(self, j: int) -> dict:
+        if self._mse is not None:
+            return self._struct.layer_values(j)
+        from nclab.theory.structure import layer_values
+
+        _, vals, sigma, _ = self._parts
+        return layer_values(vals["HtH"], sigma, j)
+
+    @property
+    def structure(self) -> dict:
+        """The Grams without K x K matrices: ``basis`` (structure.Basis), ``values`` (per-mode values of
+        WWt, HtH, WH), ``sigma`` (M x modes singular values of W_j), ``layers`` (per-mode values of each layer's
+        mean_gram, partial_gram, nc3_scale). See nclab.theory.structure."""
+        basis, vals, sigma, _ = self._parts
+        return {"basis": basis, "values": vals, "sigma": sigma,
+                "layers": [self._layer_values(j) for j in range(1, self.problem.M + 1)]}
+
+    def gram(self, name: str, layer: int | None = None) -> np.ndarray:
+        """Dense K x K Gram, built now: ``WWt``, ``HtH``, ``WH``, or with ``layer`` j (1..M) ``mean_gram``,
+        ``partial_gram``, ``nc3_scale``. Refused before allocating when it cannot fit."""
+        from nclab.theory.structure import GRAMS, LAYER_SIDES
+
+        basis, vals, _, _ = self._parts
+        if layer is None:
+            if name not in GRAMS:
+                raise ValueError(f"name must be one of {', '.join(GRAMS)} (or a layer Gram with layer=j), "
+                                 f"got {name!r}")
+            if self._mse is None and getattr(self._ce, name, None) is not None:
+                return np.array(getattr(self._ce, name))
+            left, right, le, re_ = GRAMS[name]
+            return basis.dense(vals[name], left, right, le, re_)
+        if name not in LAYER_SIDES:
+            raise ValueError(f"layer Grams are {', '.join(LAYER_SIDES)}, got {name!r}")
+        M = self.problem.M
+        if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not 1 <= layer <= M:
+            raise ValueError(f"layer must be 1..{M}, got {layer!r}")
+        if self._mse is None and self._ce.layers is not None:
+            g = self._ce.layers[layer - 1][name]
+            return None if g is None else np.array(g)
+        left, right, le, re_ = LAYER_SIDES[name]
+        return basis.dense(self._layer_values(int(layer))[name], left, right, le, re_)
+
+    # -- dense Grams, on demand (K x K each; kept for the small-K API) --
     @cached_property
     def WWt(self) -> np.ndarray:
-        if self._mse is None:
-            return np.asarray(self._ce.WWt)
-        return self._struct.gram(self._struct.s, False, False)
+        return self.gram("WWt")
 
     @cached_property
     def HtH(self) -> np.ndarray:
-        if self._mse is None:
-            return np.asarray(self._ce.HtH)
-        return self._struct.gram(self._struct.feature_scale, True, True)
+        return self.gram("HtH")
 
     @cached_property
     def WH(self) -> np.ndarray:
-        if self._mse is None:
-            return np.asarray(self._ce.WH)
-        st = self._struct
-        return st.gram(st.logit_scale, False, True)
+        return self.gram("WH")
 
     @cached_property
     def layers(self) -> list[dict]:
-        if self._mse is None:
+        if self._mse is None and self._ce.layers is not None:
             return list(self._ce.layers)
-        return [self._struct.layer(j) for j in range(1, self.problem.M + 1)]
+        if self._mse is not None:
+            return [self._struct.layer(j) for j in range(1, self.problem.M + 1)]
+        from nclab.theory.structure import check_dense
+
+        check_dense(self.problem.K, 3 * self.problem.M, "the per-layer Grams")
+        _, _, sigma, reg = self._parts
+        p = self.problem
+        return [{"sigma": sigma[j - 1], "mean_gram": self.gram("mean_gram", j),
+                 "partial_gram": self.gram("partial_gram", j), "nc3_scale": self.gram("nc3_scale", j),
+                 "regularizer": reg} for j in range(1, p.M + 1)]
 
     @cached_property
     def classes(self) -> dict:
-        """Per-class table (lists of K values).
+        """Per-class table (lists of K values), O(K): no K x K matrix.
 
         ``count`` n_k; ``w_norm`` ||w_k|| (row k of W = W_M..W_1) and ``h_norm`` ||h_k|| (class mean at
         the head input; centred with a bias), with their squares ``w_norm2``, ``h_norm2``; ``logit_own``
         w_k . h_k (+ b_k), the output of class k on its own samples (target 1 for MSE); ``margin`` own
-        logit minus the largest other logit of a class-k sample; ``collapsed`` w_k = 0 and h_k = 0
-        (minority collapse); ``active`` not collapsed. Bias-free MSE: O(K), no K x K matrix.
+        logit minus the largest other logit of a class-k sample (NaN where it is not computed: a bias with
+        more than ~1,500 distinct class counts); ``collapsed`` w_k = 0 and h_k = 0 (minority collapse);
+        ``active`` not collapsed.
         """
+        from nclab.theory.structure import GRAMS, ProjectorBasis, SecularBasis, ZeroBasis
+
         K = self.problem.K
-        if self._mse is None:
+        basis, vals, _, _ = self._parts
+        if self._mse is None and self._ce.Z is not None:
             w2, h2, own = np.diag(self.WWt).copy(), np.diag(self.HtH).copy(), np.diag(self.WH).copy()
         else:
-            st = self._struct
-            w2 = st.gram_diag(st.s, False, False)
-            h2 = st.gram_diag(st.feature_scale, True, True)
-            own = st.gram_diag(st.logit_scale, False, True)
+            w2, h2, own = (basis.diag(vals[k], *GRAMS[k]) for k in ("WWt", "HtH", "WH"))
         w2, h2 = np.maximum(w2, 0.0), np.maximum(h2, 0.0)
         if self._mse is not None and not self.problem.bias:
             collapsed = ~self.active
@@ -239,10 +284,23 @@ class Prediction:
         else:
             scale_w, scale_h = max(float(w2.max()), 1e-300), max(float(h2.max()), 1e-300)
             collapsed = (w2 <= 1e-12 * scale_w) & (h2 <= 1e-12 * scale_h)
-            Z = self.WH + (0.0 if self.bias is None else self.bias[:, None])  # column k: logits of class k
-            own_z = np.diag(Z).copy()
-            Z[np.arange(K), np.arange(K)] = -np.inf
-            margin = own_z - Z.max(axis=0)
+            if self._mse is None and self._ce.Z is not None:
+                Z = self.WH + (0.0 if self.bias is None else self.bias[:, None])  # column k: logits of class k
+                own_z = np.diag(Z).copy()
+                Z[np.arange(K), np.arange(K)] = -np.inf
+                margin = own_z - Z.max(axis=0)
+            elif isinstance(basis, SecularBasis):
+                margin = basis.margins(vals["WH"], self.bias)
+                if margin is None:
+                    margin = np.full(K, np.nan)
+            elif isinstance(basis, ProjectorBasis):
+                margin = basis.margins(float(vals["WH"][0]), self.bias)
+            elif isinstance(basis, ZeroBasis):
+                b = np.zeros(K) if self.bias is None else self.bias
+                top2 = np.sort(b)[-2:] if K >= 2 else b
+                margin = b - np.where(b == top2[-1], top2[0], top2[-1])
+            else:  # pragma: no cover - dense codes always have Z
+                margin = np.full(K, np.nan)
         if self.bias is not None:
             own = own + self.bias
         return {
@@ -258,26 +316,34 @@ class Prediction:
         }
 
     def construct(self):
-        """Explicit W_1..W_M (W_j of shape (d_{j+1}, d_j)), H (d x N) and b attaining ``objective``."""
+        """Explicit W_1..W_M (W_j of shape (d_{j+1}, d_j)), H (d x N) and b attaining ``objective``.
+
+        Refused before allocating (with the memory it would need) when the matrices cannot fit."""
         from nclab.theory.construct import construct_minimizer
 
         return construct_minimizer(self)
 
-    def to_dict(self) -> dict:
-        """JSON-ready dict (lists, floats, bools) of everything above; every float is finite or None.
+    def to_dict(self, dense: bool | None = None) -> dict:
+        """JSON-ready dict (lists, floats, bools); every float is finite or None.
 
-        Holds (3 + 3 M) K x K matrices as Python lists: refused before building them when they
-        cannot fit in memory (about 60 bytes per entry with the JSON text).
+        Always: the setting, objective, geometry, thresholds, the per-class table ``classes``, the per-mode
+        solution ``modes`` (MSE), per layer ``sigma``/``regularizer``/``shape``, and ``structure``: the Grams
+        as per-mode values over a basis (nclab.theory.structure.gram_from_dict rebuilds any of them), O(K).
+        ``dense`` (default: K <= DENSE_JSON_MAX_K = 32) also writes the K x K matrices WWt, HtH, WH and per layer
+        mean_gram, partial_gram, nc3_scale as nested lists (refused when they cannot fit).
         """
         from nclab import __version__
         from nclab.theory.resources import check_memory
 
         K, M = self.problem.K, self.problem.M
-        check_memory(
-            60.0 * (3 + 3 * M) * K * K,
-            f"the full prediction (Grams WWt, HtH, WH and 3 per layer: {3 + 3 * M} matrices of {K:,} x {K:,})",
-            "the summary without --json (or Prediction.classes) needs no K x K matrix",
-        )
+        if dense is None:
+            dense = K <= DENSE_JSON_MAX_K
+        if dense:
+            check_memory(
+                60.0 * (3 + 3 * M) * K * K,
+                f"the dense prediction (Grams WWt, HtH, WH and 3 per layer: {3 + 3 * M} matrices of {K:,} x {K:,})",
+                "the structured prediction (dense=False, the default above K = 32) needs no K x K matrix",
+            )
 
         def arr(v):
             if v is None:
@@ -287,6 +353,20 @@ class Prediction:
                 return np.where(np.isfinite(a), a, None).tolist()
             return a.tolist()
 
+        basis, vals, sigma, reg = self._parts
+        structure = {"basis": basis.to_dict(), "multiplicity": basis.mult.tolist(),
+                     "values": {k: arr(v) for k, v in vals.items()},
+                     "layers": "per layer j: mean_gram = HtH * prod_{l<j} sigma_l^2 (sides of HtH), partial_gram = "
+                               "prod_{l>=j} sigma_l^2 (sides of WWt), nc3_scale = sqrt(partial_gram / mean_gram) "
+                               "(sides of WH, not centred); nclab.theory.structure.gram_from_dict builds them"}
+        layers = []
+        for j in range(1, M + 1):
+            lay = {"layer": j, "shape": [self.problem.widths[j] if j < M else K, self.problem.widths[j - 1]],
+                   "sigma": arr(sigma[j - 1]), "regularizer": reg}
+            if dense:
+                for key in ("mean_gram", "partial_gram", "nc3_scale"):
+                    lay[key] = arr(self.gram(key, j))
+            layers.append(lay)
         out = {
             "nclab_version": __version__,
             "problem": self.problem.to_dict(),
@@ -300,21 +380,17 @@ class Prediction:
             "bias": arr(self.bias),
             "thresholds": self.thresholds,
             "classes": self.classes,
-            "WWt": arr(self.WWt),
-            "HtH": arr(self.HtH),
-            "WH": arr(self.WH),
-            "layers": [
-                {k: (arr(v) if isinstance(v, np.ndarray) else v) for k, v in layer.items()}
-                for layer in self.layers
-            ],
+            "dense": bool(dense),
+            "structure": structure,
         }
+        if dense:
+            out.update({"WWt": arr(self.WWt), "HtH": arr(self.HtH), "WH": arr(self.WH)})
+        out["layers"] = layers
         if self._mse is not None:
             m = self._mse
             out["modes"] = {
-                "mu": m.mu.tolist(),
-                "a": arr(np.where((m.a > 0) & np.isfinite(m.a), m.a, np.inf)),
+                "mu": arr(m.mu),
                 "log_a": arr(m.log_a),
-                "x": arr(m.x),
                 "log_x": arr(m.log_x),
                 "s": m.s.tolist(),
                 "F": m.F.tolist(),
@@ -324,7 +400,7 @@ class Prediction:
         if self._ce is not None:
             # CE-only fields (etf_objective, etf_is_global, best_structure, search, notes, ...); the
             # shared ones (objective, Grams, layers, bias, active) are already above, from this object.
-            shared = set(out) | {"problem", "Z"}
+            shared = set(out) | {"problem", "Z", "WWt", "HtH", "WH", "layers"}
             out.update({k: v for k, v in self._ce.to_dict().items() if k not in shared})
         return out
 
@@ -344,6 +420,7 @@ def predict(
     bias: bool = False,
     loss: str = "mse",
     seed: int = 0,
+    search: bool | None = None,
 ) -> Prediction:
     """Closed-form global minimizer of the deep linear UFM.
 
@@ -358,6 +435,8 @@ def predict(
     bias : bool, unregularized last-layer bias (default False)
     loss : "mse" or "ce" (CE: balanced counts only)
     seed : int, seed of the CE low-rank search (MSE is deterministic)
+    search : CE only: run the low-rank search (default: for K <= 128, the largest K it handles; beyond it
+        the structured candidates are compared in O(K) and True is refused with that reason)
 
     Examples
     --------
@@ -384,4 +463,4 @@ def predict(
         )
     from nclab.theory.ce import solve_ce
 
-    return Prediction(problem, ce=solve_ce(problem, seed=seed))
+    return Prediction(problem, ce=solve_ce(problem, seed=seed, search=search))
