@@ -8,6 +8,12 @@ with a run directory (predict + training + 301 snapshots + checkpoints + files),
 PyTorch loop (autograd through the same objective, torch.optim.SGD, no snapshots, same thread count)
 timed in the same process on ``--bare-steps`` steps and scaled to 30,000. Then float64 L-BFGS from the
 same random start until the relative gap to f* is <= 1e-9.
+
+Batched (``--batch 64``, target >= 20x): B runs of the paper configuration at depth ``--batch-depth`` (seeds
+0..B-1, lambda_W = lambda_H cycling over 5e-4, 6e-4, 7e-4, 8e-4), each with its own run directory, trained
+by one ``nclab.ufm.batched.simulate_batch`` call, against ``--sequential`` of the same runs through
+``nclab.simulate`` one after another in the same process (their mean time per run times B: the sequential
+throughput). The objectives of those runs are compared (relative difference, float64).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import torch
 
 from nclab.theory import labels_from_counts, ufm_objective_torch
 from nclab.ufm import simulate
+from nclab.ufm.batched import simulate_batch
 from nclab.ufm.presets import preset_config
 from nclab.ufm.trainer import auto_threads, torch_threads
 
@@ -46,6 +53,34 @@ def bare_loop(cfg, steps: int) -> float:
         return time.perf_counter() - t0
 
 
+def batched(args) -> bool:
+    """The batched case against sequential nclab.simulate calls, in this process; True when >= 20x."""
+    B, M = args.batch, args.batch_depth
+    lams = (5e-4, 6e-4, 7e-4, 8e-4)
+    cfgs = [preset_config(args.preset, M, dtype=args.dtype, steps=args.steps, seed=s, lambda_w=lams[s % 4],
+                          lambda_h=lams[s % 4]) for s in range(B)]
+    k = max(1, min(args.sequential, B))
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        res = simulate_batch(cfgs, [os.path.join(tmp, f"batch/seed-{s}") for s in range(B)])
+        t_batch = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        seq = [simulate(c, out=os.path.join(tmp, f"seq/seed-{i}")) for i, c in enumerate(cfgs[:k])]
+        t_seq = (time.perf_counter() - t0) / k * B
+    diff = max(abs(a.final["objective"] - b.final["objective"]) / abs(b.final["objective"]) for a, b in zip(res, seq))
+    ratio = t_seq / t_batch
+    train = sum(r.seconds for r in res)
+    snaps = sum(r.snapshot_seconds for r in res)
+    statuses = sorted({r.status for r in res})
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"batched M={M}: {B} runs x {args.steps} steps ({args.dtype}, snapshots every 100, run folders) in "
+          f"{t_batch:.1f} s (training {train:.1f} s, snapshots {snaps:.1f} s, rest: set-up and files) = "
+          f"{t_batch / B:.2f} s/run | sequential nclab.simulate {t_seq / B:.2f} s/run (mean of {k}) -> "
+          f"{ratio:.1f}x throughput | statuses {statuses}, objective vs sequential max rel diff {diff:.1e} | "
+          f"load average {load:.1f} [{'PASS' if ratio >= 20 else 'FAIL'} >= 20x]")
+    return ratio >= 20
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--depths", default="1,3,6")
@@ -53,12 +88,20 @@ def main() -> None:
     ap.add_argument("--dtype", default="float64", choices=["float64", "float32"])
     ap.add_argument("--steps", type=int, default=30000)
     ap.add_argument("--bare-steps", type=int, default=3000, help="steps of the bare loop (scaled to --steps)")
+    ap.add_argument("--batch", type=int, default=64, help="runs of the batched case (0: skip it)")
+    ap.add_argument("--batch-depth", type=int, default=3)
+    ap.add_argument("--sequential", type=int, default=4, help="runs timed one by one for the sequential baseline")
+    ap.add_argument("--no-single", action="store_true", help="skip the single-run and L-BFGS rows")
     args = ap.parse_args()
-    depths = [int(d) for d in args.depths.split(",")]
+    depths = [] if args.no_single else [int(d) for d in args.depths.split(",")]
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"machine: {platform.platform()}, {os.cpu_count()} cpus, torch {torch.__version__}, "
-          f"default threads {torch.get_num_threads()}")
+          f"default threads {torch.get_num_threads()}, load average {load:.1f}")
     simulate(preset_config(args.preset, 2, steps=50, per_class=5, widths=8))  # warm-up: imports, first calls
+    simulate_batch([preset_config(args.preset, 2, steps=50, per_class=5, widths=8, seed=s) for s in range(2)])
     ok = True
+    if args.batch:
+        ok &= batched(args)
     with tempfile.TemporaryDirectory() as tmp:
         for M in depths:
             cfg = preset_config(args.preset, M, dtype=args.dtype, steps=args.steps)

@@ -16,7 +16,6 @@ import importlib
 
 import click
 from click.exceptions import NoArgsIsHelpError
-from click.utils import make_default_short_help
 
 from nclab import __version__
 
@@ -81,7 +80,7 @@ class NclabGroup(click.Group):
                 if not cmd.hidden:
                     rows.append((name, cmd.get_short_help_str(limit)))
             else:
-                rows.append((name, make_default_short_help(COMMANDS[name][2], limit)))
+                rows.append((name, click.Command(name, help=COMMANDS[name][2]).get_short_help_str(limit)))
         with formatter.section("Commands"):
             formatter.write_dl(rows)
 

@@ -150,3 +150,23 @@ def check_out_dir(path, name: str = "--out") -> pathlib.Path:
     except (OSError, AttributeError):
         pass
     return p
+
+
+def parse_seeds(text: str | None, name: str = "--seeds") -> list[int] | None:
+    """``"0-63"`` or ``"0,3,5-9"`` -> the seeds in increasing order, each once; None stays None."""
+    if text is None:
+        return None
+    seeds: set[int] = set()
+    for t in _items(text, name, "seeds or ranges"):
+        lo, sep, hi = t.partition("-")
+        try:
+            a = int(lo)
+            b = int(hi) if sep else a
+        except ValueError:
+            fail(f"{name} must be seeds and ranges like 0-63 or 0,3,5-9, got {text!r} ({t!r})")
+        if a < 0 or b < a:
+            fail(f"{name}: {t!r} is not a range of non-negative seeds (low-high, low <= high)")
+        if b - a >= 1_000_000:
+            fail(f"{name}: {t!r} holds more than 1,000,000 seeds")
+        seeds.update(range(a, b + 1))
+    return sorted(seeds)

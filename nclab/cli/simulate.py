@@ -9,7 +9,7 @@ import time
 import click
 from click.core import ParameterSource
 
-from nclab.cli._common import fail, friendly_errors, parse_int_list
+from nclab.cli._common import fail, friendly_errors, parse_int_list, parse_seeds
 from nclab.cli._runs import StatusLine, check_run_flags
 from nclab.cli.predict import problem_kwargs, problem_options
 
@@ -74,6 +74,8 @@ def _summary_line(r) -> str:
 @click.option("--restarts", type=int, default=1, show_default=True, help="Runs with seeds seed, seed+1, ... under "
               "--out/seed-S; the best (lowest objective) is named in --out/restarts.json.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seeds", help="Many seeds trained as one batched program, one run each under --out/seed-S "
+              "(with --depths: --out/depth-M/seed-S), e.g. 0-63 or 0,3,5-9.")
 @click.option("--dtype", type=click.Choice(["float64", "float32"]), default="float64", show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--gradient", type=click.Choice(["auto", "manual", "autograd"]), default="auto", show_default=True,
@@ -99,7 +101,7 @@ def _summary_line(r) -> str:
 @friendly_errors
 def simulate_cmd(ctx, counts, classes, per_class, depth, widths, width, lambda_w, lambda_h, loss, bias, preset,
                  depths, optimizer, lr, momentum, steps, schedule, milestones, gamma, init_std, init, restarts, seed,
-                 dtype, device, gradient, snapshot_every, checkpoint_every, stop_rel_gap, threads, out, resume,
+                 seeds, dtype, device, gradient, snapshot_every, checkpoint_every, stop_rel_gap, threads, out, resume,
                  overwrite, figures, progress, as_json, tensorboard):
     """Train the deep linear UFM (free features + M linear layers) and compare with the prediction.
 
@@ -113,7 +115,9 @@ def simulate_cmd(ctx, counts, classes, per_class, depth, widths, width, lambda_w
     from nclab.ufm.presets import DEPTHS, preset_options, run_depths
     from nclab.ufm.trainer import simulate
 
-    check_run_flags(out, resume, overwrite)
+    check_run_flags(out, resume and seeds is None, overwrite)
+    if seeds is not None and resume and (overwrite or out is None):
+        raise ValueError("--resume with --seeds needs --out (the folder of the seed-S runs) and no --overwrite")
     kw = problem_kwargs(counts, classes, per_class, depth, widths, width, lambda_w, lambda_h, loss, bias)
     run_kw = dict(optimizer=optimizer, lr=lr, momentum=momentum, steps=steps, schedule=schedule,
                   milestones=parse_int_list(milestones, "--milestones") or (), gamma=gamma, init_std=init_std,
@@ -189,6 +193,19 @@ def simulate_cmd(ctx, counts, classes, per_class, depth, widths, width, lambda_w
         if len(saved) > 1:
             run_depths([make_config(**o) for o in opts], out, resume=resume, overwrite=overwrite, progress=progress,
                        figures=figures, title=name, on_result=report, tensorboard=tensorboard)
+        elif seeds is not None:
+            from nclab.ufm.batched import run_seeds
+
+            if restarts != 1 or saved:
+                raise ValueError("--seeds trains fresh or resumed seed-S runs from the options given; not with "
+                                 "--restarts or a saved single run in --out")
+            if depth_list:
+                opts.pop("depth", None)
+                configs = [make_config(**opts, depth=M) for M in depth_list]
+            else:
+                configs = [make_config(**opts)]
+            run_seeds(configs, parse_seeds(seeds), out, resume=resume, overwrite=overwrite, progress=progress,
+                      figures=figures, title=name, on_result=report)
         elif restarts != 1:
             from nclab.ufm.presets import run_restarts
 

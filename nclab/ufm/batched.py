@@ -1,0 +1,788 @@
+"""Many UFM runs of one shape as one batched tensor program: :func:`simulate_batch`.
+
+Runs that share the shape (K, N, widths, bias, loss), the optimizer, dtype, device, step count, schedule and
+snapshot/checkpoint intervals are trained together: every parameter is a (B, ...) tensor and every product a
+batched matmul over the leading run axis. Per run: seed, init, init_std, lambdas, learning rate, momentum,
+class counts (of one N) and ``stop_rel_gap``. Each run keeps its own folder, written as :func:`nclab.simulate`
+writes it (the same files, rows, checkpoints and statuses; the objective agrees to round-off, ~1e-13 relative
+in float64): a run that reaches ``stop_rel_gap`` or diverges is frozen and dropped from the batch, the rest go on.
+
+Two exact formulations of the same iterates (method="auto" picks the faster one):
+
+* ``direct`` -- the hand-written gradient of :class:`nclab.ufm.model.UFM` with a run axis (any loss, SGD or Adam).
+* ``reduced`` -- MSE with SGD: the update of H is linear in H, so H = A Y + P X keeps the form of class means
+  A (d x K) plus a within-class part P X, with X (r x N) a fixed orthonormal basis of the within-class rows
+  (r <= 2d) and P (d x r) evolving:  grad A = lambda_H A + Q0^T (Q0 A + b 1^T - I)/N,
+  grad P = lambda_H P + Q0^T Q0 P / N,  G H^T = (Q0 A + b 1^T - I) D A^T + Q0 P P^T  (D = diag(n_k)).
+  Every product is K x d x d instead of K x d x N, and H is formed only for checkpoints and the end.
+
+Snapshots are batched too (:mod:`nclab.ufm.batch_metrics`): the same metrics row as the per-run Snapshotter.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+from nclab.results import CHECKPOINT, RunFolderError, resume_rows
+from nclab.ufm.batch_metrics import BatchSnapshotter, unsafe
+from nclab.ufm.config import SimulateConfig
+from nclab.ufm.trainer import (
+    DEFAULTS,
+    FINISHED,
+    KIND,
+    SimulationResult,
+    Trainer,
+    _result_from_store,
+    _SigintFlag,
+    _write_outputs,
+    lr_at,
+    torch_threads,
+)
+
+# fields every run of one batch shares (the rest -- seed, init, init_std, lambdas, lr, momentum, counts of one
+# N, stop_rel_gap, gradient -- may differ per run)
+SHARED = ("widths", "bias", "loss", "optimizer", "steps", "schedule", "milestones", "gamma", "dtype", "device",
+          "snapshot_every", "checkpoint_every")
+METHODS = ("auto", "direct", "reduced")
+ADAM = dict(beta1=0.9, beta2=0.999, eps=1e-8)  # torch.optim.Adam's defaults, as Trainer builds it
+
+
+def batch_key(cfg: SimulateConfig) -> tuple:
+    """Runs with equal keys can share one batch."""
+    return tuple(getattr(cfg, f) for f in SHARED) + (len(cfg.counts), sum(cfg.counts))
+
+
+# ---------------------------------------------------------------------------------------------- the engine
+class BatchUFM:
+    """B deep linear UFMs of one shape: parameters, gradient and optimizer state as (B, ...) tensors.
+
+    ``blocks`` lists the parameter tensors in a parameter-major flat buffer (each block contiguous, so every
+    batched matmul sees plain (B, r, c) operands): W_1..W_M, then H (direct) or A, P (reduced), then b.
+    """
+
+    def __init__(self, trainers: Sequence[Trainer], method: str = "auto"):
+        cfg0 = trainers[0].cfg
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+        if method == "auto":
+            method = "reduced" if (cfg0.loss == "mse" and cfg0.optimizer == "sgd") else "direct"
+        if method == "reduced" and (cfg0.loss != "mse" or cfg0.optimizer != "sgd"):
+            raise ValueError("the reduced formulation needs loss='mse' and optimizer='sgd'")
+        self.method = method
+        m0 = trainers[0].model
+        self.dtype, self.device = m0.dtype, m0.device
+        kw = dict(dtype=self.dtype, device=self.device)
+        self.cfgs = [t.cfg for t in trainers]
+        p0 = cfg0.problem
+        self.K, self.N, self.M, self.bias = p0.K, p0.N, p0.M, p0.bias
+        self.dims = list(p0.widths) + [p0.K]
+        self.B = len(trainers)
+        probs = [t.problem for t in trainers]
+        counts = torch.tensor([list(p.counts) for p in probs], **kw)  # (B, K)
+        self.counts = counts
+        labels = torch.stack([t.model.labels for t in trainers])  # (B, N)
+        self.Y = torch.nn.functional.one_hot(labels, self.K).transpose(1, 2).to(self.dtype).contiguous()  # (B,K,N)
+        self.lam_w = torch.tensor([list(p.lambda_w) for p in probs], **kw)  # (B, M)
+        self.lam_h = torch.tensor([p.lambda_h for p in probs], **kw)
+        self.lr = torch.tensor([c.lr for c in self.cfgs], **kw)
+        self.mom = torch.tensor([c.momentum for c in self.cfgs], **kw)
+        self.inv_n = 1.0 / self.N
+        # parameters and optimizer state from each trainer (fresh or loaded from a checkpoint)
+        flats = torch.stack([t.model.flat for t in trainers])  # (B, P) in UFM layout
+        bufs = None
+        if cfg0.optimizer == "sgd":
+            bufs = torch.stack([t.buf for t in trainers])
+        ws, H, b = self._split_ufm(flats)
+        self.X = None
+        if method == "direct":
+            blocks = ws + [H] + ([b] if self.bias else [])
+        else:
+            bws, bH, bb = self._split_ufm(bufs)
+            A, E = self._class_split(H)
+            bA, bE = self._class_split(bH)
+            fresh = bool((bE == 0).all())
+            X = self._basis(E if fresh else torch.cat([E, bE], dim=1))  # (B, r, N), orthonormal within-class rows
+            self.X = X
+            P, bP = E @ X.transpose(1, 2), bE @ X.transpose(1, 2)
+            blocks = ws + [A, P] + ([b] if self.bias else [])
+            bufs_blocks = bws + [bA, bP] + ([bb] if self.bias else [])
+        self._pack(blocks)
+        self.t = 0  # Adam's step count
+        if cfg0.optimizer == "sgd":
+            self.buf = torch.zeros_like(self.flat)
+            src_blocks = self._split_blocks_of(bufs) if method == "direct" else bufs_blocks
+            for dst, src in zip(self._views(self.buf), src_blocks):
+                dst.copy_(src)
+        else:  # Adam: exp_avg, exp_avg_sq from each trainer's torch optimizer state (zeros when fresh)
+            self.m1 = torch.zeros_like(self.flat)
+            self.m2 = torch.zeros_like(self.flat)
+            steps = set()
+            for i, t in enumerate(trainers):
+                st = t.opt.state.get(t.model.flat, {})
+                steps.add(int(float(st.get("step", 0))))
+                if st:
+                    for dst, src in ((self.m1, st["exp_avg"]), (self.m2, st["exp_avg_sq"])):
+                        for v, s in zip(self._views(dst), self._split_blocks_of(src[None])):
+                            v[i].copy_(s[0])
+            if len(steps) != 1:
+                raise ValueError(f"runs of one Adam batch must be at one step, got {sorted(steps)}")
+            self.t = steps.pop()
+        self.grad = torch.zeros_like(self.flat)
+        self.decay = self._decay_blocks()
+        self.uniform = (bool((self.lr == self.lr[0]).all()) and bool((self.mom == self.mom[0]).all()))
+        self.lam_uniform = bool((self.lam_w == self.lam_w[0]).all()) and bool((self.lam_h == self.lam_h[0]).all())
+        self._work()
+
+    # ------------------------------------------------------------------ layout
+    def _shapes(self):
+        d, K, N, M = self.dims[0], self.K, self.N, self.M
+        shapes = [(self.dims[j + 1], self.dims[j]) for j in range(M)]
+        if self.method == "direct":
+            shapes.append((d, N))
+        else:
+            shapes += [(d, K), (d, self.X.shape[1])]
+        if self.bias:
+            shapes.append((K,))
+        return shapes
+
+    def _pack(self, blocks) -> None:
+        self.shapes = [tuple(b.shape[1:]) for b in blocks]
+        self.sizes = [int(np.prod(s)) for s in self.shapes]
+        total = sum(self.sizes) * self.B
+        self.flat = torch.empty(total, dtype=self.dtype, device=self.device)
+        for dst, src in zip(self._views(self.flat), blocks):
+            dst.copy_(src)
+
+    def _views(self, t: torch.Tensor, B: int | None = None) -> list[torch.Tensor]:
+        B = self.B if B is None else B
+        out, i = [], 0
+        for s, n in zip(self.shapes, self.sizes):
+            out.append(t[i : i + n * B].view(B, *s))
+            i += n * B
+        return out
+
+    def _split_ufm(self, flats: torch.Tensor):
+        """(weights, H, bias) of a (B, P) stack in UFM.flat layout."""
+        out, i = [], 0
+        d, N, K, M = self.dims[0], self.N, self.K, self.M
+        shapes = [(self.dims[j + 1], self.dims[j]) for j in range(M)] + [(d, N)] + ([(K,)] if self.bias else [])
+        for s in shapes:
+            n = int(np.prod(s))
+            out.append(flats[:, i : i + n].reshape(flats.shape[0], *s))
+            i += n
+        return out[:M], out[M], (out[M + 1] if self.bias else None)
+
+    def _split_blocks_of(self, flats: torch.Tensor):
+        """Direct method: the blocks of a (B, P) UFM-layout stack."""
+        ws, H, b = self._split_ufm(flats)
+        return ws + [H] + ([b] if self.bias else [])
+
+    def _class_split(self, H: torch.Tensor):
+        """H = A Y + E: class means A (B, d, K) and the within-class part E (B, d, N)."""
+        A = (H @ self.Y.transpose(1, 2)) / self.counts[:, None, :]
+        return A, H - A @ self.Y
+
+    def _basis(self, E: torch.Tensor) -> torch.Tensor:
+        """Orthonormal rows (B, r, N) spanning every row of E (B, rows, N), each orthogonal to the class
+        indicators (within-class), r = min(rows, N - K)."""
+        rows, r = E.shape[1], min(E.shape[1], self.N - self.K)
+        E = E.to(torch.float64)
+        if rows <= r:  # QR: the Q columns span E's rows (all of them, whatever E's rank)
+            V = torch.linalg.qr(E.transpose(1, 2))[0].transpose(1, 2)
+        else:  # more rows than within-class dimensions: the leading right singular vectors
+            V = torch.linalg.svd(E, full_matrices=False)[2][:, :r, :]
+        # re-centre per class (directions of a rank-deficient E need not be within-class) and re-orthonormalize;
+        # the directions of E's rows are unchanged up to round-off
+        Y = self.Y.to(torch.float64)
+        cnt = self.counts.to(torch.float64)
+        V = V - ((V @ Y.transpose(1, 2)) / cnt[:, None, :]) @ Y
+        q, _ = torch.linalg.qr(V.transpose(1, 2))
+        return q.transpose(1, 2).to(self.dtype).contiguous()
+
+    def _decay_blocks(self):
+        """Per block: the decay of each run as a (B, 1, 1) tensor (None for the bias)."""
+        out = [self.lam_w[:, j, None, None] for j in range(self.M)]
+        nH = 1 if self.method == "direct" else 2
+        out += [self.lam_h[:, None, None]] * nH
+        if self.bias:
+            out.append(None)
+        return out
+
+    def _work(self) -> None:
+        kw = dict(dtype=self.dtype, device=self.device)
+        B, K, M, dims = self.B, self.K, self.M, self.dims
+        self.pv, self.gv = self._views(self.flat), self._views(self.grad)
+        self.Q = [torch.empty(B, K, dims[j], **kw) for j in range(M - 1)] + [self.pv[M - 1]]
+        self.R = [torch.empty(B, K, dims[j], **kw) for j in range(M)]
+        self.eye = torch.eye(K, **kw)
+        if self.method == "direct":
+            self.Z = torch.empty(B, K, self.N, **kw)
+        else:
+            self.Gm = torch.empty(B, K, K, **kw)
+            self.GmD = torch.empty(B, K, K, **kw)
+            self.QP = torch.empty(B, K, self.X.shape[1], **kw)
+
+    def select(self, keep: Sequence[int]) -> None:
+        """Keep only the runs ``keep`` (indices into the current batch), in that order."""
+        idx = torch.as_tensor(list(keep), dtype=torch.long, device=self.device)
+        B_new = len(keep)
+
+        def take(t):
+            return [v.index_select(0, idx) for v in self._views(t)]
+
+        def repack(t):
+            out = torch.empty(sum(self.sizes) * B_new, dtype=self.dtype, device=self.device)
+            for dst, src in zip(self._views(out, B_new), take(t)):
+                dst.copy_(src)
+            return out
+
+        self.flat = repack(self.flat)
+        for name in ("buf", "m1", "m2"):
+            if hasattr(self, name):
+                setattr(self, name, repack(getattr(self, name)))
+        for name in ("counts", "Y", "lam_w", "lam_h", "lr", "mom", "X"):
+            v = getattr(self, name)
+            if v is not None:
+                setattr(self, name, v.index_select(0, idx))
+        self.cfgs = [self.cfgs[i] for i in keep]
+        self.B = B_new
+        self.grad = torch.zeros_like(self.flat)
+        self.decay = self._decay_blocks()
+        self._work()
+
+    # ------------------------------------------------------------------ gradient
+    def _decayed(self, out, param, lam_col, lam_vec, a, b, alpha=1.0):
+        """out = lam * param + alpha * a @ b per run."""
+        if self.lam_uniform:
+            torch.baddbmm(param, a, b, beta=float(lam_vec[0]), alpha=alpha, out=out)
+        else:
+            torch.bmm(a, b, out=out)
+            if alpha != 1.0:
+                out.mul_(alpha)
+            out.addcmul_(param, lam_col)
+
+    def gradient_(self) -> None:
+        M, Ws, Q, R, gv, inv_n = self.M, self.pv[: self.M], self.Q, self.R, self.gv, self.inv_n
+        for j in range(M - 2, -1, -1):
+            torch.bmm(Q[j + 1], Ws[j], out=Q[j])
+        Q0 = Q[0]
+        gW = gv[:M]
+        b = self.pv[-1] if self.bias else None
+        if self.method == "direct":
+            H, Z = self.pv[M], self.Z
+            if b is None:
+                torch.bmm(Q0, H, out=Z)
+            else:
+                torch.baddbmm(b[:, :, None], Q0, H, out=Z)
+            if self.cfgs[0].loss == "mse":
+                Z.sub_(self.Y)  # G = N dL/dZ
+            else:
+                logp = torch.log_softmax(Z, dim=1)
+                torch.exp(logp, out=Z)
+                Z.sub_(self.Y)
+            G = Z
+            torch.bmm(G, H.transpose(1, 2), out=R[0])
+            R[0].mul_(inv_n)
+            self._decayed(gv[M], H, self.decay[M], self.lam_h, Q0.transpose(1, 2), G, alpha=inv_n)
+            if b is not None:
+                torch.sum(G, dim=2, out=gv[M + 1])
+                gv[M + 1].mul_(inv_n)
+        else:
+            A, P = self.pv[M], self.pv[M + 1]
+            Gm, GmD, QP = self.Gm, self.GmD, self.QP
+            torch.bmm(Q0, A, out=Gm)
+            if b is not None:
+                Gm.add_(b[:, :, None])
+            Gm.sub_(self.eye)
+            torch.bmm(Q0, P, out=QP)
+            torch.mul(Gm, self.counts[:, None, :], out=GmD)
+            torch.bmm(GmD, A.transpose(1, 2), out=R[0])
+            R[0].baddbmm_(QP, P.transpose(1, 2)).mul_(inv_n)
+            self._decayed(gv[M], A, self.decay[M], self.lam_h, Q0.transpose(1, 2), Gm, alpha=inv_n)
+            self._decayed(gv[M + 1], P, self.decay[M + 1], self.lam_h, Q0.transpose(1, 2), QP, alpha=inv_n)
+            if b is not None:
+                torch.mul(torch.bmm(Gm, self.counts[:, :, None])[:, :, 0], inv_n, out=gv[M + 2])
+        for j in range(1, M):
+            torch.bmm(R[j - 1], Ws[j - 1].transpose(1, 2), out=R[j])
+        for j in range(M - 1):
+            self._decayed(gW[j], Ws[j], self.decay[j], self.lam_w[:, j], Q[j + 1].transpose(1, 2), R[j])
+        if self.lam_uniform:
+            torch.add(R[M - 1], Ws[M - 1], alpha=float(self.lam_w[0, M - 1]), out=gW[M - 1])
+        else:
+            torch.addcmul(R[M - 1], Ws[M - 1], self.decay[M - 1], out=gW[M - 1])
+
+    # ------------------------------------------------------------------ optimizer steps
+    def advance(self, n: int, step: int, factor: Callable[[int], float] | None) -> None:
+        """n optimizer steps from ``step``; ``factor(s)`` the schedule's lr multiplier (None: constant)."""
+        cfg = self.cfgs[0]
+        if cfg.optimizer == "sgd":
+            flat, grad, buf = self.flat, self.grad, self.buf
+            if self.uniform:
+                mu, lr = float(self.mom[0]), float(self.lr[0])
+                for i in range(n):
+                    self.gradient_()
+                    torch.add(grad, buf, alpha=mu, out=buf)
+                    flat.add_(buf, alpha=-(lr if factor is None else lr * factor(step + i)))
+                return
+            bv, gv, pv = self._views(buf), self.gv, self.pv
+            mu = self.mom.view(-1, 1, 1)
+            neg = -self.lr.view(-1, 1, 1)
+            shaped = [(mu if len(s) == 2 else mu[:, :, 0]) for s in self.shapes]
+            for i in range(n):
+                self.gradient_()
+                lr_i = neg if factor is None else neg * factor(step + i)
+                for k, s in enumerate(self.shapes):
+                    m_k, l_k = (shaped[k], lr_i) if len(s) == 2 else (shaped[k], lr_i[:, :, 0])
+                    torch.addcmul(gv[k], bv[k], m_k, out=bv[k])
+                    pv[k].addcmul_(bv[k], l_k)
+            return
+        b1, b2, eps = ADAM["beta1"], ADAM["beta2"], ADAM["eps"]
+        m1, m2, flat, grad = self.m1, self.m2, self.flat, self.grad
+        den = torch.empty_like(flat)
+        mv, dv, pv = self._views(m1), self._views(den), self.pv
+        for i in range(n):
+            self.gradient_()
+            self.t += 1
+            m1.lerp_(grad, 1 - b1)
+            m2.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+            bc1, bc2 = 1 - b1 ** self.t, 1 - b2 ** self.t
+            torch.sqrt(m2, out=den)
+            den.div_(math.sqrt(bc2)).add_(eps)
+            f = 1.0 if factor is None else factor(step + i)
+            if self.uniform:
+                flat.addcdiv_(m1, den, value=-float(self.lr[0]) * f / bc1)
+            else:
+                ss = (-self.lr * (f / bc1)).view(-1, 1, 1)
+                for k, s in enumerate(self.shapes):
+                    pv[k].addcdiv_(mv[k] * (ss if len(s) == 2 else ss[:, :, 0]), dv[k])
+
+    # ------------------------------------------------------------------ exports
+    def state(self) -> dict:
+        """A copy of the parameters and optimizer state (to restore a run's last good snapshot)."""
+        out = {"flat": self.flat.clone(), "t": self.t}
+        for name in ("buf", "m1", "m2"):
+            if hasattr(self, name):
+                out[name] = getattr(self, name).clone()
+        return out
+
+    def ufm_params(self, flat: torch.Tensor | None = None):
+        """(weights, H, bias) as (B, ...) tensors in the model's dtype (H formed for the reduced method)."""
+        v = self._views(self.flat if flat is None else flat)
+        M = self.M
+        ws = v[:M]
+        if self.method == "direct":
+            H = v[M]
+        else:
+            H = v[M] @ self.Y + v[M + 1] @ self.X
+        return ws, H, (v[-1] if self.bias else None)
+
+    def ufm_flat(self, i: int, flat: torch.Tensor | None = None) -> torch.Tensor:
+        """Run i's parameters (or any state with the flat layout: buffers too) in UFM.flat layout, (P,)."""
+        v = self._views(self.flat if flat is None else flat)
+        M = self.M
+        parts = [w[i].reshape(-1) for w in v[:M]]
+        if self.method == "direct":
+            parts.append(v[M][i].reshape(-1))
+        else:
+            parts.append((v[M][i] @ self.Y[i] + v[M + 1][i] @ self.X[i]).reshape(-1))
+        if self.bias:
+            parts.append(v[-1][i])
+        return torch.cat(parts)
+
+    def stats(self):
+        """Sufficient statistics of a snapshot, float64 numpy over the run axis: weights, means (B, K, d),
+        within-class scatter sum (B, d, d), H H^T, objective, decay terms, bias."""
+        f64 = torch.float64
+        M, v = self.M, [t.to(f64) for t in self.pv]
+        ws = v[:M]
+        b = v[-1] if self.bias else None
+        Y = self.Y.to(f64)
+        cnt = self.counts.to(f64)
+        Q0 = ws[-1]
+        for w in reversed(ws[:-1]):
+            Q0 = Q0 @ w
+        lam_w, lam_h = self.lam_w.to(f64), self.lam_h.to(f64)
+        reg_w = 0.5 * sum(lam_w[:, j] * (ws[j] * ws[j]).sum(dim=(1, 2)) for j in range(M))
+        if self.method == "direct":
+            H = v[M]
+            A = (H @ Y.transpose(1, 2)) / cnt[:, None, :]
+            E = H - A @ Y
+            scatter = E @ E.transpose(1, 2)
+            hht = H @ H.transpose(1, 2)
+            h2 = (H * H).sum(dim=(1, 2))
+            Z = Q0 @ H
+            if b is not None:
+                Z = Z + b[:, :, None]
+            if self.cfgs[0].loss == "mse":
+                data = 0.5 * self.inv_n * ((Z - Y) ** 2).sum(dim=(1, 2))
+            else:
+                data = -self.inv_n * (torch.log_softmax(Z, dim=1) * Y).sum(dim=(1, 2))
+        else:
+            A, P = v[M], v[M + 1]
+            scatter = P @ P.transpose(1, 2)
+            AD = A * cnt[:, None, :]
+            hht = AD @ A.transpose(1, 2) + scatter
+            h2 = (AD * A).sum(dim=(1, 2)) + (P * P).sum(dim=(1, 2))
+            Gm = Q0 @ A - torch.eye(self.K, dtype=f64, device=A.device)
+            if b is not None:
+                Gm = Gm + b[:, :, None]
+            QP = Q0 @ P
+            data = 0.5 * self.inv_n * ((Gm * Gm * cnt[:, None, :]).sum(dim=(1, 2)) + (QP * QP).sum(dim=(1, 2)))
+        reg = reg_w + 0.5 * lam_h * h2
+        f = data + reg
+        cpu = lambda t: None if t is None else t.detach().cpu().numpy()  # noqa: E731
+        return ([cpu(w) for w in ws], cpu(A.transpose(1, 2)), cpu(scatter), cpu(hht), cpu(f), cpu(reg), cpu(b))
+
+
+# ---------------------------------------------------------------------------------------------- runs
+class _Run:
+    """Book-keeping of one run of a batch: its trainer (config, prediction, folder, rows), status, timings."""
+
+    def __init__(self, index, trainer, store, done=None):
+        self.index, self.trainer, self.store, self.done = index, trainer, store, done
+
+
+def _lr_factor(cfg: SimulateConfig):
+    if cfg.schedule == "constant":
+        return None
+    unit = dataclasses.replace(cfg, lr=1.0)
+    return lambda step: lr_at(unit, step)
+
+
+def _snapshot_rows(engine: BatchUFM, bsnap: BatchSnapshotter, runs: list[_Run], step: int) -> list[dict]:
+    ws, means, scatter, hht, f, reg, b = engine.stats()
+    bad = unsafe(*ws, means, b) & np.isfinite(f)  # a non-finite objective: the 4-column row, as Snapshotter's
+    skip = bad | ~np.isfinite(f)
+    if skip.any():  # keep non-finite or extreme runs out of the batched linear algebra
+        z = lambda a: None if a is None else np.where(skip.reshape((-1,) + (1,) * (a.ndim - 1)), 0.0, a)  # noqa: E731
+        ws, means, scatter, hht, b = [z(w) for w in ws], z(means), z(scatter), z(hht), z(b)
+    rows = bsnap.rows(ws, means, scatter, hht, f, reg, b)
+    if bad.any():  # extreme values: the per-run, overflow-proof Snapshotter
+        wi, Hi, bi = engine.ufm_params()
+        for i in np.flatnonzero(bad):
+            rows[i] = runs[i].trainer.snapshotter([w[i] for w in wi], Hi[i], None if bi is None else bi[i])
+    out = []
+    for r, row in zip(runs, rows):
+        full = {"step": step, "lr": lr_at(r.trainer.cfg, max(step - 1, 0))}
+        full.update(row)
+        out.append(full)
+    return out
+
+
+def _load_into(trainer: Trainer, engine: BatchUFM, i: int, step: int, state: dict | None = None,
+               params: dict | None = None) -> None:
+    """Put run i's state into its Trainer (UFM layout): the optimizer state from ``state`` (default the engine's
+    current one), the parameters from ``params`` (default ``state``), as the run's ``last_good`` too."""
+    st = state if state is not None else {"flat": engine.flat, "t": engine.t,
+                                          **{k: getattr(engine, k) for k in ("buf", "m1", "m2") if hasattr(engine, k)}}
+    trainer.model.flat.copy_(engine.ufm_flat(i, (params or st)["flat"]))
+    trainer.last_good.copy_(trainer.model.flat)
+    trainer.step = trainer.last_good_step = step
+    if trainer.buf is not None:
+        trainer.buf.copy_(engine.ufm_flat(i, st["buf"]))
+    elif trainer.cfg.optimizer == "adam" and st["t"] > 0:
+        trainer.opt.state[trainer.model.flat] = {
+            "step": torch.tensor(float(st["t"])),
+            "exp_avg": engine.ufm_flat(i, st["m1"]).clone(),
+            "exp_avg_sq": engine.ufm_flat(i, st["m2"]).clone(),
+        }
+        trainer.opt.param_groups[0]["lr"] = lr_at(trainer.cfg, max(step - 1, 0))
+
+
+def _train_group(runs: list[_Run], method: str, progress: bool, callback) -> None:
+    """Train runs that share a batch key and a current step, to the end (or stop/divergence/interrupt)."""
+    trainers = [r.trainer for r in runs]
+    cfg = trainers[0].cfg
+    every = cfg.snapshot_every
+    ckpt_every = cfg.checkpoint_every or 10 * every
+    factor = _lr_factor(cfg)
+    with torch_threads(_threads(cfg, len(runs))), torch.no_grad():
+        engine = BatchUFM(trainers, method=method)
+    bsnap = BatchSnapshotter([t.snapshotter for t in trainers])
+    active = list(runs)
+    step = trainers[0].step
+    last_good, good_step = engine.state(), step
+    synced = True  # the engine's state is the one at ``step``
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=step, unit="step", dynamic_ncols=True, leave=True,
+                   desc=f"{len(runs)} runs")
+
+    def record(rows, t_snap):
+        """Store each active run's row; returns the indices (into ``active``) of the runs that go on."""
+        keep = []
+        for i, (r, row) in enumerate(zip(active, rows)):
+            tr = r.trainer
+            tr.snapshot_seconds += t_snap / len(active)
+            if not math.isfinite(row["objective"]):
+                tr.status = "diverged"
+                tr.message = (f"diverged: non-finite objective at step {step}; stopped, keeping the last good "
+                              f"snapshot (step {tr.last_good_step}). Lower the learning rate (now {tr.cfg.lr:g}).")
+                _load_into(tr, engine, i, good_step, params=last_good)  # the current optimizer state, as Trainer
+                continue
+            tr.rows.append(row)
+            tr.step = step
+            tr.last_good_step = step
+            if r.store is not None:
+                r.store.append_rows([row])
+            if callback is not None:
+                callback(r.index, row)
+            if tr.cfg.stop_rel_gap and row["rel_gap"] <= tr.cfg.stop_rel_gap and step > 0:
+                tr.status = "converged"
+                tr.message = f"reached relative gap {row['rel_gap']:.3g} at step {step}"
+                _load_into(tr, engine, i, step)
+                continue
+            keep.append(i)
+        return keep
+
+    def shrink(keep):
+        """Finish the runs not in ``keep``, drop them from the batch; the survivors' state is the last good."""
+        nonlocal active, bsnap, last_good, good_step
+        if len(keep) < len(active):
+            for i in range(len(active)):
+                if i not in keep:
+                    _finish(active[i])
+            if keep:
+                engine.select(keep)
+                bsnap = bsnap.subset(keep)
+            active = [active[i] for i in keep]
+        if active:
+            last_good, good_step = engine.state(), step
+
+    with torch_threads(_threads(cfg, len(runs))), torch.no_grad(), _SigintFlag() as sigint:
+        try:
+            if step == 0 and not trainers[0].rows:
+                t0 = time.perf_counter()
+                rows = _snapshot_rows(engine, bsnap, active, 0)
+                shrink(record(rows, time.perf_counter() - t0))
+            while active and step < cfg.steps:
+                target = min(cfg.steps, (step // every + 1) * every)
+                t0 = time.perf_counter()
+                synced = False
+                engine.advance(target - step, step, factor)
+                synced = True
+                dt = time.perf_counter() - t0
+                for r in active:
+                    r.trainer.train_seconds += dt / len(active)
+                step = target
+                t0 = time.perf_counter()
+                rows = _snapshot_rows(engine, bsnap, active, step)
+                keep = record(rows, time.perf_counter() - t0)
+                if bar is not None:
+                    bar.n = step
+                    bar.set_postfix(running=len(keep), refresh=False)
+                    bar.refresh()
+                shrink(keep)
+                if step % ckpt_every == 0 and step < cfg.steps:
+                    for i, r in enumerate(active):
+                        _load_into(r.trainer, engine, i, step)
+                        r.trainer.checkpoint()
+                if sigint.set:
+                    raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            # each run's checkpoint at its last recorded row: the current state if this step's row is recorded,
+            # else the last good one (an interrupt mid-way through the rows, or a second Ctrl-C mid-steps)
+            for i, r in enumerate(active):
+                tr = r.trainer
+                if tr.status != "running":  # converged or diverged at this snapshot: finished
+                    _finish(r)
+                    continue
+                if synced and tr.rows and tr.rows[-1]["step"] == step:
+                    _load_into(tr, engine, i, step)
+                else:
+                    _load_into(tr, engine, i, good_step, state=last_good)
+                tr.status = "interrupted"
+                tr.message = f"interrupted at step {step}; run again with resume to continue"
+                tr.checkpoint()
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+        for i, r in enumerate(active):
+            _load_into(r.trainer, engine, i, step)
+            _finish(r)
+
+
+def _finish(r: _Run) -> None:
+    """A run left the batch: its status, diagnosis and final checkpoint, as Trainer.run ends."""
+    tr = r.trainer
+    if tr.status == "running":
+        tr.status = "complete"
+        tr.message = f"completed {tr.step} steps"
+    if tr.status in ("complete", "converged"):
+        with torch.no_grad():
+            tr._diagnose()
+    tr.checkpoint()
+    r.done = True
+
+
+def _threads(cfg: SimulateConfig, B: int) -> int:
+    from nclab.environment import choose_threads
+
+    work = max(cfg.widths) * sum(cfg.counts) * len(cfg.counts) * B
+    return choose_threads(cfg.threads, work, small=2_000_000)
+
+
+# ---------------------------------------------------------------------------------------------- public API
+def simulate_batch(
+    configs: Sequence[SimulateConfig],
+    outs: Sequence | None = None,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    predictions: Sequence | None = None,
+    progress: bool = False,
+    callback: Callable[[int, dict], None] | None = None,
+    method: str = "auto",
+    max_batch: int = 0,
+) -> list[SimulationResult]:
+    """Train many UFM runs, batching those of one shape (see the module docstring); results in input order.
+
+    Parameters
+    ----------
+    configs : SimulateConfigs (:func:`nclab.ufm.make_config`). Runs sharing :data:`SHARED` fields, K and N are
+        trained as one batch; L-BFGS runs go one by one through :func:`nclab.simulate`.
+    outs : a run folder per config (each written as :func:`nclab.simulate` writes it), or None: nothing written.
+    resume, overwrite : as :func:`nclab.simulate`, per folder (finished runs are loaded, not re-run).
+    predictions : precomputed ``nclab.predict`` results per config (else computed, once per distinct problem).
+    progress : a progress bar per batch.
+    callback : ``callback(index, row)`` after each recorded metrics row of run ``index``.
+    method : "auto" (reduced for MSE + SGD, else direct), "direct" or "reduced" (see the module docstring).
+    max_batch : at most this many runs per batch (0: no limit).
+
+    Returns
+    -------
+    list of SimulationResult, one per config (``seconds``: the run's share of its batch's training time)
+    """
+    from nclab import __version__
+    from nclab.environment import environment
+    from nclab.results import open_run
+    from nclab.theory import predict
+    from nclab.ufm.trainer import simulate
+
+    configs = list(configs)
+    for c in configs:
+        if not isinstance(c, SimulateConfig):
+            raise ValueError(f"every config must be a SimulateConfig, got {type(c).__name__}")
+    if outs is not None:
+        outs = list(outs)
+        if len(outs) != len(configs):
+            raise ValueError(f"{len(outs)} output folders for {len(configs)} configs")
+        if len({str(o) for o in outs}) != len(outs):
+            raise ValueError("every run needs its own output folder")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    preds: dict = {}
+    if predictions is not None:
+        predictions = list(predictions)
+        for c, p in zip(configs, predictions):
+            if p.problem != c.problem:
+                raise ValueError("a given prediction is for another problem than its config's")
+    results: list[SimulationResult | None] = [None] * len(configs)
+    runs: list[_Run] = []
+    try:
+        for i, cfg in enumerate(configs):
+            if cfg.optimizer == "lbfgs":
+                continue
+            if predictions is not None:
+                pred = predictions[i]
+            else:
+                key = cfg.problem
+                pred = preds.get(key) or preds.setdefault(key, predict(key))
+            store = ckpt = None
+            if outs is not None:
+                store, ckpt, done = open_run(outs[i], cfg.to_dict(), kind=KIND, resume=resume, overwrite=overwrite,
+                                             finished=FINISHED, defaults=DEFAULTS)
+                if done:
+                    results[i] = _result_from_store(cfg, store, pred)
+                    store.unlock()
+                    continue
+            trainer = Trainer(cfg, prediction=pred, store=store)
+            if store is not None:
+                store.write_config(cfg.to_dict(), kind=KIND, version=__version__)
+                env = environment()
+                env["threads_used"] = _threads(cfg, 1)
+                store.write_environment(env)
+                store.write_json("prediction.json", pred.to_dict())
+                if ckpt is not None:
+                    try:
+                        trainer.load_checkpoint(ckpt)
+                    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
+                        raise RunFolderError(f"{store.file(CHECKPOINT)} does not fit this run ({type(exc).__name__}: "
+                                             f"{exc}); use --overwrite to start over") from None
+                    trainer.rows = resume_rows(store, ckpt)
+                else:
+                    store.write_rows([])
+                    trainer.rows = []
+            runs.append(_Run(i, trainer, store))
+        # batches: one shape and one current step each
+        groups: dict = {}
+        for r in runs:
+            groups.setdefault(batch_key(r.trainer.cfg) + (r.trainer.step,), []).append(r)
+        try:
+            for group in groups.values():
+                size = max_batch or len(group)
+                for k in range(0, len(group), size):
+                    chunk = group[k : k + size]
+                    if chunk[0].trainer.step >= chunk[0].trainer.cfg.steps:
+                        for r in chunk:
+                            _finish(r)
+                        continue
+                    _train_group(chunk, method, progress, callback)
+        finally:
+            for r in runs:
+                if r.store is not None:
+                    _write_outputs(r.trainer, r.store)
+        for r in runs:
+            tr = r.trainer
+            ws, H, b = tr.parameters()
+            results[r.index] = SimulationResult(
+                config=tr.cfg, run_dir=None if r.store is None else r.store.path, status=tr.status, step=tr.step,
+                final=tr.rows[-1] if tr.rows else {}, history=list(tr.rows), prediction=tr.pred, weights=ws, H=H,
+                bias=b, seconds=tr.train_seconds, snapshot_seconds=tr.snapshot_seconds, message=tr.message,
+                extra={"batched": True})
+    finally:
+        for r in runs:
+            if r.store is not None:
+                r.store.unlock()
+    for i, cfg in enumerate(configs):  # L-BFGS: one by one
+        if cfg.optimizer == "lbfgs":
+            results[i] = simulate(cfg, out=None if outs is None else outs[i], resume=resume, overwrite=overwrite,
+                                  progress=progress, prediction=None if predictions is None else predictions[i])
+    return results
+
+
+def run_seeds(configs: Sequence[SimulateConfig], seeds: Sequence[int], out, *, resume: bool = False,
+              overwrite: bool = False, progress: bool = False, figures: bool = True, title: str = "",
+              on_result: Callable | None = None, method: str = "auto") -> list[SimulationResult]:
+    """Each config once per seed, batched: ``out/seed-S`` (one config) or ``out/depth-M/seed-S`` (several,
+    one per depth); figures of each depth's runs in ``out/figures`` or ``out/depth-M/figures``."""
+    import pathlib
+
+    out = pathlib.Path(out)
+    if not seeds:
+        raise ValueError("--seeds needs at least one seed, e.g. 0-63")
+    depths = [len(c.widths) for c in configs]
+    if len(set(depths)) != len(depths):
+        raise ValueError(f"each depth may appear once, got {depths}")
+    root = {M: (out if len(configs) == 1 else out / f"depth-{M}") for M in depths}
+    cfgs = [dataclasses.replace(c, seed=int(s)) for c in configs for s in seeds]
+    dirs = [root[len(c.widths)] / f"seed-{c.seed}" for c in cfgs]
+    results = simulate_batch(cfgs, dirs, resume=resume, overwrite=overwrite, progress=progress, method=method)
+    for r in results:
+        if on_result is not None:
+            on_result(r)
+    if figures:
+        from nclab.report.figures import plot_runs
+
+        for M in depths:
+            plot_runs([r.run_dir for r in results if len(r.config.widths) == M], root[M] / "figures", title=title)
+    return results

@@ -1,0 +1,209 @@
+"""Batched UFM runs (nclab.ufm.batched): each run's folder as if run alone by nclab.simulate.
+
+Objective equal to 1e-10 relative in float64, every metrics row equal to that tolerance (absolute for values
+below 1), the same statuses, files, summary/checkpoint keys; per-run stopping, divergence, resume.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from nclab.cli import cli
+from nclab.results import RunStore
+from nclab.theory import make_problem, predict
+from nclab.ufm import make_config, simulate
+from nclab.ufm.batch_metrics import BatchSnapshotter
+from nclab.ufm.batched import BatchUFM, run_seeds, simulate_batch
+from nclab.ufm.snapshot import Snapshotter
+from nclab.ufm.trainer import Trainer
+
+TOL = 1e-10
+BASE = dict(classes=3, per_class=5, depth=2, widths=6, steps=300, snapshot_every=50, init_std=0.3, lambda_w=1e-2,
+            lambda_h=1e-2)
+
+
+def close(a, b, tol=TOL) -> bool:
+    if a is None or b is None:
+        return a is b
+    if isinstance(a, str) or isinstance(b, str):
+        return a == b
+    if math.isnan(a) or math.isnan(b):
+        return math.isnan(a) and math.isnan(b)
+    return abs(a - b) <= tol * max(1.0, abs(a), abs(b))
+
+
+def same_rows(rows_a, rows_b, tol=TOL):
+    assert len(rows_a) == len(rows_b)
+    for a, b in zip(rows_a, rows_b):
+        assert list(a) == list(b)
+        bad = {k: (a[k], b[k]) for k in a if not close(a[k], b[k], tol)}
+        assert not bad, (a["step"], bad)
+
+
+def compare(batch, ref):
+    """Batched results against unbatched ones: statuses, rows, files, summaries, checkpoints, weights."""
+    for r, s in zip(batch, ref):
+        assert (r.status, r.step) == (s.status, s.step), (r.message, s.message)
+        assert r.message.split(";")[0] == s.message.split(";")[0]
+        same_rows(r.history, s.history)
+        if math.isfinite(s.final["objective"]):
+            assert abs(r.final["objective"] - s.final["objective"]) <= TOL * abs(s.final["objective"])
+        for w, v in zip(r.weights + [r.H], s.weights + [s.H]):
+            np.testing.assert_allclose(w, v, rtol=0, atol=1e-9 * max(1.0, np.abs(v).max()))
+        if r.run_dir is None:
+            continue
+        assert sorted(os.listdir(r.run_dir)) == sorted(os.listdir(s.run_dir))
+        a, b = RunStore(r.run_dir), RunStore(s.run_dir)
+        same_rows(a.read_rows(), b.read_rows())
+        sa, sb = a.read_json("summary.json"), b.read_json("summary.json")
+        assert list(sa) == list(sb) and (sa["status"], sa["step"], sa["rows"]) == (sb["status"], sb["step"], sb["rows"])
+        assert a.read_json("config.json") == b.read_json("config.json")
+        assert a.read_json("prediction.json") == b.read_json("prediction.json")
+        ca, cb = a.load_torch("checkpoint.pt"), b.load_torch("checkpoint.pt")
+        assert sorted(ca) == sorted(cb) and ca["step"] == cb["step"] and ca["last_good_step"] == cb["last_good_step"]
+        same_rows(ca["rows"], cb["rows"])
+        assert sorted(ca["optimizer"]) == sorted(cb["optimizer"])
+        torch.testing.assert_close(ca["flat"], cb["flat"], rtol=0, atol=1e-9 * max(1.0, float(cb["flat"].abs().max())))
+        wa, wb = a.load_torch("weights.pt"), b.load_torch("weights.pt")
+        assert sorted(wa) == sorted(wb) and wa["step"] == wb["step"]
+
+
+def run_both(cfgs, tmp_path, **kw):
+    batch = simulate_batch(cfgs, [tmp_path / f"b{i}" for i in range(len(cfgs))], **kw)
+    ref = [simulate(c, out=tmp_path / f"s{i}") for i, c in enumerate(cfgs)]
+    return batch, ref
+
+
+@pytest.mark.parametrize("method", ["reduced", "direct"])
+def test_sgd_per_run_seeds_lambdas_lrs(tmp_path, method):
+    cfgs = [make_config(**{**BASE, "lambda_w": 1e-2 * (1 + s), "init_std": 0.2 + 0.05 * s}, seed=s,
+                        lr=0.05 * (1 + 0.1 * s), momentum=0.9 - 0.1 * (s % 2)) for s in range(4)]
+    compare(*run_both(cfgs, tmp_path, method=method))
+
+
+def test_bias_and_imbalanced_counts_of_one_n(tmp_path):
+    cfgs = [make_config(**{**BASE, "classes": None, "per_class": None, "depth": 3}, counts=c, seed=s, bias=b)
+            for s, (c, b) in enumerate([([8, 4, 3], False), ([5, 5, 5], False), ([3, 4, 8], False)])]
+    cfgs += [make_config(**BASE, seed=s, bias=True) for s in range(2)]
+    compare(*run_both(cfgs, tmp_path))
+
+
+def test_adam_ce_and_schedules(tmp_path):
+    cfgs = [make_config(**BASE, seed=s, optimizer="adam", lr=1e-2 * (1 + s)) for s in range(3)]
+    cfgs += [make_config(**BASE, seed=s, loss="ce", bias=True, schedule="cosine") for s in range(2)]
+    cfgs += [make_config(**BASE, seed=s, schedule="step", milestones=[120, 220], lr=0.2) for s in range(2)]
+    compare(*run_both(cfgs, tmp_path))
+
+
+def test_per_run_stopping_and_divergence(tmp_path):
+    cfgs = [make_config(**BASE, seed=0, lr=0.5),
+            make_config(**BASE, seed=1, lr=0.5, stop_rel_gap=1e-3),
+            make_config(**BASE, seed=2, lr=5.0),  # diverges
+            make_config(**BASE, seed=3, lr=0.5, stop_rel_gap=1e-6)]
+    batch, ref = run_both(cfgs, tmp_path)
+    assert [r.status for r in batch] == ["complete", "converged", "diverged", "converged"]
+    assert batch[1].step < batch[0].step
+    compare(batch, ref)
+
+
+def test_no_folders_mixed_shapes_and_lbfgs_in_input_order():
+    cfgs = [make_config(**BASE, seed=0), make_config(**{**BASE, "widths": 5}, seed=1),
+            make_config(**{**BASE, "steps": 50}, seed=2, optimizer="lbfgs"), make_config(**BASE, seed=3)]
+    batch = simulate_batch(cfgs)
+    ref = [simulate(c) for c in cfgs]
+    assert [r.config for r in batch] == cfgs
+    compare(batch, ref)
+
+
+def test_interrupt_and_resume(tmp_path):
+    cfgs = [make_config(**{**BASE, "steps": 400, "checkpoint_every": 100}, seed=s) for s in range(3)]
+    outs = [tmp_path / f"b{i}" for i in range(3)]
+
+    def stop(i, row):
+        if row["step"] == 200 and i == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        simulate_batch(cfgs, outs, callback=stop)
+    assert {RunStore(o).read_json("summary.json")["status"] for o in outs} == {"interrupted"}
+    # one folder continued alone by nclab.simulate, the others batched
+    alone = simulate(cfgs[0], out=outs[0], resume=True)
+    rest = simulate_batch(cfgs[1:], outs[1:], resume=True)
+    ref = [simulate(c, out=tmp_path / f"s{i}") for i, c in enumerate(cfgs)]
+    compare([alone] + rest, ref)
+    again = simulate_batch(cfgs, outs, resume=True)  # finished: loaded, not re-run
+    assert all(r.extra.get("reused") for r in again)
+
+
+def test_resume_of_unbatched_checkpoints(tmp_path):
+    cfg = [make_config(**{**BASE, "steps": 400}, seed=s) for s in range(2)]
+    for i, c in enumerate(cfg):
+        with pytest.raises(KeyboardInterrupt):
+            simulate(c, out=tmp_path / f"b{i}", callback=_stop_at(150 + 50 * i))
+    # the two runs stopped at different steps: two batches
+    batch = simulate_batch(cfg, [tmp_path / f"b{i}" for i in range(2)], resume=True)
+    compare(batch, [simulate(c, out=tmp_path / f"s{i}") for i, c in enumerate(cfg)])
+
+
+def _stop_at(step):
+    def cb(row):
+        if row["step"] == step:
+            raise KeyboardInterrupt
+    return cb
+
+
+@pytest.mark.parametrize("counts,widths,bias", [([5, 5, 5], [6, 2], False), ([8, 4, 3], [6, 6, 6], False),
+                                                 ([5, 5, 5, 5], [7], True)])
+def test_batch_snapshotter_matches_snapshotter(counts, widths, bias):
+    """Random parameters (also non-unique predicted Grams and a bias): the batched rows are the per-run ones."""
+    cfgs = [make_config(counts=counts, widths=widths, lambda_w=1e-2 * (1 + s), lambda_h=2e-2, bias=bias, seed=s,
+                        init_std=0.5) for s in range(3)]
+    trainers = [Trainer(c) for c in cfgs]
+    for method in ("direct", "reduced"):
+        eng = BatchUFM(trainers, method=method)
+        rows = BatchSnapshotter([t.snapshotter for t in trainers]).rows(*eng.stats())
+        for t, row in zip(trainers, rows):
+            ref = t.snapshotter(t.model.weights, t.model.H, t.model.bias)
+            assert list(row) == list(ref)
+            bad = {k: (row[k], ref[k]) for k in row if not close(row[k], ref[k], 1e-9)}
+            assert not bad, bad
+
+
+def test_cli_seeds(tmp_path):
+    out = tmp_path / "seeds"
+    args = ["simulate", "--classes", "3", "--per-class", "5", "-M", "2", "--width", "6", "--steps", "200",
+            "--lambda-w", "1e-2", "--lambda-h", "1e-2", "--init-std", "0.3", "--snapshot-every", "50", "--no-figures",
+            "--out", str(out)]
+    r = CliRunner().invoke(cli, args + ["--seeds", "0-2,5"])
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in out.iterdir()) == ["seed-0", "seed-1", "seed-2", "seed-5"]
+    ref = simulate(make_config(**{**BASE, "steps": 200}, seed=5))
+    same_rows(RunStore(out / "seed-5").read_rows(), ref.history)
+    r = CliRunner().invoke(cli, args + ["--seeds", "0-2,5", "--resume"])
+    assert r.exit_code == 0, r.output
+    for bad in ("3-1", "x", "1,,2", "-1"):
+        r = CliRunner().invoke(cli, args + ["--seeds", bad])
+        assert r.exit_code == 2 and r.output.startswith("error:"), (bad, r.output)
+
+
+def test_run_seeds_depths(tmp_path):
+    cfgs = [make_config(**{**BASE, "depth": M, "steps": 100}) for M in (1, 2)]
+    res = run_seeds(cfgs, [0, 1], tmp_path, figures=False)
+    assert sorted(str(r.run_dir.relative_to(tmp_path)) for r in res) == \
+        ["depth-1/seed-0", "depth-1/seed-1", "depth-2/seed-0", "depth-2/seed-1"]
+
+
+def test_reduced_form_needs_mse_sgd():
+    t = Trainer(make_config(**BASE, optimizer="adam"))
+    with pytest.raises(ValueError, match="reduced"):
+        BatchUFM([t], method="reduced")
+    with pytest.raises(ValueError, match="own output folder"):
+        simulate_batch([make_config(**BASE)] * 2, ["x", "x"])
+    p = predict(make_problem([5, 5, 5], widths=[6, 6], lambda_w=1e-2, lambda_h=1e-2))
+    assert Snapshotter(p).unique
