@@ -49,7 +49,7 @@ CONFIG, ENVIRONMENT, METRICS, SUMMARY, CHECKPOINT, WEIGHTS = (
 )
 PREDICTION, LOCK = "prediction.json", ".lock"
 # Every file and folder a run writes: --overwrite removes these and nothing else (the user's notes stay).
-OWNED_FILES = (CONFIG, ENVIRONMENT, METRICS, SUMMARY, CHECKPOINT, WEIGHTS, PREDICTION, "head.json")
+OWNED_FILES = (CONFIG, ENVIRONMENT, METRICS, SUMMARY, CHECKPOINT, WEIGHTS, PREDICTION, "grams.json", "restarts.json")
 OWNED_DIRS = ("figures", "tensorboard")
 _TEMP = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")  # atomic_write_bytes' mkstemp names
 # Config fields that change how a run executes, not its result: a resume may change them.

@@ -42,16 +42,21 @@ def _field_options(fn):
     return fn
 
 
+def _num(v) -> float:
+    return float(v) if isinstance(v, (int, float)) else float("nan")
+
+
 def _summary_line(r) -> str:
     first, last = r.history[0], r.final
     M = r.config.depth
-    nc1 = "; ".join(f"L{j} {first[f'nc1_L{j}']:.3g} -> {last.get(f'nc1_L{j}') or float('nan'):.3g}"
+    nc1 = "; ".join(f"L{j} {_num(first.get(f'nc1_L{j}')):.3g} -> {_num(last.get(f'nc1_L{j}')):.3g}"
                     for j in range(1, M + 1))
     test = last.get("test_acc")
+    nc2_w = _num(last.get("nc2_w", last.get("nc2_w_L1")))  # nc2_w_L1: runs of nclab <= 0.1.0
     return (f"M = {M}: {r.status} at epoch {r.epoch}; NC1 (first -> last row) {nc1}; "
-            f"NC2(W) {last.get('nc2_w_L1'):.3g}, NC3 {last.get('nc3'):.3g} vs {r.target or 'stored'}; "
-            f"train acc {last.get('train_acc'):.4f}"
-            + (f", test acc {test:.4f}" if test is not None else "")
+            f"NC2(W) {nc2_w:.3g}, NC3 {_num(last.get('nc3')):.3g} vs {r.target or 'stored'}; "
+            f"train acc {_num(last.get('train_acc')):.4f}"
+            + (f", test acc {test:.4f}" if isinstance(test, (int, float)) else "")
             + f"; {r.seconds:.1f} s training, {r.track_seconds:.1f} s NC tracking"
             + (f" -> {r.run_dir}" if r.run_dir is not None else ""))
 

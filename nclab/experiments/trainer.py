@@ -16,7 +16,9 @@ A metrics row (metrics.csv; one at epoch 0, every ``track_every`` epochs and at 
     objective         the exact objective (nclab.experiments.objective) in eval mode after the epoch
     rel_gap           (objective - f*) / f*, f* the deep linear UFM's minimum (a lower bound; "theory" target)
     train_acc         argmax accuracy on the training set (eval mode)
-    nc1_L{j}, nc2_h_L{j}, nc2_w_L{j}, nc3_L{j}, nc3    per head layer (nclab.experiments.tracking)
+    nc1_L{j}, nc2_w, nc2_h, nc3, nc2_w_L{j}, nc2_h_L{j}, nc3_L{j}   end to end and per head layer (the names
+                      simulate writes too: nclab/report/columns.py; nclab.experiments.tracking)
+    w_norm_{k}, h_norm_{k}, w_norm_err, h_norm_err   class norms (the errors against the theory target)
     test_acc, test_loss   on the test split (empty without one)
 """
 
@@ -518,6 +520,7 @@ def _write_outputs(trainer: Trainer, store: RunStore) -> None:
         "state_dict": {k: v.detach().to("cpu").clone() for k, v in t.net.state_dict().items()},
         "in_shape": list(t.data.in_shape), "num_classes": t.data.num_classes,
     })
+    t.tracker.save(store, epoch=t.rows[-1]["epoch"] if t.rows else None)  # grams.json: the report's heatmaps
     rows = t.rows
     per_epoch = t.train_seconds / max(t.epoch, 1)
     n_rows = max(len(rows), 1)
