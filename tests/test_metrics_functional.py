@@ -225,3 +225,33 @@ def test_nc1_projector_rank_rules():
         nc1_from_scatter(np.eye(2), np.eye(3), 1)
     with pytest.raises(ValueError):
         nc1_from_scatter(np.eye(2), np.full((2, 1), np.nan), 1)
+
+
+def test_second_pass_merged_equals_one_pass_and_counts_nc4_by_hand():
+    """Two second passes over halves, merged, give the NC4/accuracy of one pass; the counts are checked against
+    argmax and nearest-class-centre predictions computed here."""
+    from nclab.metrics import ClassStats
+
+    rng = np.random.default_rng(5)
+    K, D = 3, 4
+    y = np.repeat(np.arange(K), 8)
+    H = rng.standard_normal((K, D))[y] + 0.8 * rng.standard_normal((len(y), D))
+    W, b = rng.standard_normal((K, D)), rng.standard_normal(K)
+    stats = ClassStats(K).update(H, y)
+    one = stats.second_pass(W, b).update(H, y)
+    a, c = stats.second_pass(W, b).update(H[::2], y[::2]), stats.second_pass(W, b).update(H[1::2], y[1::2])
+    merged = a.merge(c)
+    assert np.array_equal(merged.n4.numpy(), one.n4.numpy())
+    assert np.allclose(merged.q.numpy(), one.q.numpy(), rtol=1e-12) and np.allclose(merged.m2.numpy(),
+                                                                                    one.m2.numpy(), rtol=1e-12)
+    mu = np.stack([H[y == k].mean(0) for k in range(K)])
+    am = (H @ W.T + b).argmax(1)
+    ncc = ((H[:, None, :] - mu[None]) ** 2).sum(2).argmin(1)
+    assert one.n4.tolist() == [len(y), int((ncc != am).sum()), int((ncc == y).sum()), int((am == y).sum())]
+    m = stats.compute(W, b, second=merged)
+    assert m["nc4"] == pytest.approx(np.mean(ncc != am)) and m["accuracy"] == pytest.approx(np.mean(am == y))
+    assert m["ncc_accuracy"] == pytest.approx(np.mean(ncc == y))
+    with pytest.raises(TypeError):
+        one.merge(stats)
+    with pytest.raises(ValueError):
+        one.merge(ClassStats(K + 1).update(np.vstack([H, H[:1]]), np.r_[y, K]).second_pass())

@@ -151,3 +151,125 @@ def test_complete_last_line_and_header_only(tmp_path):
     assert store.read_rows() == []
     (tmp_path / "metrics.csv").write_text("step,x")  # a torn header: nothing complete
     assert store.read_rows() == []
+
+
+# ---------------------------------------------------------------------------------------------- the run folder rules
+def _open(path, config=None, **kw):
+    from nclab.results import open_run
+
+    opts = {"kind": "k", "resume": True, "overwrite": False, "finished": ("complete",), **kw}
+    store, ckpt, done = open_run(path, {"a": 1} if config is None else config, **opts)
+    store.unlock()
+    return ckpt, done
+
+
+def _run_folder(path, rows=3, summary=None, ckpt=True, ckpt_rows=True):
+    store = RunStore(path)
+    store.write_config({"a": 1}, kind="k", version="0")
+    store.append_rows([{"step": i, "v": float(i)} for i in range(rows)])
+    if ckpt:
+        doc = {"step": rows - 1}
+        if ckpt_rows:
+            doc["rows"] = store.read_rows()
+        store.save_torch("checkpoint.pt", doc)
+    if summary is not None:
+        store.write_json("summary.json", summary)
+    return store
+
+
+def test_bools_and_empty_appends(tmp_path):
+    store = RunStore(tmp_path)
+    store.append_rows([])
+    assert not (tmp_path / "metrics.csv").exists() and store.truncate_rows(5) == []
+    store.append_rows([{"step": 0, "ok": True, "bad": False}])
+    assert (tmp_path / "metrics.csv").read_text() == "step,ok,bad\n0,1,0\n"
+    (tmp_path / "metrics.csv").write_text("")
+    assert store.read_rows() == [] and store.truncate_rows(5) == []
+
+
+def test_store_create_clear_and_lock_edge_cases(tmp_path):
+    from nclab.results import RunFolderError
+
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(RunFolderError, match="not a directory"):
+        RunStore(tmp_path / "f").create()
+    RunStore(tmp_path / "missing").clear()  # nothing to clear: no error, nothing created
+    assert not (tmp_path / "missing").exists()
+    store = RunStore(tmp_path / "r")
+    (tmp_path / "r" / "figures").mkdir(parents=True)
+    (tmp_path / "r" / "figures" / "a.png").write_bytes(b"png")
+    store.clear()
+    assert not (tmp_path / "r" / "figures").exists()
+    store.lock()
+    store.lock()  # a second call of the holder is a no-op
+    store.unlock()
+    store.unlock()  # and so is a second release
+    with pytest.raises(RunFolderError, match="cannot create run directory"):
+        RunStore(tmp_path / "f" / "sub").lock()
+    (tmp_path / "L" / ".lock").mkdir(parents=True)  # the lock file cannot be opened
+    with pytest.raises(RunFolderError, match="cannot lock run folder"):
+        RunStore(tmp_path / "L").lock()
+
+
+def test_resume_rows_of_an_old_checkpoint_come_from_metrics_csv(tmp_path):
+    from nclab.results import RunFolderError, resume_rows
+
+    store = _run_folder(tmp_path, rows=4, ckpt=False)
+    assert [r["step"] for r in resume_rows(store, {"step": 2})] == [0, 1, 2]
+    assert [r["step"] for r in store.read_rows()] == [0, 1, 2]  # the table is rewritten to the checkpoint
+    with pytest.raises(RunFolderError, match="lacks rows up to the checkpoint"):
+        resume_rows(store, {"step": 7})
+    assert resume_rows(store, {"step": 1, "rows": [{"step": 0, "v": 9.0}]}) == [{"step": 0, "v": 9.0}]
+    assert store.read_rows() == [{"step": 0, "v": 9.0}]
+
+
+def test_identity_ignores_execution_fields_and_the_cuda_index():
+    from nclab.results import identity
+
+    assert identity({"a": 1, "threads": 4, "checkpoint_every": 9, "device": "cuda:1"}) == {"a": 1, "device": "cuda"}
+    assert identity({"device": "cpu"}) == {"device": "cpu"}
+
+
+def test_open_run_rules(tmp_path):
+    import warnings
+
+    from nclab.results import RunFolderError
+
+    with pytest.raises(RunFolderError, match="must not be empty"):
+        _open("")
+    # a config.json that is JSON but not a config, and a run of another kind
+    RunStore(tmp_path / "a").write_json("config.json", [1, 2])
+    with pytest.raises(RunFolderError, match="corrupt"):
+        _open(tmp_path / "a")
+    _run_folder(tmp_path / "b")
+    with pytest.raises(RunFolderError, match="kind: 'k' -> 'other'"):
+        _open(tmp_path / "b", kind="other")
+    with pytest.raises(RunFolderError, match="pass --resume"):
+        _open(tmp_path / "b", resume=False)
+    # a checkpoint that is not a dict
+    store = _run_folder(tmp_path / "c")
+    store.save_torch("checkpoint.pt", [1, 2])
+    with pytest.raises(RunFolderError, match="checkpoint.pt is corrupt"):
+        _open(tmp_path / "c")
+    # a summary that is not a JSON object, and no checkpoint to rebuild from
+    _run_folder(tmp_path / "d", summary=None, ckpt=False).write_json("summary.json", [1])
+    with pytest.raises(RunFolderError, match="no checkpoint to rebuild from"):
+        _open(tmp_path / "d")
+    # rows but no checkpoint yet: starts over, with a warning
+    _run_folder(tmp_path / "e", ckpt=False)
+    with pytest.warns(UserWarning, match="no checkpoint.pt yet"):
+        assert _open(tmp_path / "e") == (None, False)
+    # an old checkpoint without its rows: rows come from metrics.csv later (marked None)
+    _run_folder(tmp_path / "f", ckpt_rows=False)
+    ckpt, done = _open(tmp_path / "f")
+    assert ckpt == {"step": 2, "rows": None} and not done
+    # a finished run whose summary counts more rows than metrics.csv holds: rebuilt from the checkpoint
+    store = _run_folder(tmp_path / "g", summary={"status": "complete", "rows": 5})
+    store.save_torch("weights.pt", {"w": 1})
+    with pytest.warns(UserWarning, match=r"metrics.csv \(3 of 5 rows\)"):
+        ckpt, done = _open(tmp_path / "g")
+    assert not done and [r["step"] for r in ckpt["rows"]] == [0, 1, 2]
+    store.write_json("summary.json", {"status": "complete", "rows": 3})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _open(tmp_path / "g") == (None, True)  # finished and intact: reused
