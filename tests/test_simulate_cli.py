@@ -85,3 +85,22 @@ def test_divergence_exits_nonzero_and_keeps_last_good(tmp_path):
     assert res.exit_code == 2 and "diverged" in res.output
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "diverged" and summary["final"]["objective"] is not None
+
+
+def test_stop_rel_gap_stops_at_the_first_snapshot_below_it(tmp_path):
+    """--stop-rel-gap: the same run without it shows where the relative gap first drops below the threshold (the
+    gap of each row recomputed here from its objective and the prediction's f*); the stopped run ends there."""
+    common = [*SMALL, "-M", "2", "--steps", "3000", "--snapshot-every", "50", "--no-figures", "--json"]
+    full = run(*common, "--out", str(tmp_path / "full"))
+    assert full.exit_code == 0, full.output
+    f_star = json.loads(full.output.strip().splitlines()[-1])["predicted_objective"]
+    rows = [line.split(",") for line in (tmp_path / "full" / "metrics.csv").read_text().splitlines()]
+    step, obj = rows[0].index("step"), rows[0].index("objective")
+    gaps = [(int(r[step]), (float(r[obj]) - f_star) / abs(f_star)) for r in rows[1:]]
+    first = next(s for s, g in gaps if s > 0 and g <= 1e-3)
+    assert 0 < first < 3000
+    res = run(*common, "--stop-rel-gap", "1e-3", "--out", str(tmp_path / "stop"))
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.output.strip().splitlines()[-1])
+    assert doc["status"] == "converged" and doc["step"] == first and f"at step {first}" in doc["message"]
+    assert doc["final"]["rel_gap"] <= 1e-3
