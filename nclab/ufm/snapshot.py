@@ -78,7 +78,13 @@ class Snapshotter:
         return e["shape"], e["rel"]
 
     def __call__(self, weights, H, bias=None) -> dict:
-        """Metrics of parameters W_j (d_{j+1}, d_j), H (d, N), b (K,) (tensors, any dtype/device)."""
+        """Metrics of parameters W_j (d_{j+1}, d_j), H (d, N), b (K,) (tensors, any dtype/device).
+
+        Undefined values (e.g. every NC metric at the zero solution) are NaN, without numpy warnings."""
+        with np.errstate(all="ignore"):
+            return self._row(weights, H, bias)
+
+    def _row(self, weights, H, bias=None) -> dict:
         p = self.problem
         ws = [w.detach().to("cpu", torch.float64) for w in weights]
         Ht = H.detach().to("cpu", torch.float64)
@@ -98,7 +104,6 @@ class Snapshotter:
             return row
         stats = ClassStats(p.K).update(Ht.T, self.labels)  # means (K, d), pooled within-class scatter (d, d)
         means = stats.means.numpy()
-        scatter = stats.scatter.numpy()
         W = [w.numpy() for w in ws]
         parts = [W[-1]]  # P_j = W_M..W_j, built from the output side
         for w in reversed(W[:-1]):
@@ -107,15 +112,23 @@ class Snapshotter:
         N = p.N
         # NC1 at layer j without a d_j x d_j scatter: features map linearly, H_j = A_j H with
         # A_j = W_{j-1}..W_1, so tr(P^T A S A^T P) = tr(B^T S B) with B = A_j^T P (d x r), P = V_r S_r^-1
-        m_j = means
+        # NC1 is invariant to rescaling the features and each layer map, so it is computed from the power-of-two
+        # rescaled statistics and unit-norm W_j: no overflow or underflow near the zero solution (tiny weights)
+        s_means, _, s_scatter, _ = stats.scaled()
+        s_means, s_scatter = np.asarray(s_means, dtype=np.float64), np.asarray(s_scatter, dtype=np.float64)
+        unit = [w / n if (n := np.linalg.norm(w)) > 0 else w for w in W]
+        m_j, s_m_j = means, s_means
         for j in range(p.M):
             if j > 0:
                 m_j = m_j @ W[j - 1].T  # layer-j class means (K, d_j)
-            proj, _, rank, _ = nc1_projector(m_j, self.counts)  # (d_j, r)
-            for w in reversed(W[:j]):
-                proj = w.T @ proj  # -> (d, r)
+                s_m_j = s_m_j @ unit[j - 1].T
+            with np.errstate(all="ignore"):
+                proj, _, rank, _ = nc1_projector(s_m_j, self.counts)  # (d_j, r)
+                for w in reversed(unit[:j]):
+                    proj = w.T @ proj  # -> (d, r)
             # no between-class spread (all class means equal, e.g. the zero solution): NC1 is undefined
-            row[f"nc1_L{j + 1}"] = nc1_from_scatter(scatter, proj, N) if rank > 0 else float("nan")
+            ok = rank > 0 and bool(np.all(np.isfinite(proj)))
+            row[f"nc1_L{j + 1}"] = nc1_from_scatter(s_scatter, proj, N) if ok else float("nan")
             mc = m_j - global_mean(m_j, self.counts) if self.center else m_j
             if j > 0:  # layer 1 is the end-to-end pair nc2_w, nc2_h below (the same numbers)
                 targets = self.layer_targets[j]
