@@ -472,6 +472,8 @@ def open_run(out, config: dict, *, kind: str, resume: bool, overwrite: bool, fin
     checkpoint.pt. Temporary files of interrupted writes are removed. ``defaults``: values of config fields
     that runs of older versions did not record.
     """
+    if not isinstance(out, (str, os.PathLike)):
+        raise TypeError(f"out must be a path (str or os.PathLike), got {type(out).__name__}")
     store = RunStore(out)
     if str(out).strip() == "":
         raise RunFolderError("the run directory must not be empty")

@@ -86,3 +86,30 @@ def test_simulate_random_option_values_never_traceback(tmp_path, pairs):
 def test_train_random_option_values_never_traceback(tmp_path, pairs):
     args = list(TRAIN) + [x for p in pairs for x in p] + ["--overwrite"]
     clean(run(args, tmp_path))
+
+
+API = [
+    dict(counts=[2, 2], widths=10**9), dict(counts=[10**9, 2]), dict(counts="abc"), dict(counts=[2, 2], lr=[1]),
+    dict(counts=[2, 2], steps=float("inf")), dict(counts=[2, 2], device="cuda:x"), dict(counts=[2, 2], init="zeros"),
+    dict(counts=[2, 2], milestones="5,x", schedule="step"),
+]
+TRAIN_API = [dict(depth=10**20), dict(width=10**9), dict(counts=[5, None]), dict(batch_size=-1),
+             dict(milestones="3,,4", schedule="multistep")]
+
+
+@pytest.mark.parametrize("kw", API, ids=str)
+def test_simulate_api_refuses_with_value_or_type_error(kw):
+    from nclab import simulate
+
+    with pytest.raises((ValueError, TypeError)):
+        simulate(**kw, steps=kw.get("steps", 1))
+    with pytest.raises(TypeError, match="out must be a path"):
+        simulate(counts=[2, 2], steps=1, out=5)
+
+
+@pytest.mark.parametrize("kw", TRAIN_API, ids=str)
+def test_train_api_refuses_with_value_or_type_error(kw):
+    from nclab.experiments import train
+
+    with pytest.raises((ValueError, TypeError)):
+        train(**{"dataset": "digits", "counts": [5, 5], "epochs": 1, **kw})

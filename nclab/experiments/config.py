@@ -110,6 +110,7 @@ class TrainConfig:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+MAX_DEPTH = 100_000  # head layers; the model's memory is checked separately before it is built
 EXTRA_OPTIONS = ("per_class", "preset")  # accepted by make_train_config / TOML, not stored
 
 
@@ -226,6 +227,8 @@ def make_train_config(preset: str | None = None, *, per_class: int | None = None
         out[name] = _int(d[name], name, low)
     for name in ("bias", "batch_norm"):
         out[name] = _bool(d[name], name)
+    if out["depth"] > MAX_DEPTH:  # one decay per layer is stored: refuse before building the list
+        raise ValueError(f"depth must be at most {MAX_DEPTH:,} head layers, got {out['depth']:,}")
     lam = tuple(_number(v, "lambda_w", low=0.0) for v in _seq(d["lambda_w"]))
     if len(lam) == 1:
         lam = lam * out["depth"]

@@ -70,6 +70,18 @@ class _WithFeatures(nn.Module):
         return self.net.head(h), h
 
 
+def _check_model_memory(cfg: TrainConfig, in_shape, K: int, itemsize: int) -> None:
+    """Refuse, before building it, a head or MLP backbone whose weights cannot fit (about 4 copies: weights,
+    gradients, two Adam moments), with the bytes needed. Conv backbones have a fixed size."""
+    from nclab.theory.resources import check_memory
+
+    w, mw = cfg.width, cfg.mlp_width or cfg.width
+    head = (cfg.depth - 1) * w * w + K * w
+    backbone = (math.prod(in_shape) * mw + (cfg.mlp_depth - 1) * mw * mw) if cfg.arch == "mlp" else 0
+    check_memory(4.0 * itemsize * (head + backbone), f"the model (head depth {cfg.depth:,}, width {w:,})",
+                 "use a smaller depth or width")
+
+
 def _has_batch_norm(net: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
 
@@ -126,6 +138,7 @@ class Trainer:
         self.dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
         self.data = load_run_data(cfg, self.device, self.dtype)
         K = self.data.num_classes
+        _check_model_memory(cfg, self.data.in_shape, K, 8 if self.dtype == torch.float64 else 4)
         with torch.random.fork_rng(devices=[]):  # a seeded init that leaves the caller's RNG alone
             torch.manual_seed(cfg.seed)
             net = build_model(cfg.arch, self.data.in_shape, K, cfg.depth, cfg.width, cfg.bias,

@@ -75,6 +75,19 @@ def auto_threads(cfg: SimulateConfig) -> int:
     return choose_threads(cfg.threads, work, small=2_000_000)
 
 
+def _check_memory(problem, itemsize: int) -> None:
+    """Refuse, before allocating, a UFM whose parameters and work buffers cannot fit (with the bytes needed)."""
+    from nclab.theory.resources import check_memory
+
+    K, N, widths = problem.K, problem.N, list(problem.widths)
+    params = widths[0] * N + sum(a * b for a, b in zip(widths[1:] + [K], widths)) + K
+    # parameters, gradient, optimizer state, last good copy and the snapshot's twin (~8 copies), plus the
+    # K x N logits/residuals and K x d_j partial products of the hand-written gradient
+    need = itemsize * (8 * params + 4 * K * N + 2 * K * sum(widths))
+    check_memory(need, f"the deep linear UFM (K = {K:,}, N = {N:,}, widths {widths})",
+                 "use smaller counts or widths")
+
+
 class _SigintFlag:
     """While active (main thread only): the first Ctrl-C sets a flag (the run stops at the next snapshot
     boundary, checkpointed), a second one interrupts at once."""
@@ -159,6 +172,7 @@ class Trainer:
                              "is False); use --device cpu")
         self.pred = prediction if prediction is not None else predict(self.problem)
         self.dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
+        _check_memory(self.problem, 8 if self.dtype == torch.float64 else 4)
         self.model = UFM(self.problem, dtype=self.dtype, device=cfg.device)
         self.model.init_(cfg.seed, cfg.init_std)
         if cfg.init == "prediction":  # the predicted minimizer plus the seeded N(0, init_std^2) noise just drawn
