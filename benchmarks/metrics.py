@@ -7,6 +7,12 @@ speed-up over the per-sample outer-product approach of public NC code.
 
 Targets (issue 3): N=50,000, D=512, K=10: all metrics <= 1.5x one H^T H (float32); K=1000, D=2048,
 N=1,000,000 streamed in batches with peak memory < 2 GB.
+Targets (issue 14, `--scale`): K=8,192, D=256, N=200,000: compute(W) <= half the update pass and <= 0.5 GB
+extra; K=32,768, D=1,024, N=10^6 streamed: peak memory within 2x the class statistics plus the D x D scatter
+above the process's start, compute(W) <= 60 s. Before issue 14: compute 8x the update pass and +3.1 GB at
+K = 8,192 (all pairs as triu_indices, dense K x K float64 matrices); ~57 GB at K = 32,768.
+
+    python benchmarks/metrics.py --scale [--threads 1]   # the issue-14 cases only
 """
 
 from __future__ import annotations
@@ -106,10 +112,84 @@ def stream_child(N, D, K, B, gemm, device="cpu"):
                       "nc1": m["nc1"], "rank": m.info["rank"]}))
 
 
+def _vm(key: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def scale_child(N, D, K, B, device="cpu"):
+    """Stream N samples of K classes into ClassStats, then compute(W): times and memory (one process)."""
+    torch.manual_seed(0)
+    means = torch.randn(K, D).to(device)
+    W = torch.randn(K, D).to(device)
+    buf = torch.empty(B, D, device=device)
+    base = peak_rss_mb()
+    stats = ClassStats(K, D, device=device)
+    t0 = time.perf_counter()
+    done = 0
+    while done < N:
+        b = min(B, N - done)
+        y = torch.randint(0, K, (b,)).to(device)
+        stats.update(torch.randn(b, D, out=buf[:b]).mul_(0.3).add_(means[y]), y)
+        done += b
+    _sync()
+    t_update = time.perf_counter() - t0
+    before = peak_rss_mb()
+    try:  # reset the peak (VmHWM) so that the growth during compute is seen (Linux)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        before = _vm("VmRSS")
+    except OSError:
+        pass
+    t1 = time.perf_counter()
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a few classes may have no sample
+        m = stats.compute(W)
+    _sync()
+    t_compute = time.perf_counter() - t1
+    peak = _vm("VmHWM") if os.path.exists("/proc/self/status") else peak_rss_mb()
+    print(json.dumps({"N": N, "D": D, "K": K, "update_s": t_update, "compute_s": t_compute, "base_mb": base,
+                      "before_compute_mb": before, "peak_mb": max(peak, peak_rss_mb()), "compute_peak_mb": peak,
+                      "stats_mb": stats.nbytes(D) / 2**20,
+                      "tile": m.info["tile"], "nc3_method": m.info.get("nc3_method"),
+                      "values": {k: m[k] for k in ("nc1", "nc2_h", "gnc2_h", "equiangular_std_h", "unc3", "nc3")}}))
+
+
+def scale(threads, device):
+    cases = [(200_000, 256, 8192, 50_000), (1_000_000, 1024, 32768, 20_000)]
+    print(f"\n[issue 14] metrics linear in K (threads={threads}, load {os.getloadavg()})")
+    for N, D, K, B in cases:
+        out = subprocess.run([sys.executable, os.path.abspath(__file__), "--scale-child", str(N), str(D), str(K),
+                              str(B), device, str(threads)], capture_output=True, text=True, check=True)
+        s = json.loads(out.stdout.strip().splitlines()[-1])
+        extra = s["compute_peak_mb"] - s["before_compute_mb"]
+        print(f"  K={K:,} D={D:,} N={N:,}: update {s['update_s']:.1f} s, compute(W) {s['compute_s']:.1f} s "
+              f"(= {s['compute_s'] / s['update_s']:.2f} x update), peak {s['peak_mb']:.0f} MB, +{extra:.0f} MB during "
+              f"compute, statistics {s['stats_mb']:.0f} MB, tile {s['tile']}, nc3 {s['nc3_method']}")
+        if K == 8192:
+            ok = s["compute_s"] <= 0.5 * s["update_s"] and extra <= 512
+            print(f"    goal compute <= 0.5 x update and <= 0.5 GB extra: {'PASS' if ok else 'FAIL'} "
+                  "(before issue 14: 8x and +3.1 GB)")
+        else:
+            grown = s["peak_mb"] - s["base_mb"]
+            ok = grown <= 2 * s["stats_mb"] and s["compute_s"] <= 60
+            print(f"    goal peak - start ({grown:.0f} MB) <= 2 x statistics ({2 * s['stats_mb']:.0f} MB) and compute "
+                  f"<= 60 s: {'PASS' if ok else 'FAIL'} (before issue 14: ~57 GB, impossible)")
+        print(f"    values: {s['values']}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small sizes (seconds)")
     ap.add_argument("--stream-child", nargs=6, help=argparse.SUPPRESS)
+    ap.add_argument("--scale-child", nargs=6, help=argparse.SUPPRESS)
+    ap.add_argument("--scale", action="store_true", help="only the issue-14 cases (K = 8,192 and 32,768)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads for the --scale cases")
     ap.add_argument("--device", default="cpu", help="where features and statistics live (cpu, cuda)")
     ap.add_argument("--gemm", choices=["float64", "float32"], default="float64",
                     help="dtype of the stream's per-batch scatter product (statistics stay float64)")
@@ -117,6 +197,13 @@ def main():
     if a.stream_child:
         N, D, K, B = map(int, a.stream_child[:4])
         return stream_child(N, D, K, B, a.stream_child[4], a.stream_child[5])
+    if a.scale_child:
+        N, D, K, B = map(int, a.scale_child[:4])
+        if int(a.scale_child[5]) > 0:
+            torch.set_num_threads(int(a.scale_child[5]))
+        return scale_child(N, D, K, B, a.scale_child[4])
+    if a.scale:
+        return scale(a.threads or torch.get_num_threads(), a.device)
     print(f"machine: {platform.platform()}, {platform.processor() or platform.machine()}, "
           f"cpu_count={os.cpu_count()}, torch {torch.__version__} threads={torch.get_num_threads()}, device={a.device}"
           + (f" ({torch.cuda.get_device_name()})" if a.device.startswith("cuda") else ""))

@@ -52,7 +52,8 @@ def ref_metrics(H, y, K, W=None, b=None, rtol=1e-6, mode="weighted", within="poo
         c = [A[i] @ A[j] / np.linalg.norm(A[i]) / np.linalg.norm(A[j]) for i in range(Ke) for j in range(i + 1, Ke)]
         return np.mean(np.abs(np.array(c) - ref))
 
-    out.update(nc2_h=gd(M), equinorm_h=cv(M), equiangular_h=ang(M))
+    # equinorm_h is the CV of ||mu_k - mu_G|| whatever the target (issue 14: one formula per name)
+    out.update(nc2_h=gd(M), equinorm_h=cv(np.array([mu[k] - muG for k in classes])), equiangular_h=ang(M))
     if W is not None:
         Wk = np.asarray(W, dtype=np.float64)[classes]
         out.update(nc2_w=gd(Wk), equinorm_w=cv(Wk), equiangular_w=ang(Wk))

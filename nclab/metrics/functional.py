@@ -316,7 +316,13 @@ def nc1_projector(means, counts, *, rtol: float = DEFAULT_RTOL, mode: str = "wei
     k = exp2(m)
     m = np.ldexp(m, -k)  # exact power-of-two rescaling: the SVD never over/underflows
     mu_g = global_mean(m, counts, mode)
-    _, s, vt = np.linalg.svd(m - mu_g, full_matrices=False)
+    if m.shape[0] > m.shape[1]:  # K > D: the SVD of R (D x D) from a QR, no K x D left factor
+        import torch  # torch's QR follows torch's thread setting (numpy's BLAS may oversubscribe the cores)
+
+        r_ = torch.linalg.qr(torch.from_numpy(m - mu_g), mode="r")[1].numpy()
+        _, s, vt = np.linalg.svd(r_, full_matrices=False)
+    else:
+        _, s, vt = np.linalg.svd(m - mu_g, full_matrices=False)
     r = min(int((s > rtol * s[0]).sum()), m.shape[0] - 1) if s.size and s[0] > 0 else 0
     with np.errstate(over="ignore", under="ignore"):
         return np.ldexp(vt[:r].T / s[:r], -k), np.ldexp(s, k), r, np.ldexp(mu_g, k)

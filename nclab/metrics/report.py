@@ -25,6 +25,7 @@ from nclab.metrics._checks import (
     check_rtol,
     check_vector,
 )
+from nclab.metrics.pairwise import BLOCKS, Target, check_tile, cross_distance, sweep
 from nclab.metrics.stats import ClassStats, SecondPass, ldexp_
 
 SCALARS = {  # name -> one-line meaning (for tables and docs)
@@ -43,6 +44,11 @@ SCALARS = {  # name -> one-line meaning (for tables and docs)
     "bias_collapse": "||W mu_G + b - n/N|| / ||n/N||",
     "accuracy": "argmax(Wh+b) == y fraction",
     "ncc_accuracy": "nearest centre == y fraction",
+    "equiangular_std_h": "std over pairs of cos(u_k, u_l)",
+    "equiangular_std_w": "std over pairs of cos(w_k, w_l)",
+    "gnc2_h": "var over pairs of log 1/||u_k - u_l||",
+    "gnc2_mean_h": "mean over pairs of log 1/||u_k - u_l||",
+    "unc3": "CV over classes of cos(w_k, u_k)",
 }
 
 
@@ -159,7 +165,7 @@ def compute_metrics(stats: ClassStats, weights=None, bias=None, *, second: Secon
                     target="auto", center: bool | None = None, nc3_scale=None, rtol: float = F.DEFAULT_RTOL,
                     global_mean: str = "weighted", within: str = "pooled",
                     collapse_rtol: float = F.DEFAULT_COLLAPSE_RTOL, target_w=None, target_wh=None,
-                    _w_exp: int = 0) -> NCMetrics:
+                    tile: int | None = None, _w_exp: int = 0) -> NCMetrics:
     """Every NC metric from class statistics (and a second pass, if any) plus the classifier.
 
     Parameters
@@ -181,6 +187,8 @@ def compute_metrics(stats: ClassStats, weights=None, bias=None, *, second: Secon
         ((1/K) sum_k Sigma_W^k, needs a second pass or m2 for the trace version).
     collapse_rtol : a class is collapsed when its mean norm and classifier-row norm are <= this times the
         largest, default 1e-3 (0 <= collapse_rtol < 1).
+    tile : classes per block of the pairwise metrics (pairwise.py), default from the memory available
+        (all K up to 2048). No K x K matrix is ever held: memory is O(K D + tile^2).
 
     Formulas: NC1 = tr(Sigma_W Sigma_B^+)/K with Sigma_B = (1/K) sum_k (mu_k - mu_G)(mu_k - mu_G)^T
     computed in K-space (functional.nc1_projector), never negative; nc1_trace = tr(Sigma_W)/tr(Sigma_B);
@@ -203,7 +211,6 @@ def compute_metrics(stats: ClassStats, weights=None, bias=None, *, second: Secon
     K = stats.num_classes
     kept = stats.kept()
     Ke = len(kept)
-    check_memory(8.0 * 6 * Ke * Ke, f"the {Ke} x {Ke} class Grams")
     counts_all = stats.counts.cpu().numpy()
     dropped = np.flatnonzero(counts_all == 0).tolist()
     if dropped:
@@ -250,27 +257,50 @@ def compute_metrics(stats: ClassStats, weights=None, bias=None, *, second: Secon
         if trace_sb == 0:
             why["nc1_trace"] = "all class means are equal (tr Sigma_B = 0)"
         var = m2 / n
-        with np.errstate(divide="ignore", invalid="ignore"):
-            vals["cdnv"], _ = F._cdnv(means, var)
-        if math.isinf(vals["cdnv"]):
-            why["cdnv"] = "two class means coincide (CDNV infinite)"
+        vals["cdnv"] = math.nan  # filled by the pairwise sweep below
         per["variance"] = stats.true_units(var, 2).tolist()
     else:
         trace_sw = math.nan
         vals["nc1_trace"] = vals["cdnv"] = math.nan
         why["nc1_trace"] = why["cdnv"] = "needs within-class variances (moments='trace'/'scatter' or a second pass)"
 
-    # NC2 on the means
+    # pairwise metrics, tile by tile on the statistics' device (pairwise.py): no K x K matrix
+    dev = stats.device
+    tile = check_tile(tile, Ke, dev)
+    D = means.shape[1]
+    check_memory(8.0 * (BLOCKS * tile * tile + 6.0 * Ke * D + 2.0 * D * D),
+                 f"the pairwise metrics of {Ke} classes (tiles of {tile} x {tile}, K x D copies)", dev)
     if center is None:
         center = F.default_center(target)
+    ks = F.exp2(means if np.abs(means).max(initial=0) >= np.abs(centred).max(initial=0) else centred)
+    with np.errstate(under="ignore"):
+        cent_s, means_s = np.ldexp(centred, -ks), np.ldexp(means, -ks)
     hm = F.unit(centred if center else means)  # (K_eff, D), rows compared with the target (rescaled)
-    g = F.target_gram(target, Ke, kept)
-    vals["nc2_h"] = F.normalized_distance(hm @ hm.T, g)
-    vals["equinorm_h"] = F._equinorm(hm)
-    vals["equiangular_h"] = F._equiangularity(hm, g)
+    C = torch.as_tensor(cent_s, device=dev)
+    var_t = None
+    if m2 is not None:
+        with np.errstate(under="ignore", over="ignore"):
+            var_t = torch.as_tensor(np.ldexp(m2 / n, -2 * ks), device=dev)
+    tg = _target(target, Ke, kept, dev)
+    if center:
+        ph = sweep(C, tg, tile, variances=var_t, uniformity=True)
+    else:
+        ph = sweep(torch.as_tensor(means_s, device=dev), tg, tile, centred=C, variances=var_t, uniformity=True)
+    vals["nc2_h"] = ph["distance"]
+    vals["equinorm_h"] = F._equinorm(cent_s)  # always CV of ||mu_k - mu_G|| (one formula per name)
+    vals["equiangular_h"] = ph["equiangular"]
+    vals["equiangular_std_h"] = ph["equiangular_std"]
+    vals["gnc2_h"], vals["gnc2_mean_h"] = ph["gnc2"], ph["gnc2_mean"]
+    if math.isinf(ph["gnc2"]):
+        why["gnc2_h"] = why["gnc2_mean_h"] = "two centred class means point the same way (log 1/0)"
+    if m2 is not None:
+        vals["cdnv"] = ph["cdnv"]
+        if math.isinf(vals["cdnv"]):
+            why["cdnv"] = "two class means coincide (CDNV infinite)"
     per["mean_norm"] = stats.true_units(np.sqrt(((centred if center else means) ** 2).sum(1)), 1).tolist()
+    _impossible(why, "nc2_h", target, Ke, D)
 
-    # classifier: NC2, NC3, bias, NC4
+    # classifier: NC2, NC3, bias, NC4, uniform duality
     w = None
     if weights is not None:
         w = check_matrix(weights, "weights", cols=means.shape[1])
@@ -278,11 +308,16 @@ def compute_metrics(stats: ClassStats, weights=None, bias=None, *, second: Secon
             raise ValueError(f"weights must have one row per class ({K}), got shape {w.shape}")
         w = w[kept]
         wu = F.unit(w)
-        gw = F.target_gram(target_w, Ke, kept)
-        vals["nc2_w"] = F.normalized_distance(wu @ wu.T, gw)
+        Wt = torch.as_tensor(wu, device=dev)
+        pw = sweep(Wt, _target(target_w, Ke, kept, dev), tile)
+        vals["nc2_w"] = pw["distance"]
         vals["equinorm_w"] = F._equinorm(wu)
-        vals["equiangular_w"] = F._equiangularity(wu, gw)
-        vals["nc3"] = F.normalized_distance(wu @ hm.T, F.target_gram(target_wh, Ke, kept))
+        vals["equiangular_w"] = pw["equiangular"]
+        vals["equiangular_std_w"] = pw["equiangular_std"]
+        _impossible(why, "nc2_w", target_w, Ke, D)
+        vals["nc3"], nc3_method = cross_distance(Wt, torch.as_tensor(hm, device=dev), _target(target_wh, Ke, kept, dev),
+                                                 tile)
+        _impossible(why, "nc3", target_wh, Ke, D)
         scale = None
         if nc3_scale is not None:
             scale = check_matrix(nc3_scale, "nc3_scale")
@@ -290,6 +325,19 @@ def compute_metrics(stats: ClassStats, weights=None, bias=None, *, second: Secon
             if scale.shape != (Ke, Ke):
                 raise ValueError(f"nc3_scale must be {K} x {K}, got shape {scale.shape}")
         vals["nc3_dual"] = F.normalized_distance(wu, hm if scale is None else F.unit(scale) @ hm)
+        # uniform duality: CV over classes of cos(w_k, u_k), u_k = (mu_k - mu_G)/||mu_k - mu_G||
+        wn, cn = np.sqrt((wu * wu).sum(1)), np.sqrt((cent_s * cent_s).sum(1))
+        okd = (wn > 0) & (cn > 0)
+        cosd = np.where(okd, (wu * cent_s).sum(1) / np.where(okd, wn * cn, 1.0), np.nan)
+        per["unc3"] = cosd.tolist()
+        cv = cosd[okd]
+        vals["unc3"] = float(cv.std() / cv.mean()) if cv.size and cv.mean() != 0 else math.nan
+        if not cv.size:
+            why["unc3"] = "no class with both a nonzero classifier row and a nonzero centred mean"
+        elif cv.mean() == 0:
+            why["unc3"] = "the mean cosine of w_k and mu_k - mu_G is 0"
+        elif cv.size < Ke:
+            why["unc3"] = f"over the {cv.size} classes with nonzero w_k and mu_k - mu_G (of {Ke})"
         with np.errstate(over="ignore", under="ignore"):
             per["weight_norm"] = np.ldexp(np.sqrt((wu * wu).sum(1)), F.exp2(w) + _w_exp).tolist()
         if bias is not None:
@@ -317,8 +365,32 @@ def compute_metrics(stats: ClassStats, weights=None, bias=None, *, second: Secon
             "dropped": dropped, "rank": rank, "rtol": rtol, "singular_values": stats.true_units(s, 1).tolist(),
             "target": _target_name(target), "center": bool(center),
             "global_mean": global_mean, "within": within, "collapsed": kept[col].tolist(),
-            "trace_sw": float(stats.true_units(trace_sw, 2)), "trace_sb": float(stats.true_units(trace_sb, 2))}
+            "trace_sw": float(stats.true_units(trace_sw, 2)), "trace_sb": float(stats.true_units(trace_sb, 2)),
+            "tile": tile}
+    if weights is not None:
+        info["nc3_method"] = nc3_method
     return NCMetrics(vals, per, why, info)
+
+
+def _target(target, Ke: int, kept, device) -> Target:
+    """A pairwise.Target: named ones are generated tile by tile; an explicit Gram is normalized and sliced."""
+    if isinstance(target, str) and target.lower() in ("etf", "of"):
+        F.check_num_classes(Ke, "K")
+        return Target(target.lower(), Ke, device)
+    return Target(F.target_gram(target, Ke, kept), Ke, device)
+
+
+def _impossible(why: dict, name: str, target, K: int, D: int) -> None:
+    """Say in `reasons` when the target geometry cannot exist in D dimensions (the value is still the distance)."""
+    if not isinstance(target, str) or name in why:
+        return
+    t = target.lower()
+    if t == "etf" and K > D + 1:
+        why[name] = (f"K = {K} > D + 1 = {D + 1}: a simplex ETF cannot exist in D dimensions (the distance cannot "
+                     "reach 0); gnc2_h, the hyperspherical uniformity, measures the geometry instead")
+    elif t == "of" and K > D:
+        why[name] = (f"K = {K} > D = {D}: an orthogonal frame cannot exist in D dimensions (the distance cannot "
+                     "reach 0); gnc2_h, the hyperspherical uniformity, measures the geometry instead")
 
 
 def _target_name(target) -> str:

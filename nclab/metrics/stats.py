@@ -376,8 +376,7 @@ class SecondPass:
                 self.w = torch.as_tensor(np.ldexp(w, top - kw - big), device=dev)
                 if b is not None:
                     self.b = torch.as_tensor(np.ldexp(b, -big), device=dev)
-            self.rhs = torch.cat([self.w.T, -2 * means.T, self.projector], 1)  # (D, 2 K_eff + r)
-            self.offsets = means @ self.rhs[:, : 2 * len(kept)]  # (K_eff, 2 K_eff)
+            self.rhs = torch.cat([self.w.T, -2 * means.T], 1)  # (D, 2 K_eff): logits and NCC cross terms
         self.reset()
 
     def reset(self) -> SecondPass:
@@ -400,22 +399,22 @@ class SecondPass:
         r = self.row.index_select(0, y)  # (B,) row among kept classes
         if (r < 0).any():
             raise ValueError("second pass has labels of classes that had no samples in the first pass")
-        x.sub_(self.means_kept.index_select(0, r))  # centred at the class means, float64
-        self.m2.index_add_(0, y, (x * x).sum(1))
-        if self.w is None:
-            zc = x @ self.projector  # (B, r)
-        else:
+        if self.w is not None:
+            # logits W h + b and ||h - mu_j||^2 - ||h||^2 = -2 h.mu_j + ||mu_j||^2 on the raw rows: one
+            # (B, 2 K_eff) GEMM per batch, no K x K matrix (the class-mean offsets are never tabulated)
             Ke = self.means_kept.shape[0]
-            z = x @ self.rhs  # (B, 2 K_eff + r): one GEMM on centred rows for everything
-            off = self.offsets.index_select(0, r)  # (B, 2 K_eff): W mu_r and -2 mu_r.mu_j added back
-            logits = z[:, :Ke] + off[:, :Ke]
+            z = x @ self.rhs
+            logits = z[:, :Ke]
             if self.b is not None:
                 logits += self.b
-            ncc = (z[:, Ke:2 * Ke] + off[:, Ke:] + self.mu_sq).argmin(1)  # nearest class centre
+            ncc = (z[:, Ke:] + self.mu_sq).argmin(1)  # nearest class centre
             am = logits.argmax(1)
             self.n4 += torch.stack([torch.tensor(len(r), device=x.device), (ncc != am).sum(),
                                     (ncc == r).sum(), (am == r).sum()])
-            zc = z[:, 2 * Ke:]  # P^T (h - mu_{y})
+            del z, logits
+        x.sub_(self.means_kept.index_select(0, r))  # centred at the class means, float64
+        self.m2.index_add_(0, y, (x * x).sum(1))
+        zc = x @ self.projector  # (B, r): P^T (h - mu_{y})
         self.q.index_add_(0, y, (zc * zc).sum(1))
         if not (torch.isfinite(self.q).all() and torch.isfinite(self.m2).all()):
             raise ValueError("features contain NaN or inf")

@@ -1,0 +1,305 @@
+"""Pairwise NC metrics tile by tile: memory linear in K, exact (no sampling), on the statistics' device.
+
+Every metric over pairs of classes -- Gram distances to a target (NC2 of the means and of the classifier,
+NC3), equiangularity (mean |cos - cos*|) and its standard deviation, the CDNV, hyperspherical uniformity --
+is a sum over the entries of a K x K matrix built from K x D rows. Here those matrices are never formed:
+the rows are cut into tiles of ``tile`` classes and each t x t block is computed (one GEMM), added into
+running sums and dropped. Named targets are generated per tile (the ETF Gram is a scaled identity minus a
+constant, the OF a scaled identity); an explicit target (the theory's Gram) is sliced. Norms that every
+entry is divided by come from D x D Grams (||A A^T||_F = ||A^T A||_F), so each distance is one sweep.
+
+Cost: K^2 D / 2 multiply-adds per symmetric Gram (means, classifier) plus K^2 D for NC3 (W Hbar^T is not
+symmetric); float64 throughout. Memory: a few t x t blocks, default t from the memory available
+(:func:`default_tile`, at most 512: 2 MiB per block), overridable with ``tile=``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+F64 = torch.float64
+#: largest default tile (classes per block): 512 x 512 float64 = 2 MiB per block, three reused blocks stay in
+#: cache (measured here: 256-512 fastest on CPU; larger blocks are memory-bound)
+MAX_TILE = 512
+#: blocks held at once by the sweep (Grams, cosines, masks, temporaries)
+BLOCKS = 6
+
+
+def default_tile(K: int, device=None) -> int:
+    """Classes per tile: the whole K when K <= MAX_TILE, else the largest tile whose BLOCKS blocks take at
+    most 1/8 of the memory available (not above MAX_TILE, not below 64)."""
+    from nclab.metrics._checks import available_memory
+
+    if K <= MAX_TILE:
+        return max(K, 1)
+    budget = available_memory(device) / 8
+    t = int(math.sqrt(budget / (8 * BLOCKS)))
+    return max(64, min(MAX_TILE, t))
+
+
+def check_tile(tile, K: int, device=None) -> int:
+    if tile is None:
+        return default_tile(K, device)
+    if isinstance(tile, bool) or not isinstance(tile, (int, np.integer)) or tile < 1:
+        raise ValueError(f"tile must be a positive integer (classes per block), got {tile!r}")
+    return int(min(tile, K))
+
+
+def _blocks(K: int, t: int):
+    return [(a, min(K, a + t)) for a in range(0, K, t)]
+
+
+class Target:
+    """A normalized K x K target Gram, given tile by tile (named: generated; explicit: sliced)."""
+
+    def __init__(self, target, K: int, device):
+        self.K, self.device = K, device
+        if isinstance(target, str):
+            self.name = target.lower()
+            self.dense = None
+        else:
+            self.name = "explicit"
+            g = torch.as_tensor(np.asarray(target, dtype=np.float64), device=device)
+            self.dense = g  # already normalized to unit Frobenius norm (functional.target_gram)
+            d = torch.sqrt(torch.clamp(torch.diagonal(g), min=0))
+            self.diag_sqrt = d
+
+    def tile(self, a0, a1, b0, b1) -> torch.Tensor:
+        if self.dense is not None:
+            return self.dense[a0:a1, b0:b1]
+        K = self.K
+        eye = (torch.arange(a0, a1, device=self.device)[:, None] == torch.arange(b0, b1, device=self.device)[None, :])
+        if self.name == "etf":  # (I - 1 1^T/K) / ||.||_F, ||I - 1 1^T/K||_F = sqrt(K - 1)
+            return (eye.to(F64) - 1.0 / K) / math.sqrt(K - 1.0)
+        return eye.to(F64) / math.sqrt(K)
+
+    def cos(self, a0, a1, b0, b1):
+        """(target cosines cos*_kl, valid mask) on a tile."""
+        if self.dense is not None:
+            d = self.diag_sqrt
+            ok = (d[a0:a1, None] > 0) & (d[None, b0:b1] > 0)
+            safe_a = torch.where(d[a0:a1] > 0, d[a0:a1], torch.ones_like(d[a0:a1]))
+            safe_b = torch.where(d[b0:b1] > 0, d[b0:b1], torch.ones_like(d[b0:b1]))
+            return self.dense[a0:a1, b0:b1] / (safe_a[:, None] * safe_b[None, :]), ok
+        val = -1.0 / (self.K - 1) if self.name == "etf" else 0.0
+        shape = (a1 - a0, b1 - b0)
+        return torch.full(shape, val, dtype=F64, device=self.device), torch.ones(shape, dtype=torch.bool,
+                                                                              device=self.device)
+
+
+def _inv(norms: torch.Tensor) -> torch.Tensor:
+    """1/norm where norm > 0, else 0 (a zero row gives cosines 0 and is masked out)."""
+    return torch.where(norms > 0, 1.0 / torch.where(norms > 0, norms, torch.ones_like(norms)),
+                       torch.zeros_like(norms))
+
+
+def _diff_sq(R: torch.Tensor, scale: float, target: Target, a0, a1, b0, b1, buf: torch.Tensor) -> float:
+    """sum over the block of (R/scale - T)^2, T the normalized target (named: no T block is formed)."""
+    X = torch.mul(R, 1.0 / scale, out=buf[: a1 - a0, : b1 - b0])
+    if target.dense is not None:
+        X -= target.dense[a0:a1, b0:b1]
+    else:
+        K = target.K
+        if target.name == "etf":
+            s = math.sqrt(K - 1.0)
+            X += 1.0 / (K * s)
+            diag_val = 1.0 / s
+        else:
+            diag_val = 1.0 / math.sqrt(K)
+        if a0 == b0:
+            X.diagonal().sub_(diag_val)
+    v = X.reshape(-1)
+    return float(torch.dot(v, v))
+
+
+def _upper(total: float, diag: float, same: bool) -> float:
+    """Sum over the pairs k < l of a block of a symmetric matrix, from its total and its diagonal sum."""
+    return 0.5 * (total - diag) if same else total
+
+
+def _mask_rows(Y: torch.Tensor, ok_a: torch.Tensor, ok_b: torch.Tensor) -> None:
+    if not bool(ok_a.all()):
+        Y[~ok_a] = 0.0
+    if not bool(ok_b.all()):
+        Y[:, ~ok_b] = 0.0
+
+
+def sweep(rows: torch.Tensor, target: Target | None, tile: int, *, gram_norm: float | None = None,
+          centred: torch.Tensor | None = None, variances: torch.Tensor | None = None,
+          uniformity: bool = False) -> dict:
+    """One symmetric sweep over the pairs of ``rows`` (K, D) (any scale: the metrics are scale-invariant).
+
+    target : Target of the normalized Gram distance and the equiangularity (cos*), or None (skip both).
+    centred : (K, D) rows whose cosines give the equiangular std, the uniformity and the CDNV distances
+        (default: ``rows`` themselves). When given, ``rows`` must be ``centred`` plus one common vector (the
+        global mean): their Gram blocks are derived from ``centred``'s by rank-one corrections (no second GEMM;
+        the same rounding as a GEMM of the uncentred rows).
+    gram_norm : ||rows rows^T||_F if known (default: from the D x D Gram rows^T rows).
+    variances : (K,) per-class variances in the units of ``centred`` squared, for the CDNV.
+    uniformity : accumulate log(1/||u_k - u_l||) over pairs (u = centred rows normalized).
+
+    Returns: distance (Gram distance to the target), equiangular, equiangular_std (population std over pairs
+    of the centred rows' cosines), cdnv (mean over pairs; inf/NaN as the dense definition gives), gnc2
+    (population variance over pairs of log 1/||u_k - u_l||) and gnc2_mean. Blocks are computed into three
+    reused buffers (no allocation per block: fresh pages cost more than the arithmetic here).
+    """
+    K = rows.shape[0]
+    dev = rows.device
+    base = rows if centred is None else centred
+    mu = None if centred is None else (rows[0] - centred[0])  # the common offset (global mean)
+    nb = torch.sqrt((base * base).sum(1))
+    ib, okb = _inv(nb), nb > 0
+    nr = nb if centred is None else torch.sqrt((rows * rows).sum(1))
+    ir, okr = _inv(nr), nr > 0
+    sq = nb * nb
+    if gram_norm is None:
+        gram_norm = float(torch.linalg.matrix_norm(rows.T @ rows))  # ||R R^T||_F = ||R^T R||_F
+    if mu is not None:
+        av = base @ mu  # (K,) centred . mu_G
+        cc = float(mu @ mu)
+    U = base * ib[:, None]
+    n_ok = float(okb.sum())
+    m0 = (float(U.sum(0) @ U.sum(0)) - n_ok) / (n_ok * (n_ok - 1)) if n_ok > 1 else 0.0  # mean cos over pairs
+    m0 = min(max(m0, -1.0), 1.0 - 1e-12)
+    del U
+    x0 = math.log1p(-m0)
+    L0 = -0.5 * (math.log(2.0) + x0)
+    cstar = None
+    if target is not None and target.dense is None:
+        cstar = -1.0 / (K - 1) if target.name == "etf" else 0.0
+    t = min(tile, K)
+    Gb, Xb, Yb = (torch.empty(t, t, dtype=F64, device=dev) for _ in range(3))
+    tot = dict.fromkeys(("sq", "ang", "n_ang", "c1", "c2", "n_c", "l1", "l2", "cd", "n_cd"), 0.0)
+    u_inf = cd_inf = cd_nan = False
+    blocks = _blocks(K, tile)
+    for i, (a0, a1) in enumerate(blocks):
+        for b0, b1 in blocks[i:]:
+            same = a0 == b0
+            ta, tb = a1 - a0, b1 - b0
+            G = torch.mm(base[a0:a1], base[b0:b1].T, out=Gb[:ta, :tb])  # centred (or plain) Gram block
+            w = 1.0 if same else 2.0  # an off-diagonal block stands for its mirror image too
+            X, Y = Xb[:ta, :tb], Yb[:ta, :tb]
+            if target is not None and gram_norm > 0:
+                if mu is None:
+                    R = G
+                else:  # rows = centred + mu_G: <r_k, r_l> = <c_k, c_l> + c_k.mu + c_l.mu + mu.mu (no 2nd GEMM)
+                    R = X.copy_(G).add_(av[a0:a1, None]).add_(av[None, b0:b1]).add_(cc)
+                tot["sq"] += w * _diff_sq(R, gram_norm, target, a0, a1, b0, b1, Yb)
+                torch.mul(R, ir[a0:a1, None], out=Y).mul_(ir[None, b0:b1])
+                oka, okbb = okr[a0:a1], okr[b0:b1]
+                if cstar is not None:
+                    if cstar:
+                        Y -= cstar
+                else:
+                    ct, okt = target.cos(a0, a1, b0, b1)
+                    Y -= ct
+                    Y.mul_(okt)
+                    oka = oka & (target.diag_sqrt[a0:a1] > 0)
+                    okbb = okbb & (target.diag_sqrt[b0:b1] > 0)
+                _mask_rows(Y, oka, okbb)
+                Y.abs_()
+                na, nbb = int(oka.sum()), int(okbb.sum())
+                tot["ang"] += _upper(float(Y.sum()), float(Y.diagonal().sum()) if same else 0.0, same)
+                tot["n_ang"] += na * (na - 1) / 2 if same else na * nbb
+            # cosines of the centred rows: equiangular std, uniformity. Sums are taken of (cos - m0) and of
+            # (log - L0), m0/L0 the mean cosine (exact, from sum_k u_k) and its log: no cancellation in the
+            # variances of nearly equiangular classes
+            torch.mul(G, ib[a0:a1, None], out=Y).mul_(ib[None, b0:b1])  # 0 where a row is zero
+            oka, okbb = okb[a0:a1], okb[b0:b1]
+            na, nbb = int(oka.sum()), int(okbb.sum())
+            all_ok = na == a1 - a0 and nbb == b1 - b0
+            tot["n_c"] += na * (na - 1) / 2 if same else na * nbb
+            Y -= m0
+            if not all_ok:
+                _mask_rows(Y, oka, okbb)
+            yv = Y.reshape(-1)
+            dg = Y.diagonal()
+            tot["c1"] += _upper(float(Y.sum()), float(dg.sum()) if same else 0.0, same)
+            tot["c2"] += _upper(float(torch.dot(yv, yv)), float(torch.dot(dg, dg)) if same else 0.0, same)
+            if uniformity:  # log 1/||u_k - u_l|| = -(log 2 + log1p(-cos))/2
+                Y += m0
+                if same:
+                    dg.fill_(0.0)
+                Lx = Y.neg_().clamp_(min=-1.0).log1p_()  # Y is not needed after this
+                Lx -= x0
+                if same:
+                    Lx.diagonal().fill_(0.0)
+                if not all_ok:
+                    _mask_rows(Lx, oka, okbb)
+                s1 = float(Lx.sum())
+                if math.isinf(s1) or math.isnan(s1):
+                    u_inf = True
+                else:
+                    lv = Lx.reshape(-1)
+                    f = 0.5 if same else 1.0
+                    tot["l1"] += -0.5 * f * s1  # sum over pairs of (lg - L0), lg = -(log 2 + x)/2
+                    tot["l2"] += 0.25 * f * float(torch.dot(lv, lv))
+            if variances is not None:  # (var_k + var_l) / (2 ||mu_k - mu_l||^2)
+                D2 = torch.mul(G, -2.0, out=X).add_(sq[a0:a1, None]).add_(sq[None, b0:b1]).clamp_(min=0.0)
+                if same:
+                    D2.diagonal().fill_(math.inf)
+                if float(D2.min()) == 0:
+                    zero = D2 == 0
+                    num0 = (variances[a0:a1, None] + variances[None, b0:b1])[zero]
+                    cd_inf |= bool((num0 > 0).any())
+                    cd_nan |= bool((num0 == 0).any())
+                    D2[zero] = math.inf
+                torch.add(variances[a0:a1, None], variances[None, b0:b1], out=Y).div_(D2)
+                tot["cd"] += 0.5 * _upper(float(Y.sum()), 0.0, same)
+                tot["n_cd"] += ta * (ta - 1) / 2 if same else ta * tb
+    out = {}
+    if target is not None:
+        out["distance"] = math.sqrt(max(tot["sq"], 0.0)) if gram_norm > 0 else math.nan
+        out["equiangular"] = tot["ang"] / tot["n_ang"] if tot["n_ang"] else math.nan
+    n_c = tot["n_c"]
+    if n_c:
+        m = tot["c1"] / n_c
+        out["equiangular_std"] = math.sqrt(max(tot["c2"] / n_c - m * m, 0.0))
+        out["cos_mean"] = m0 + m
+    else:
+        out["equiangular_std"] = out["cos_mean"] = math.nan
+    if uniformity:
+        if u_inf or not n_c:
+            out["gnc2"] = out["gnc2_mean"] = math.inf if u_inf else math.nan
+        else:
+            m = tot["l1"] / n_c
+            out["gnc2_mean"] = L0 + m
+            out["gnc2"] = max(tot["l2"] / n_c - m * m, 0.0)
+    if variances is not None:
+        n_cd = tot["n_cd"]
+        out["cdnv"] = math.nan if cd_nan else (math.inf if cd_inf else (tot["cd"] / n_cd if n_cd else math.nan))
+    return out
+
+
+#: above this K, NC3's distance to a named target is computed from D x D Grams (O(K D^2), no K^2 D sweep)
+CROSS_TILE_MAX_K = 4096
+
+
+def cross_distance(W: torch.Tensor, H: torch.Tensor, target: Target, tile: int) -> tuple[float, str]:
+    """(|| W H^T/||W H^T||_F - T ||_F, method), T normalized, W and H (K, D).
+
+    K <= CROSS_TILE_MAX_K or an explicit target: exact, tile by tile (K^2 D multiply-adds). Above, for the
+    named targets: d^2 = 2 - 2 <W H^T, T>/||W H^T||_F with <W H^T, I> = tr(W H^T) = sum_k w_k.h_k and
+    <W H^T, 1 1^T> = (1^T W)(H^T 1): O(K D^2), rounding ~1e-8 absolute on d (cancellation near 0)."""
+    norm = math.sqrt(max(float(((W.T @ W) * (H.T @ H)).sum()), 0.0))  # ||W H^T||_F^2 = <W^T W, H^T H>
+    if not norm > 0:
+        return math.nan, "exact"
+    K = W.shape[0]
+    if K > CROSS_TILE_MAX_K and target.dense is None:
+        tr = float((W * H).sum())
+        if target.name == "etf":
+            inner = (tr - float(W.sum(0) @ H.sum(0)) / K) / math.sqrt(K - 1.0)
+        else:
+            inner = tr / math.sqrt(K)
+        return math.sqrt(max(2.0 - 2.0 * inner / norm, 0.0)), "D x D Grams (2 - 2 cos; ~1e-8 absolute)"
+    t = min(tile, K)
+    Gb, Yb = (torch.empty(t, t, dtype=F64, device=W.device) for _ in range(2))
+    total = 0.0
+    for a0, a1 in _blocks(K, tile):
+        for b0, b1 in _blocks(K, tile):
+            G = torch.mm(W[a0:a1], H[b0:b1].T, out=Gb[: a1 - a0, : b1 - b0])
+            total += _diff_sq(G, norm, target, a0, a1, b0, b1, Yb)
+    return math.sqrt(max(total, 0.0)), "exact"

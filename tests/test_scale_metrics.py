@@ -1,0 +1,193 @@
+"""Issue 14 parts 2 and 4: metrics linear in K (tiles, no K x K matrix) and the field's metrics nclab lacked
+(gnc2_h, gnc2_mean_h, equiangular_std_h/w, unc3), each against a slow obvious reference."""
+
+import json
+import os
+import socket
+import sys
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from click.testing import CliRunner
+
+from nclab.metrics import ClassStats, deep_head_metrics, nc_metrics
+
+NEW = ("gnc2_h", "gnc2_mean_h", "equiangular_std_h", "equiangular_std_w", "unc3")
+
+
+def reference(H, y, W, global_mean="weighted"):
+    """The new metrics the slow obvious way: loops over classes and pairs, float64."""
+    H, W = np.asarray(H, dtype=np.float64), np.asarray(W, dtype=np.float64)
+    classes = sorted(set(np.asarray(y).tolist()))
+    n = np.array([np.sum(y == k) for k in classes], dtype=np.float64)
+    mu = np.array([H[y == k].mean(0) for k in classes])
+    muG = (n[:, None] * mu).sum(0) / n.sum() if global_mean == "weighted" else mu.mean(0)
+    U = [(m - muG) / np.linalg.norm(m - muG) for m in mu]
+    Wk = W[classes]
+    pairs = [(a, b) for a in range(len(classes)) for b in range(a + 1, len(classes))]
+    logs = np.array([np.log(1.0 / np.linalg.norm(U[a] - U[b])) for a, b in pairs])
+    cos_u = np.array([U[a] @ U[b] for a, b in pairs])
+    cos_w = np.array([Wk[a] @ Wk[b] / np.linalg.norm(Wk[a]) / np.linalg.norm(Wk[b]) for a, b in pairs])
+    dual = np.array([Wk[a] @ U[a] / np.linalg.norm(Wk[a]) for a in range(len(classes))])
+    return {"gnc2_h": logs.var(), "gnc2_mean_h": logs.mean(), "equiangular_std_h": cos_u.std(),
+            "equiangular_std_w": cos_w.std(), "unc3": dual.std() / dual.mean()}, dual
+
+
+def data(K, D, counts, sigma=0.3, seed=0, dtype=np.float64):
+    rng = np.random.default_rng(seed)
+    y = np.concatenate([np.full(c, k) for k, c in enumerate(counts)])
+    rng.shuffle(y)
+    mu = rng.standard_normal((K, D)) * 2
+    H = (mu[y] + sigma * rng.standard_normal((len(y), D))).astype(dtype)
+    W = mu + 0.5 * rng.standard_normal((K, D))
+    return H, y, W
+
+
+def etf_means(K, D, rng):
+    Q, _ = np.linalg.qr(rng.standard_normal((D, K)))
+    P = np.eye(K) - 1.0 / K
+    return (P @ Q.T) * 3.0
+
+
+CASES = {
+    "balanced": (6, 9, [20] * 6, 0.3, np.float64),
+    "imbalanced": (7, 10, [40, 25, 12, 9, 5, 3, 2], 0.4, np.float64),
+    "K > D + 1": (12, 4, [15, 4, 8, 9, 10, 11, 5, 6, 7, 8, 20, 3], 0.2, np.float64),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("tile", [None, 3])
+def test_new_metrics_match_slow_reference(case, tile):
+    K, D, counts, sigma, dtype = CASES[case]
+    H, y, W = data(K, D, counts, sigma, dtype=dtype)
+    ref, dual = reference(H, y, W)
+    for target in ("etf", "of"):
+        m = nc_metrics(H, y, W, target=target, tile=tile)
+        for k in NEW:
+            assert m[k] == pytest.approx(ref[k], rel=1e-9, abs=1e-13), (k, target)
+        np.testing.assert_allclose(m.per_class["unc3"], dual, rtol=1e-10)
+        # streamed (one pass, D x D scatter) == one shot
+        s = ClassStats(K).update(H[: len(y) // 2], y[: len(y) // 2]).update(H[len(y) // 2:], y[len(y) // 2:])
+        ms = s.compute(W, target=target, tile=tile)
+        for k in NEW:
+            assert ms[k] == pytest.approx(ref[k], rel=1e-9, abs=1e-13), (k, "stream")
+
+
+def test_collapsed_float32_against_reference():
+    K, D = 8, 16
+    rng = np.random.default_rng(3)
+    mu = etf_means(K, D, rng)
+    y = np.repeat(np.arange(K), 30)
+    H = (mu[y] + 1e-5 * rng.standard_normal((len(y), D))).astype(np.float32)
+    W = mu * 2.0
+    ref, _ = reference(H.astype(np.float64), y, W)
+    m = nc_metrics(H, y, W, target="etf")
+    for k in NEW:
+        assert m[k] == pytest.approx(ref[k], rel=1e-6, abs=1e-10), k
+    assert m["equiangular_std_h"] < 1e-5 and m["gnc2_h"] < 1e-9 and abs(m["unc3"]) < 1e-5
+
+
+def test_K_above_D_plus_1_says_why_and_reports_uniformity():
+    K, D, counts, sigma, _ = CASES["K > D + 1"]
+    H, y, W = data(K, D, counts, sigma)
+    m = nc_metrics(H, y, W, np.zeros(K))  # with a bias: target etf
+    assert "simplex ETF cannot exist" in m.reasons["nc2_h"] and "gnc2_h" in m.reasons["nc2_h"]
+    assert np.isfinite(m["gnc2_h"]) and np.isfinite(m["nc2_h"])
+    m = nc_metrics(H, y, W, target="of")
+    assert "orthogonal frame cannot exist" in m.reasons["nc2_w"]
+
+
+def test_tiles_equal_whole_for_every_metric():
+    H, y, W = data(9, 5, [5, 9, 3, 7, 8, 2, 6, 4, 10], 0.5, seed=2)
+    b = np.random.default_rng(1).standard_normal(9)
+    for target in ("etf", "of", np.diag(np.arange(1.0, 10.0))):
+        a = nc_metrics(H, y, W, b, target=target)
+        for tile in (1, 2, 4, 5):
+            c = nc_metrics(H, y, W, b, target=target, tile=tile)
+            for k, v in a.values.items():
+                assert c[k] == pytest.approx(v, rel=1e-11, abs=1e-14, nan_ok=True), (k, tile)
+
+
+def test_no_dense_K_by_K_object_at_large_K(monkeypatch):
+    """K = 6,000: a K x K float64 matrix is 288 MB; the metrics run in a 120 MB budget of tiles."""
+    K, D = 6000, 8
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(K), 2)
+    H = rng.standard_normal((K, D))[y] + 0.1 * rng.standard_normal((2 * K, D))
+    W = rng.standard_normal((K, D))
+    seen = []
+    real_mm = torch.mm
+
+    def spy(a, b, *args, **kw):
+        out = real_mm(a, b, *args, **kw)
+        seen.append(out.shape[0] * out.shape[1])
+        return out
+
+    monkeypatch.setattr(torch, "mm", spy)
+    m = ClassStats(K).update(H, y).compute(W, tile=512)
+    assert max(seen) <= 512 * 512 and np.isfinite(m["gnc2_h"]) and np.isfinite(m["cdnv"])
+    assert m.info["tile"] == 512 and m.info["K_eff"] == K
+
+
+def test_deep_head_and_json_carry_the_new_metrics():
+    H, y, W = data(5, 6, [9, 7, 5, 8, 6], 0.3)
+    rng = np.random.default_rng(0)
+    W1 = rng.standard_normal((6, 6))
+    W2 = rng.standard_normal((5, 6))
+    d = deep_head_metrics(H, y, [W1, W2])
+    for j, layer in enumerate(d.layers):
+        Hj = H if j == 0 else H @ W1.T
+        Pj = W2 @ W1 if j == 0 else W2
+        ref, _ = reference(Hj, y, Pj)
+        for k in NEW:
+            assert layer[k] == pytest.approx(ref[k], rel=1e-8, abs=1e-12), (k, j)
+    assert all(k in d.table() for k in NEW)
+
+
+def test_measure_json_has_the_new_metrics(tmp_path):
+    from nclab.cli import cli
+
+    H, y, W = data(5, 6, [9, 7, 5, 8, 6], 0.3)
+    np.savez(tmp_path / "d.npz", H=H, y=y, W=W)
+    r = CliRunner().invoke(cli, ["measure", str(tmp_path / "d.npz"), "--json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.output)
+    ref, dual = reference(H, y, W)
+    for k in NEW:
+        assert doc["values"][k] == pytest.approx(ref[k], rel=1e-9, abs=1e-13)
+    np.testing.assert_allclose(doc["per_class"]["unc3"], dual, rtol=1e-9)
+
+
+def _worker(rank, port, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        H, y, W = data(3000, 6, [3] * 3000, 0.2, seed=4)
+        half = len(y) // 2
+        lo, hi = (0, half) if rank == 0 else (half, len(y))
+        stats = ClassStats(3000, dim=6).update(H[lo:hi], y[lo:hi]).all_reduce()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            m = stats.compute(W, tile=256)
+        torch.save(m.values, f"{out}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.skipif(not dist.is_available() or sys.platform == "win32", reason="needs torch.distributed gloo")
+def test_distributed_reduction_at_large_K(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_worker, args=(port, str(tmp_path)), nprocs=2, join=True)
+    H, y, W = data(3000, 6, [3] * 3000, 0.2, seed=4)
+    ref = ClassStats(3000).update(H, y).compute(W)
+    for r in (0, 1):
+        got = torch.load(tmp_path / f"rank{r}.pt")
+        for k, v in ref.values.items():
+            assert got[k] == pytest.approx(v, rel=1e-8, abs=1e-13, nan_ok=True), k
