@@ -273,3 +273,64 @@ def test_open_run_rules(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert _open(tmp_path / "g") == (None, True)  # finished and intact: reused
+
+
+# ---------------------------------------------------------------------------------------------- mutation-found gaps
+def test_torn_line_of_a_one_column_table(tmp_path):
+    """One column: a torn line's first byte alone would parse as a row (no field-count filter to hide it)."""
+    (tmp_path / "metrics.csv").write_text("step\n0\n1\n12")
+    assert RunStore(tmp_path).read_rows() == [{"step": 0}, {"step": 1}]
+
+
+def test_rewritten_tables_use_bare_newlines(tmp_path):
+    store = RunStore(tmp_path)
+    store.append_rows([{"step": i, "v": i / 2} for i in range(3)])
+    store.truncate_rows(1)
+    assert (tmp_path / "metrics.csv").read_bytes() == b"step,v\n0,0.0\n1,0.5\n"
+    store.write_rows([{"step": 0, "v": 1.5}])
+    assert (tmp_path / "metrics.csv").read_bytes() == b"step,v\n0,1.5\n"
+
+
+@pytest.mark.parametrize("steps, ok", [
+    ([0, 1, 2], True), ([0, 1, 1, 2], False), ([0, 2, 1, 3], False), ([1, 2], False), ([], False), ([0, 1], False),
+])
+def test_resume_rows_refuses_any_gap_or_disorder(tmp_path, steps, ok):
+    from nclab.results import RunFolderError, resume_rows
+
+    store = RunStore(tmp_path)
+    (tmp_path / "metrics.csv").write_text("epoch,v\n" + "".join(f"{s},0.5\n" for s in steps))
+    last = 2 if steps[-1:] != [3] else 3
+    if ok:
+        assert [r["epoch"] for r in resume_rows(store, {"epoch": last}, key="epoch")] == steps
+    else:
+        with pytest.raises(RunFolderError, match=rf"lacks rows up to the checkpoint \(epoch {last}\); the history "
+                                                 "cannot be rebuilt: use --overwrite to start over"):
+            resume_rows(store, {"epoch": last}, key="epoch")
+
+
+def test_read_saved_config_kinds_and_messages(tmp_path):
+    from nclab.results import RunFolderError, read_saved_config
+
+    assert read_saved_config(tmp_path / "none") is None
+    RunStore(tmp_path / "a").write_config({"x": 1}, kind="train", version="0")
+    assert read_saved_config(tmp_path / "a", "train") == {"x": 1} == read_saved_config(tmp_path / "a")
+    with pytest.raises(RunFolderError) as e:
+        read_saved_config(tmp_path / "a", "ufm-simulation")
+    assert str(e.value) == (f"{tmp_path / 'a'} holds a 'train' run, not a 'ufm-simulation' run; use --overwrite to "
+                            "replace it, or another output directory")
+    RunStore(tmp_path / "b").write_json("config.json", {"config": {"x": 2}})  # older runs: no kind recorded
+    assert read_saved_config(tmp_path / "b", "train") == {"x": 2}
+    RunStore(tmp_path / "c").write_json("config.json", {"kind": "train"})
+    with pytest.raises(RunFolderError) as e:
+        read_saved_config(tmp_path / "c")
+    assert str(e.value) == (f"{tmp_path / 'c' / 'config.json'} is corrupt (ValueError: not an nclab config "
+                            "document); use --overwrite to start over (it deletes the run's files)")
+
+
+def test_unreadable_metrics_and_describe(tmp_path):
+    from nclab.results import RunFolderError, _describe
+
+    assert _describe(ValueError("first\nsecond")) == "ValueError: first" and _describe(KeyError()) == "KeyError"
+    (tmp_path / "metrics.csv").write_bytes(b"step\n\xff\xfe\n")
+    with pytest.raises(RunFolderError, match=r"metrics.csv is unreadable \(UnicodeDecodeError: "):
+        RunStore(tmp_path).read_rows()
