@@ -191,3 +191,53 @@ def test_distributed_reduction_at_large_K(tmp_path):
         got = torch.load(tmp_path / f"rank{r}.pt")
         for k, v in ref.values.items():
             assert got[k] == pytest.approx(v, rel=1e-8, abs=1e-13, nan_ok=True), k
+
+
+@pytest.mark.parametrize("kind", ["W", "W+b", "deep", "none"])
+def test_cli_and_api_agree_on_the_same_dump(tmp_path, kind):
+    """One default everywhere (issue 14, part 3): `nclab measure FILE` == nclab.metrics on the same arrays."""
+    from nclab.cli import cli
+
+    H, y, W = data(5, 6, [9, 7, 5, 8, 6], 0.3, seed=7)
+    rng = np.random.default_rng(2)
+    b = rng.standard_normal(5)
+    W1 = rng.standard_normal((6, 6))
+    arrays = {"H": H, "y": y}
+    if kind == "W":
+        arrays["W"] = W
+        api = nc_metrics(H, y, W)
+    elif kind == "W+b":
+        arrays.update(W=W, b=b)
+        api = nc_metrics(H, y, W, b)
+    elif kind == "deep":
+        arrays.update(W1=W1, W2=W)
+        api = deep_head_metrics(H, y, [W1, W])
+    else:
+        api = nc_metrics(H, y)
+    np.savez(tmp_path / "d.npz", **arrays)
+    r = CliRunner().invoke(cli, ["measure", str(tmp_path / "d.npz"), "--json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.output)
+    cli_layers = doc["layers"] if "layers" in doc else [doc]
+    api_layers = api.layers if hasattr(api, "layers") else [api]
+    for got, ref in zip(cli_layers, api_layers):
+        for k, v in ref.values.items():
+            assert got["values"][k] == pytest.approx(v, rel=1e-12, abs=1e-15, nan_ok=True) or (
+                got["values"][k] is None and not np.isfinite(v)), k
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_measure_targets_from_a_structured_prediction_json(bias):
+    """prediction.json above K = 32 holds the structure only: measure rebuilds the same targets from it."""
+    from nclab import predict
+    from nclab.cli.measure import _theory_kwargs
+
+    counts = list(range(60, 20, -1))  # K = 40
+    p = predict(counts, depth=2, widths=[50, 50], lambda_w=1e-3, lambda_h=1e-3, bias=bias)
+    doc = json.loads(json.dumps(p.to_dict()))
+    assert not doc["dense"] and "WH" not in doc
+    a, b = _theory_kwargs(p, bias), _theory_kwargs(doc, bias)
+    for key in ("target", "target_w", "nc3_scale"):
+        for x, z in zip(a[key], b[key]):
+            np.testing.assert_allclose(x, z, rtol=1e-12, atol=1e-14 * np.abs(x).max())
+    np.testing.assert_allclose(a["target_wh"], b["target_wh"], rtol=1e-12, atol=1e-15)

@@ -47,8 +47,21 @@ def _theory_kwargs(pred, bias: bool) -> dict:
     """deep_head_metrics keyword arguments comparing every layer with a prediction (object or its dict)."""
     import numpy as np
 
-    get = (lambda o, k: o.get(k)) if isinstance(pred, dict) else getattr
-    layers = get(pred, "layers")
+    if isinstance(pred, dict):
+        layers = pred["layers"]
+
+        def dense(name, j=None):  # the dense Gram of prediction.json, or built from its structure (large K)
+            v = pred.get(name) if j is None else layers[j - 1].get(name)
+            if v is None and "structure" in pred:
+                from nclab.theory.structure import gram_from_dict
+
+                return gram_from_dict(pred, name, j)
+            return v
+    else:
+        layers = [None] * pred.problem.M
+
+        def dense(name, j=None):
+            return pred.gram(name, j)
 
     def gram(v, what):
         g = np.asarray(v, dtype=np.float64)  # (K, K); a list would read as one entry per layer
@@ -56,10 +69,11 @@ def _theory_kwargs(pred, bias: bool) -> dict:
             raise ValueError(f"the prediction's {what} is not a K x K matrix (shape {g.shape})")
         return g
 
-    return {"target": [gram(lay["mean_gram"], "mean_gram") for lay in layers],
-            "target_w": [gram(lay["partial_gram"], "partial_gram") for lay in layers],
-            "target_wh": gram(get(pred, "WH"), "WH"),
-            "nc3_scale": [gram(lay["nc3_scale"], "nc3_scale") for lay in layers], "center": bool(bias)}
+    M = len(layers)
+    return {"target": [gram(dense("mean_gram", j), "mean_gram") for j in range(1, M + 1)],
+            "target_w": [gram(dense("partial_gram", j), "partial_gram") for j in range(1, M + 1)],
+            "target_wh": gram(dense("WH"), "WH"),
+            "nc3_scale": [gram(dense("nc3_scale", j), "nc3_scale") for j in range(1, M + 1)], "center": bool(bias)}
 
 
 def _choose(setting: dict, counts, widths, bias: bool, has_weights: bool) -> tuple[str, object, str]:
@@ -128,7 +142,8 @@ def _run_prediction(run_dir: str, cfg, counts, widths) -> tuple[str, object, str
             with open(path) as f:
                 pred = json.load(f)
             layers = pred["layers"]
-            if not (isinstance(layers, list) and len(layers) == cfg.depth and pred.get("WH") is not None):
+            if not (isinstance(layers, list) and len(layers) == cfg.depth
+                    and (pred.get("WH") is not None or "structure" in pred)):
                 raise ValueError(f"{len(layers) if isinstance(layers, list) else 'no'} layers for depth {cfg.depth}")
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ValueError(f"{path}: not a prediction of this run ({str(exc).splitlines()[0]}); "
@@ -265,7 +280,8 @@ def _measure(path, as_json, target, tol, num_classes, global_mean, within, per_c
     if per_class:
         for j, m in enumerate(layers):
             click.echo(f"\nper class (layer {j + 1}):")
-            keys = [k for k in ("label", "count", "nc1", "variance", "mean_norm", "weight_norm") if k in m.per_class]
+            keys = [k for k in ("label", "count", "nc1", "variance", "mean_norm", "weight_norm", "unc3")
+                    if k in m.per_class]
             click.echo("".join(f"{k:>13}" for k in keys))
             for row in zip(*(m.per_class[k] for k in keys)):
                 click.echo("".join(f"{v:>13}" if isinstance(v, int) else f"{v:>13.4e}" for v in row))
