@@ -241,3 +241,14 @@ def test_measure_targets_from_a_structured_prediction_json(bias):
         for x, z in zip(a[key], b[key]):
             np.testing.assert_allclose(x, z, rtol=1e-12, atol=1e-14 * np.abs(x).max())
     np.testing.assert_allclose(a["target_wh"], b["target_wh"], rtol=1e-12, atol=1e-15)
+
+
+def test_every_printed_metric_is_in_the_convention_table():
+    """docs/metrics.md has one row per metric nclab prints (formula, global mean, centring, target, pass)."""
+    from nclab.metrics.report import SCALARS
+
+    doc = open(os.path.join(os.path.dirname(__file__), "..", "docs", "metrics.md")).read()
+    H, y, W = data(5, 6, [9, 7, 5, 8, 6], 0.3)
+    names = set(nc_metrics(H, y, W, np.zeros(5)).values) | set(SCALARS)
+    for name in names:
+        assert f"| `{name}` |" in doc, name

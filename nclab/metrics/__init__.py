@@ -7,6 +7,9 @@ One call:       nc_metrics(H, y, W, b, target="etf") -> NCMetrics;  deep_head_me
 Streaming:      ClassStats(K).update(x, y)... .merge(other) / .all_reduce() -> .compute(W, b)
 Any model:      capture_inputs(model, names) (hooks), model_head_metrics(model, loader, names, K)
 Against theory: compare_to_theory(prediction, H, y, weights, bias)
+
+Every metric, its formula, global mean, centring, target and pass: docs/metrics.md (one formula per name).
+Pairwise metrics are computed tile by tile (pairwise.py): memory O(K D + D^2 + tile^2), no K x K object.
 """
 
 from nclab.metrics.compare import compare_to_theory
