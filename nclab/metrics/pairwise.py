@@ -52,6 +52,82 @@ def _blocks(K: int, t: int):
     return [(a, min(K, a + t)) for a in range(0, K, t)]
 
 
+class Rows:
+    """K x D rows read block by block as float64: (source[a0:a1] - sub) * 2^-shift, on ``device``.
+
+    ``source`` is a tensor of any real dtype (the statistics' means, a float32 classifier) that is never
+    copied whole: each block is converted when it is used. ``offset`` (D,) describes the rows that the target
+    comparison uses as (these rows + offset) -- e.g. centred means with offset mu_G are the uncentred means.
+    :meth:`summary` makes one pass: squared norms (K,), the sum of the rows and the D x D Gram rows^T rows.
+    """
+
+    def __init__(self, source: torch.Tensor, sub: torch.Tensor | None = None, shift: int = 0, device=None):
+        self.source, self.sub, self.shift = source, sub, int(shift)
+        self.device = torch.device(device) if device is not None else source.device
+        self.K, self.D = int(source.shape[0]), int(source.shape[1])
+
+    def block(self, a0: int, a1: int, writable: bool = False) -> torch.Tensor:
+        """Rows a0..a1 as float64 (a private copy when ``writable`` or when they must be changed)."""
+        src = self.source[a0:a1]
+        b = src.to(device=self.device, dtype=F64)
+        if self.sub is not None:
+            return _shift(b - self.sub, self.shift)
+        if b is src and (writable or self.shift):
+            b = b.clone()
+        return _shift(b, self.shift)
+
+    def summary(self, tile: int, offset: torch.Tensor | None = None) -> dict:
+        """One pass: sq (K,) squared norms, sum (D,), gram (D, D) = rows^T rows; with ``offset``, also the
+        same for rows + offset (sq_off, gram_off) and dot (K,) = rows . offset."""
+        K, D, dev = self.K, self.D, self.device
+        sq = torch.empty(K, dtype=F64, device=dev)
+        tot = torch.zeros(D, dtype=F64, device=dev)
+        unit_sum = torch.zeros(D, dtype=F64, device=dev)
+        gram = torch.zeros(D, D, dtype=F64, device=dev)
+        out = {}
+        if offset is not None:
+            sq_off = torch.empty(K, dtype=F64, device=dev)
+            dot = torch.empty(K, dtype=F64, device=dev)
+            gram_off = torch.zeros(D, D, dtype=F64, device=dev)
+        for a0, a1 in _blocks(K, max(tile, 1)):
+            b = self.block(a0, a1, writable=offset is not None)
+            q = torch.einsum("ij,ij->i", b, b)
+            sq[a0:a1] = q
+            tot += b.sum(0)
+            nq = torch.sqrt(q)
+            unit_sum += (b * _inv(nq)[:, None]).sum(0)
+            gram.addmm_(b.T, b)
+            if offset is not None:
+                dot[a0:a1] = b @ offset
+                b += offset
+                sq_off[a0:a1] = torch.einsum("ij,ij->i", b, b)
+                gram_off.addmm_(b.T, b)
+        out.update(sq=sq, sum=tot, unit_sum=unit_sum, gram=gram)
+        if offset is not None:
+            out.update(sq_off=sq_off, dot=dot, gram_off=gram_off)
+        return out
+
+
+def _shift(t: torch.Tensor, k: int) -> torch.Tensor:
+    return _ldexp(t, -k) if k else t
+
+
+def _ldexp(t: torch.Tensor, k: int) -> torch.Tensor:
+    while k:
+        step = max(-1000, min(1000, k))
+        t.mul_(2.0 ** step)
+        k -= step
+    return t
+
+
+def fro(m: torch.Tensor) -> float:
+    """Frobenius norm without overflow of the squares (scaled by the largest entry)."""
+    top = float(m.abs().max()) if m.numel() else 0.0
+    if not top > 0 or not math.isfinite(top):
+        return top
+    return top * float(torch.linalg.matrix_norm(m / top))
+
+
 class Target:
     """A normalized K x K target Gram, given tile by tile (named: generated; explicit: sliced)."""
 
@@ -127,44 +203,36 @@ def _mask_rows(Y: torch.Tensor, ok_a: torch.Tensor, ok_b: torch.Tensor) -> None:
         Y[:, ~ok_b] = 0.0
 
 
-def sweep(rows: torch.Tensor, target: Target | None, tile: int, *, gram_norm: float | None = None,
-          centred: torch.Tensor | None = None, variances: torch.Tensor | None = None,
-          uniformity: bool = False) -> dict:
-    """One symmetric sweep over the pairs of ``rows`` (K, D) (any scale: the metrics are scale-invariant).
+def sweep(C: Rows, target: Target | None, tile: int, summ: dict, *, offset: torch.Tensor | None = None,
+          variances: torch.Tensor | None = None, uniformity: bool = False) -> dict:
+    """One symmetric sweep over the pairs of the rows ``C`` (K, D) (scale-free metrics: any common scale).
 
-    target : Target of the normalized Gram distance and the equiangularity (cos*), or None (skip both).
-    centred : (K, D) rows whose cosines give the equiangular std, the uniformity and the CDNV distances
-        (default: ``rows`` themselves). When given, ``rows`` must be ``centred`` plus one common vector (the
-        global mean): their Gram blocks are derived from ``centred``'s by rank-one corrections (no second GEMM;
-        the same rounding as a GEMM of the uncentred rows).
-    gram_norm : ||rows rows^T||_F if known (default: from the D x D Gram rows^T rows).
-    variances : (K,) per-class variances in the units of ``centred`` squared, for the CDNV.
-    uniformity : accumulate log(1/||u_k - u_l||) over pairs (u = centred rows normalized).
+    C : the centred rows (class means minus mu_G, or classifier rows); summ = C.summary(tile, offset).
+    target : Target of the normalized Gram distance and the equiangularity (cos*) of the rows C + offset
+        (offset mu_G: the uncentred means, for OF targets), or None (skip both).
+    variances : (K,) per-class variances in the units of C squared, for the CDNV.
+    uniformity : accumulate log(1/||u_k - u_l||) over pairs (u_k = C_k/||C_k||).
 
     Returns: distance (Gram distance to the target), equiangular, equiangular_std (population std over pairs
-    of the centred rows' cosines), cdnv (mean over pairs; inf/NaN as the dense definition gives), gnc2
-    (population variance over pairs of log 1/||u_k - u_l||) and gnc2_mean. Blocks are computed into three
-    reused buffers (no allocation per block: fresh pages cost more than the arithmetic here).
+    of the cosines of C), cdnv (mean over pairs; inf/NaN as the dense definition gives), gnc2 (population
+    variance over pairs of log 1/||u_k - u_l||) and gnc2_mean. Blocks of the Gram of C + offset are derived from
+    C's by rank-one corrections (no second GEMM). Blocks are computed into three reused buffers (no allocation
+    per block: fresh pages cost more than the arithmetic here).
     """
-    K = rows.shape[0]
-    dev = rows.device
-    base = rows if centred is None else centred
-    mu = None if centred is None else (rows[0] - centred[0])  # the common offset (global mean)
-    nb = torch.sqrt((base * base).sum(1))
+    K, dev = C.K, C.device
+    sq = summ["sq"]
+    nb = torch.sqrt(sq)
     ib, okb = _inv(nb), nb > 0
-    nr = nb if centred is None else torch.sqrt((rows * rows).sum(1))
+    if offset is None:
+        nr, gram_norm = nb, fro(summ["gram"])  # ||R R^T||_F = ||R^T R||_F
+    else:
+        nr, gram_norm = torch.sqrt(summ["sq_off"]), fro(summ["gram_off"])
+        av, cc = summ["dot"], float(offset @ offset)
     ir, okr = _inv(nr), nr > 0
-    sq = nb * nb
-    if gram_norm is None:
-        gram_norm = float(torch.linalg.matrix_norm(rows.T @ rows))  # ||R R^T||_F = ||R^T R||_F
-    if mu is not None:
-        av = base @ mu  # (K,) centred . mu_G
-        cc = float(mu @ mu)
-    U = base * ib[:, None]
     n_ok = float(okb.sum())
-    m0 = (float(U.sum(0) @ U.sum(0)) - n_ok) / (n_ok * (n_ok - 1)) if n_ok > 1 else 0.0  # mean cos over pairs
+    us = summ["unit_sum"]
+    m0 = (float(us @ us) - n_ok) / (n_ok * (n_ok - 1)) if n_ok > 1 else 0.0  # mean cos over pairs, exact
     m0 = min(max(m0, -1.0), 1.0 - 1e-12)
-    del U
     x0 = math.log1p(-m0)
     L0 = -0.5 * (math.log(2.0) + x0)
     cstar = None
@@ -176,16 +244,18 @@ def sweep(rows: torch.Tensor, target: Target | None, tile: int, *, gram_norm: fl
     u_inf = cd_inf = cd_nan = False
     blocks = _blocks(K, tile)
     for i, (a0, a1) in enumerate(blocks):
+        A = C.block(a0, a1)
         for b0, b1 in blocks[i:]:
             same = a0 == b0
             ta, tb = a1 - a0, b1 - b0
-            G = torch.mm(base[a0:a1], base[b0:b1].T, out=Gb[:ta, :tb])  # centred (or plain) Gram block
+            B = A if same else C.block(b0, b1)
+            G = torch.mm(A, B.T, out=Gb[:ta, :tb])  # Gram block of C
             w = 1.0 if same else 2.0  # an off-diagonal block stands for its mirror image too
             X, Y = Xb[:ta, :tb], Yb[:ta, :tb]
             if target is not None and gram_norm > 0:
-                if mu is None:
+                if offset is None:
                     R = G
-                else:  # rows = centred + mu_G: <r_k, r_l> = <c_k, c_l> + c_k.mu + c_l.mu + mu.mu (no 2nd GEMM)
+                else:  # <c_k + o, c_l + o> = <c_k, c_l> + c_k.o + c_l.o + o.o
                     R = X.copy_(G).add_(av[a0:a1, None]).add_(av[None, b0:b1]).add_(cc)
                 tot["sq"] += w * _diff_sq(R, gram_norm, target, a0, a1, b0, b1, Yb)
                 torch.mul(R, ir[a0:a1, None], out=Y).mul_(ir[None, b0:b1])
@@ -278,28 +348,63 @@ def sweep(rows: torch.Tensor, target: Target | None, tile: int, *, gram_norm: fl
 CROSS_TILE_MAX_K = 4096
 
 
-def cross_distance(W: torch.Tensor, H: torch.Tensor, target: Target, tile: int) -> tuple[float, str]:
-    """(|| W H^T/||W H^T||_F - T ||_F, method), T normalized, W and H (K, D).
+def _inner_norm(ga: torch.Tensor, gb: torch.Tensor) -> float:
+    """sqrt(<ga, gb>_F) for two PSD D x D Grams, scaled so that nothing overflows (= ||A B^T||_F)."""
+    ma, mb = float(ga.abs().max()), float(gb.abs().max())
+    if not (ma > 0 and mb > 0):
+        return 0.0
+    return math.sqrt(ma) * math.sqrt(mb) * math.sqrt(max(float(((ga / ma) * (gb / mb)).sum()), 0.0))
+
+
+def cross_distance(W: Rows, H: Rows, sw: dict, sh: dict, target: Target, tile: int,
+                   offset: torch.Tensor | None = None) -> tuple[float, str]:
+    """(|| W H'^T/||W H'^T||_F - T ||_F, method), T normalized, H' = H + offset; sw, sh their summaries.
 
     K <= CROSS_TILE_MAX_K or an explicit target: exact, tile by tile (K^2 D multiply-adds). Above, for the
-    named targets: d^2 = 2 - 2 <W H^T, T>/||W H^T||_F with <W H^T, I> = tr(W H^T) = sum_k w_k.h_k and
-    <W H^T, 1 1^T> = (1^T W)(H^T 1): O(K D^2), rounding ~1e-8 absolute on d (cancellation near 0)."""
-    norm = math.sqrt(max(float(((W.T @ W) * (H.T @ H)).sum()), 0.0))  # ||W H^T||_F^2 = <W^T W, H^T H>
+    named targets: d^2 = 2 - 2 <W H'^T, T>/||W H'^T||_F with <W H'^T, I> = sum_k w_k.h'_k and
+    <W H'^T, 1 1^T> = (1^T W)(H'^T 1): O(K D), rounding ~1e-8 absolute on d (cancellation near 0)."""
+    gh = sh["gram"] if offset is None else sh["gram_off"]
+    norm = _inner_norm(sw["gram"], gh)  # ||W H'^T||_F^2 = <W^T W, H'^T H'>
     if not norm > 0:
         return math.nan, "exact"
-    K = W.shape[0]
+    K = W.K
     if K > CROSS_TILE_MAX_K and target.dense is None:
-        tr = float((W * H).sum())
+        tr = 0.0
+        for a0, a1 in _blocks(K, tile):
+            hb = H.block(a0, a1)
+            if offset is not None:
+                hb = hb + offset
+            tr += float(torch.einsum("ij,ij->", W.block(a0, a1) / norm, hb))
         if target.name == "etf":
-            inner = (tr - float(W.sum(0) @ H.sum(0)) / K) / math.sqrt(K - 1.0)
+            hs = sh["sum"] + (0.0 if offset is None else K * offset)
+            inner = (tr - float((sw["sum"] / norm) @ hs) / K) / math.sqrt(K - 1.0)
         else:
             inner = tr / math.sqrt(K)
-        return math.sqrt(max(2.0 - 2.0 * inner / norm, 0.0)), "D x D Grams (2 - 2 cos; ~1e-8 absolute)"
+        return math.sqrt(max(2.0 - 2.0 * inner, 0.0)), "D x D Grams (2 - 2 cos; ~1e-8 absolute)"
     t = min(tile, K)
     Gb, Yb = (torch.empty(t, t, dtype=F64, device=W.device) for _ in range(2))
     total = 0.0
     for a0, a1 in _blocks(K, tile):
+        wa = W.block(a0, a1)
         for b0, b1 in _blocks(K, tile):
-            G = torch.mm(W[a0:a1], H[b0:b1].T, out=Gb[: a1 - a0, : b1 - b0])
+            hb = H.block(b0, b1)
+            if offset is not None:
+                hb = hb + offset
+            G = torch.mm(wa, hb.T, out=Gb[: a1 - a0, : b1 - b0])
             total += _diff_sq(G, norm, target, a0, a1, b0, b1, Yb)
     return math.sqrt(max(total, 0.0)), "exact"
+
+
+def row_pairs(W: Rows, H: Rows, tile: int, offset: torch.Tensor | None, nw: float, nh: float):
+    """Per class w_k . c_k (C = H, centred) and sum_k ||w_k/nw - h'_k/nh||^2 (h' = c + offset): one pass."""
+    dots = torch.empty(W.K, dtype=F64, device=W.device)
+    dual = 0.0
+    for a0, a1 in _blocks(W.K, tile):
+        wb, hb = W.block(a0, a1), H.block(a0, a1)
+        dots[a0:a1] = torch.einsum("ij,ij->i", wb, hb)
+        if offset is not None:
+            hb = hb + offset
+        if nw > 0 and nh > 0:
+            d = wb / nw - hb / nh
+            dual += float(torch.einsum("ij,ij->", d, d))
+    return dots, dual

@@ -25,7 +25,8 @@ from nclab.metrics._checks import (
     check_rtol,
     check_vector,
 )
-from nclab.metrics.pairwise import BLOCKS, Target, check_tile, cross_distance, sweep
+from nclab.metrics.pairwise import BLOCKS, Rows, Target, check_tile, cross_distance, row_pairs, sweep
+from nclab.metrics.pairwise import _blocks as _pairwise_blocks
 from nclab.metrics.stats import ClassStats, SecondPass, ldexp_
 
 SCALARS = {  # name -> one-line meaning (for tables and docs)
@@ -220,7 +221,11 @@ def compute_metrics(stats: ClassStats, weights=None, bias=None, *, second: Secon
         raise ValueError(f"need at least 2 classes with samples, got {Ke}")
     n = counts_all[kept].astype(np.float64)
     N = n.sum()
-    means = stats._means.cpu().numpy()[kept]  # (K_eff, D), divided by 2^scale_exp (as m2, scatter by its square)
+    dev = stats.device
+    D = int(stats.dim)
+    # class means (K_eff, D) as stored (divided by 2^scale_exp, within 2^+-300: no square overflows); never
+    # copied whole when every class has samples (read block by block below)
+    means_t = stats._means if Ke == K else stats._means[torch.as_tensor(kept, device=dev)]
     m2 = None
     if second is not None:
         m2 = second.m2.cpu().numpy()[kept]
@@ -228,13 +233,21 @@ def compute_metrics(stats: ClassStats, weights=None, bias=None, *, second: Secon
         m2 = stats._m2.cpu().numpy()[kept]
     vals, why, per = {}, {}, {"label": kept.tolist(), "count": n.astype(int).tolist()}
     wmode = "weighted" if global_mean == "weighted" else "uniform"
+    tile = check_tile(tile, Ke, dev)
     if second is not None:
         s, rank, mu_g = second.singular_values, second.rank, second.mu_g
         p = None
     else:
-        p, s, rank, mu_g = F.nc1_projector(means, n, rtol=rtol, mode=wmode)
-    centred = means - mu_g
-    trace_sb = float((centred * centred).sum() / Ke)
+        p, s, rank, mu_g = _projector(means_t, n, rtol, wmode, tile)
+    mu_t = torch.as_tensor(np.asarray(mu_g, dtype=np.float64), device=dev)
+    C = Rows(means_t, sub=mu_t)  # centred means mu_k - mu_G, block by block
+    check_memory(8.0 * (BLOCKS * tile * tile + 4.0 * max(tile, 4 * D) * D + 4.0 * D * D + 16.0 * Ke),
+                 f"the pairwise metrics of {Ke} classes (tiles of {tile} x {tile})", dev)
+    if center is None:
+        center = F.default_center(target)
+    offset = None if center else mu_t  # the rows compared with the target: centred, or the means themselves
+    sc = C.summary(tile, offset)
+    trace_sb = float(sc["sq"].sum()) / Ke
 
     # NC1 (K-space) and its trace version
     nc1, contrib = math.nan, [math.nan] * Ke
@@ -264,30 +277,15 @@ def compute_metrics(stats: ClassStats, weights=None, bias=None, *, second: Secon
         vals["nc1_trace"] = vals["cdnv"] = math.nan
         why["nc1_trace"] = why["cdnv"] = "needs within-class variances (moments='trace'/'scatter' or a second pass)"
 
-    # pairwise metrics, tile by tile on the statistics' device (pairwise.py): no K x K matrix
-    dev = stats.device
-    tile = check_tile(tile, Ke, dev)
-    D = means.shape[1]
-    check_memory(8.0 * (BLOCKS * tile * tile + 6.0 * Ke * D + 2.0 * D * D),
-                 f"the pairwise metrics of {Ke} classes (tiles of {tile} x {tile}, K x D copies)", dev)
-    if center is None:
-        center = F.default_center(target)
-    ks = F.exp2(means if np.abs(means).max(initial=0) >= np.abs(centred).max(initial=0) else centred)
-    with np.errstate(under="ignore"):
-        cent_s, means_s = np.ldexp(centred, -ks), np.ldexp(means, -ks)
-    hm = F.unit(centred if center else means)  # (K_eff, D), rows compared with the target (rescaled)
-    C = torch.as_tensor(cent_s, device=dev)
+    # pairwise metrics, tile by tile on the statistics' device (pairwise.py): no K x K matrix, no K x D copy
     var_t = None
     if m2 is not None:
-        with np.errstate(under="ignore", over="ignore"):
-            var_t = torch.as_tensor(np.ldexp(m2 / n, -2 * ks), device=dev)
-    tg = _target(target, Ke, kept, dev)
-    if center:
-        ph = sweep(C, tg, tile, variances=var_t, uniformity=True)
-    else:
-        ph = sweep(torch.as_tensor(means_s, device=dev), tg, tile, centred=C, variances=var_t, uniformity=True)
+        var_t = torch.as_tensor(m2 / n, device=dev)
+    ph = sweep(C, _target(target, Ke, kept, dev), tile, sc, offset=offset, variances=var_t, uniformity=True)
+    cn = np.sqrt(sc["sq"].cpu().numpy())  # ||mu_k - mu_G||
+    hn = cn if center else np.sqrt(sc["sq_off"].cpu().numpy())  # norms of the rows compared with the target
     vals["nc2_h"] = ph["distance"]
-    vals["equinorm_h"] = F._equinorm(cent_s)  # always CV of ||mu_k - mu_G|| (one formula per name)
+    vals["equinorm_h"] = _cv(cn)  # always the CV of ||mu_k - mu_G|| (one formula per name)
     vals["equiangular_h"] = ph["equiangular"]
     vals["equiangular_std_h"] = ph["equiangular_std"]
     vals["gnc2_h"], vals["gnc2_mean_h"] = ph["gnc2"], ph["gnc2_mean"]
@@ -297,38 +295,47 @@ def compute_metrics(stats: ClassStats, weights=None, bias=None, *, second: Secon
         vals["cdnv"] = ph["cdnv"]
         if math.isinf(vals["cdnv"]):
             why["cdnv"] = "two class means coincide (CDNV infinite)"
-    per["mean_norm"] = stats.true_units(np.sqrt(((centred if center else means) ** 2).sum(1)), 1).tolist()
+    per["mean_norm"] = stats.true_units(hn, 1).tolist()
     _impossible(why, "nc2_h", target, Ke, D)
 
     # classifier: NC2, NC3, bias, NC4, uniform duality
-    w = None
+    wn = None
     if weights is not None:
-        w = check_matrix(weights, "weights", cols=means.shape[1])
-        if w.shape[0] != K:
-            raise ValueError(f"weights must have one row per class ({K}), got shape {w.shape}")
-        w = w[kept]
-        wu = F.unit(w)
-        Wt = torch.as_tensor(wu, device=dev)
-        pw = sweep(Wt, _target(target_w, Ke, kept, dev), tile)
+        wsrc = _weights(weights, K, D, dev)
+        if Ke < K:
+            wsrc = wsrc[torch.as_tensor(kept, device=wsrc.device)]
+        Wr = Rows(wsrc, shift=0, device=dev)
+        kw = _max_exp(Wr, tile)
+        Wr.shift = kw if abs(kw) > 300 else 0  # rescaled by a power of two only where squares could overflow
+        sw = Wr.summary(tile)
+        if not bool(torch.isfinite(sw["sq"]).all()):
+            raise ValueError("weights contains NaN or inf")
+        pw = sweep(Wr, _target(target_w, Ke, kept, dev), tile, sw)
+        wn = np.sqrt(sw["sq"].cpu().numpy())
         vals["nc2_w"] = pw["distance"]
-        vals["equinorm_w"] = F._equinorm(wu)
+        vals["equinorm_w"] = _cv(wn)
         vals["equiangular_w"] = pw["equiangular"]
         vals["equiangular_std_w"] = pw["equiangular_std"]
         _impossible(why, "nc2_w", target_w, Ke, D)
-        vals["nc3"], nc3_method = cross_distance(Wt, torch.as_tensor(hm, device=dev), _target(target_wh, Ke, kept, dev),
-                                                 tile)
+        vals["nc3"], nc3_method = cross_distance(Wr, C, sw, sc, _target(target_wh, Ke, kept, dev), tile, offset)
         _impossible(why, "nc3", target_wh, Ke, D)
-        scale = None
+        nw = math.sqrt(max(float(sw["sq"].sum()), 0.0))
+        nh = math.sqrt(max(float(sc["sq"].sum() if center else sc["sq_off"].sum()), 0.0))
+        dots, dual = row_pairs(Wr, C, tile, offset, nw, nh)
         if nc3_scale is not None:
             scale = check_matrix(nc3_scale, "nc3_scale")
             scale = scale[np.ix_(kept, kept)] if scale.shape[0] == K and K != Ke else scale
             if scale.shape != (Ke, Ke):
                 raise ValueError(f"nc3_scale must be {K} x {K}, got shape {scale.shape}")
-        vals["nc3_dual"] = F.normalized_distance(wu, hm if scale is None else F.unit(scale) @ hm)
+            check_memory(8.0 * 3 * Ke * D, f"nc3_dual with an explicit {Ke} x {Ke} scale", dev)
+            hm = C.block(0, Ke) + (0.0 if offset is None else offset)
+            wu = Wr.block(0, Ke)
+            vals["nc3_dual"] = F.normalized_distance(wu.cpu().numpy(), F.unit(scale) @ hm.cpu().numpy())
+        else:
+            vals["nc3_dual"] = math.sqrt(dual) if nw > 0 and nh > 0 else math.nan
         # uniform duality: CV over classes of cos(w_k, u_k), u_k = (mu_k - mu_G)/||mu_k - mu_G||
-        wn, cn = np.sqrt((wu * wu).sum(1)), np.sqrt((cent_s * cent_s).sum(1))
         okd = (wn > 0) & (cn > 0)
-        cosd = np.where(okd, (wu * cent_s).sum(1) / np.where(okd, wn * cn, 1.0), np.nan)
+        cosd = np.where(okd, dots.cpu().numpy() / np.where(okd, wn * cn, 1.0), np.nan)
         per["unc3"] = cosd.tolist()
         cv = cosd[okd]
         vals["unc3"] = float(cv.std() / cv.mean()) if cv.size and cv.mean() != 0 else math.nan
@@ -339,10 +346,14 @@ def compute_metrics(stats: ClassStats, weights=None, bias=None, *, second: Secon
         elif cv.size < Ke:
             why["unc3"] = f"over the {cv.size} classes with nonzero w_k and mu_k - mu_G (of {Ke})"
         with np.errstate(over="ignore", under="ignore"):
-            per["weight_norm"] = np.ldexp(np.sqrt((wu * wu).sum(1)), F.exp2(w) + _w_exp).tolist()
+            per["weight_norm"] = np.ldexp(wn, Wr.shift + _w_exp).tolist()
         if bias is not None:
+            w = check_matrix(weights, "weights", cols=D)[kept]
             b = check_vector(bias, "bias", K)[kept]
-            vals["bias_collapse"] = F._bias_collapse(w, b, F.global_mean(means, n), stats.scale_exp + _w_exp, n)
+            vals["bias_collapse"] = F._bias_collapse(w, b, mu_g if wmode == "weighted" else
+                                                     F.global_mean(means_t.cpu().numpy(), n),
+                                                     stats.scale_exp + _w_exp, n)
+            del w
             if math.isinf(vals["bias_collapse"]):
                 why["bias_collapse"] = "W mu_G + b exceeds the float64 range"
         if second is not None and second.w is not None:
@@ -359,9 +370,11 @@ def compute_metrics(stats: ClassStats, weights=None, bias=None, *, second: Secon
             vals[k] = math.nan  # never inf: NaN with its reason
             if k not in why:
                 why[k] = "undefined: zero vectors (e.g. collapsed classes or zero classifier)"
-    col = F._collapsed(hm, w, collapse_rtol)
+    col = hn <= collapse_rtol * hn.max()
+    if wn is not None:
+        col &= wn <= collapse_rtol * wn.max()
     per["collapsed"] = col.tolist()
-    info = {"N": int(N), "D": int(means.shape[1]), "K": K, "K_eff": Ke, "classes": kept.tolist(),
+    info = {"N": int(N), "D": D, "K": K, "K_eff": Ke, "classes": kept.tolist(),
             "dropped": dropped, "rank": rank, "rtol": rtol, "singular_values": stats.true_units(s, 1).tolist(),
             "target": _target_name(target), "center": bool(center),
             "global_mean": global_mean, "within": within, "collapsed": kept[col].tolist(),
@@ -370,6 +383,58 @@ def compute_metrics(stats: ClassStats, weights=None, bias=None, *, second: Secon
     if weights is not None:
         info["nc3_method"] = nc3_method
     return NCMetrics(vals, per, why, info)
+
+
+def _cv(norms: np.ndarray) -> float:
+    """std / mean (population std) of per-class norms; NaN if all are zero."""
+    m = norms.mean()
+    return float(norms.std() / m) if m > 0 else math.nan
+
+
+def _weights(weights, K: int, D: int, device) -> torch.Tensor:
+    """The classifier (K, D) as a tensor, not copied (numpy arrays are wrapped; blocks are converted later)."""
+    from nclab.metrics._checks import as_tensor
+
+    w = as_tensor(weights, "weights")
+    if w.ndim != 2:
+        raise ValueError(f"weights must be a matrix, got shape {tuple(w.shape)}")
+    if w.shape[1] != D:
+        raise ValueError(f"weights has {w.shape[1]} columns, expected {D} (shape {tuple(w.shape)})")
+    if w.shape[0] != K:
+        raise ValueError(f"weights must have one row per class ({K}), got shape {tuple(w.shape)}")
+    if w.dtype == torch.bool:
+        raise ValueError(f"weights must be real numbers, got dtype {w.dtype}")
+    return w
+
+
+def _max_exp(rows: Rows, tile: int) -> int:
+    """Exponent of the largest |entry| of the rows (0 if all zero); ValueError on NaN/inf."""
+    top = 0.0
+    for a0, a1 in _pairwise_blocks(rows.K, max(tile, 1)):
+        b = rows.source[a0:a1]
+        m = float(b.abs().max()) if b.numel() else 0.0
+        if not math.isfinite(m):
+            raise ValueError("weights contains NaN or inf")
+        top = max(top, m)
+    return F.exp2(top)
+
+
+def _projector(means: torch.Tensor, n: np.ndarray, rtol: float, mode: str, tile: int):
+    """nc1_projector of the class means without a K x D copy when K > D: mu_G, then a blockwise QR
+    (R of the stacked blocks, D x D), then the SVD of R: the singular values and right vectors of the
+    centred means. Small K: functional.nc1_projector as it is."""
+    K, D = int(means.shape[0]), int(means.shape[1])
+    if K <= D or K * D <= 1 << 20:
+        return F.nc1_projector(means.cpu().numpy(), n, rtol=rtol, mode=mode)
+    w = torch.as_tensor(n / n.sum() if mode == "weighted" else np.full(K, 1.0 / K), device=means.device)
+    mu = w @ means  # (D,)
+    step = max(tile, 4 * D)
+    R = torch.zeros(0, D, dtype=F64, device=means.device)
+    for a0 in range(0, K, step):
+        R = torch.linalg.qr(torch.cat([R, means[a0:a0 + step] - mu]), mode="r")[1]
+    _, s, vt = np.linalg.svd(R.cpu().numpy(), full_matrices=False)
+    r = min(int((s > rtol * s[0]).sum()), K - 1) if s.size and s[0] > 0 else 0
+    return vt[:r].T / s[:r], s, r, mu.cpu().numpy()
 
 
 def _target(target, Ke: int, kept, device) -> Target:
