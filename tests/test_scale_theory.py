@@ -154,3 +154,15 @@ def test_large_K_text_table_is_grouped_and_json_small():
     assert "one row per run" in r.output and len(r.output.splitlines()) < 80
     r = CliRunner().invoke(cli, ["predict", "--counts", counts, "-M", "6", "--json", "--width", "2000"])
     assert r.exit_code == 0 and len(r.output) < 1_000_000
+
+
+def test_theory_and_predict_do_not_import_torch():
+    """nclab predict starts like bare numpy + scipy (issue 12/14): torch is imported only where it is used."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import nclab.theory; from nclab.cli.predict import predict_cmd; "
+            "predict_cmd(['--counts', '3,2', '--json'], standalone_mode=False); "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
