@@ -72,17 +72,25 @@ def main() -> None:
     bare = min(run([py, "-c", "import numpy, scipy"])[1] for _ in range(3))
     print(f"baseline: bare `python -c 'import numpy, scipy'` {bare:.2f} s (best of 3)\n")
 
-    counts = ",".join(str(int(max(5, round(500 * 0.01 ** (k / 999))))) for k in range(1000))
-    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
-        f.write(counts.replace(",", "\n"))
-        cfile = f.name
-    print("K = 1,000 imbalanced, M = 3, --width 1000, --json (goal: a few times bare start-up, < 1 MB)")
-    nclab = [py, "-m", "nclab", "predict", "--counts-file", cfile, "-M", "3", "--width", "1000", "--json"]
-    for name, cmd in (("nclab predict", nclab),):
+    files = {}
+    for K in (1000, 100000):
+        with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
+            f.write("\n".join(str(int(max(5, round(500 * 0.01 ** (k / (K - 1)))))) for k in range(K)))
+            files[K] = f.name
+    print("nclab predict --counts-file F --json, imbalanced counts 500..5 (goal at K = 1,000: a few times bare "
+          "start-up, < 1 MB)")
+    runs = [(1000, ["-M", "3", "--width", "1000"]),
+            (1000, ["-M", "6", "--width", "1000", "--lambda-w", "1e-6", "--lambda-h", "1e-6"]),
+            (1000, ["-M", "3", "--width", "1000", "--bias"]),
+            (100000, ["-M", "6", "--width", "200000", "--lambda-w", "1e-6", "--lambda-h", "1e-6"]),
+            (100000, ["-M", "6", "--width", "200000", "--lambda-w", "1e-6", "--lambda-h", "1e-6", "--bias"])]
+    for K, extra in runs:
+        cmd = [py, "-m", "nclab", "predict", "--counts-file", files[K], *extra, "--json"]
         wall, peak, size = min((peak_of(cmd) for _ in range(2)), key=lambda t: t[0])
-        print(f"  {name:38s} {wall:6.2f} s = {wall / bare:4.1f} x bare, peak {peak:6.0f} MB, "
-              f"output {size / 1e6:.2f} MB")
-    os.remove(cfile)
+        print(f"  K = {K:>7,} {' '.join(extra):60s} {wall:5.2f} s = {wall / bare:4.1f} x bare, peak {peak:5.0f} MB, "
+              f"output {size / 1e6:6.2f} MB")
+    for f in files.values():
+        os.remove(f)
 
     cases = [("K = 20,000 imbalanced, M = 3", dict(K=20000, imbalanced=True, depth=3, widths=40000,
                                                     lambda_w=1e-6, lambda_h=1e-6, bias=b)) for b in (False, True)]
