@@ -252,3 +252,64 @@ def test_every_printed_metric_is_in_the_convention_table():
     names = set(nc_metrics(H, y, W, np.zeros(5)).values) | set(SCALARS)
     for name in names:
         assert f"| `{name}` |" in doc, name
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_structured_theory_targets_equal_dense(bias):
+    """The theory's Grams read tile by tile (nclab.theory TiledGram) give the dense targets' values."""
+    from nclab import predict
+    from nclab.theory.structure import tiled_gram
+
+    counts = [30, 30, 20, 20, 20, 12, 8, 8, 5]
+    K = len(counts)
+    p = predict(counts, depth=2, widths=[12, 12], lambda_w=1e-3, lambda_h=1e-3, bias=bias)
+    rng = np.random.default_rng(5)
+    y = np.concatenate([np.full(c, k) for k, c in enumerate(counts)])
+    H = rng.standard_normal((K, 12))[y] + 0.3 * rng.standard_normal((len(y), 12))
+    W1, W2 = rng.standard_normal((12, 12)), rng.standard_normal((K, 12))
+    b = rng.standard_normal(K) if bias else None
+    dense = dict(target=[p.gram("mean_gram", j) for j in (1, 2)], target_w=[p.gram("partial_gram", j) for j in (1, 2)],
+                 target_wh=p.WH, nc3_scale=[p.gram("nc3_scale", j) for j in (1, 2)], center=bias)
+    tiled = dict(target=[tiled_gram(p, "mean_gram", j) for j in (1, 2)],
+                 target_w=[tiled_gram(p, "partial_gram", j) for j in (1, 2)], target_wh=tiled_gram(p, "WH"),
+                 nc3_scale=[tiled_gram(p, "nc3_scale", j) for j in (1, 2)], center=bias)
+    a = deep_head_metrics(H, y, [W1, W2], b, **dense)
+    for tile in (None, 4):
+        c = deep_head_metrics(H, y, [W1, W2], b, **tiled, tile=tile)
+        for la, lc in zip(a.layers, c.layers):
+            for k, v in la.values.items():
+                assert lc[k] == pytest.approx(v, rel=1e-10, abs=1e-13, nan_ok=True), k
+    # a class without samples: the structured target is restricted to the kept classes, as the dense one
+    keep = y != 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        a = nc_metrics(H[keep], y[keep], W2 @ W1, b, num_classes=K, target=p.gram("mean_gram", 1), center=bias)
+        c = nc_metrics(H[keep], y[keep], W2 @ W1, b, num_classes=K, target=tiled_gram(p, "mean_gram", 1),
+                       center=bias, tile=3)
+    for k, v in a.values.items():
+        assert c[k] == pytest.approx(v, rel=1e-10, abs=1e-13, nan_ok=True), k
+
+
+def test_measure_above_512_classes_uses_structured_targets(tmp_path, monkeypatch):
+    """nclab measure with the theory's target at K = 600: no K x K target is formed, same values as dense."""
+    from nclab import predict
+    from nclab.cli import cli, measure
+
+    K = 600
+    counts = [60 - k for k in range(20)] + [3] * (K - 20)  # the rank budget R = 16 cuts no tie
+    rng = np.random.default_rng(0)
+    y = np.concatenate([np.full(c, k) for k, c in enumerate(counts)])
+    H = rng.standard_normal((K, 16))[y] + 0.2 * rng.standard_normal((len(y), 16))
+    W = rng.standard_normal((K, 16))
+    np.savez(tmp_path / "d.npz", H=H, y=y, W=W, lambda_w=1e-6, lambda_h=1e-6)
+    r = CliRunner().invoke(cli, ["measure", str(tmp_path / "d.npz"), "--json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.output)
+    assert doc["target"] == "theory"
+    p = predict(counts, widths=16, lambda_w=1e-6, lambda_h=1e-6)
+    ref = nc_metrics(H, y, W, target=p.gram("mean_gram", 1), target_w=p.gram("partial_gram", 1),
+                     target_wh=p.WH, nc3_scale=p.gram("nc3_scale", 1), center=False)
+    for k, v in ref.values.items():
+        assert doc["values"][k] == pytest.approx(v, rel=1e-9, abs=1e-13) or (doc["values"][k] is None and
+                                                                         not np.isfinite(v)), k
+    assert measure.TILED_TARGET_K < K

@@ -22,6 +22,8 @@ from nclab.cli._common import fail
 from nclab.experiments.config import CHOICES
 
 TARGETS = CHOICES["target"]  # the same list, in the same order, as `nclab train --target`
+#: above this K the theory's targets are passed to the metrics in structured form (tile by tile)
+TILED_TARGET_K = 512
 
 
 def _finite_list(text, name: str) -> list[float] | None:
@@ -47,6 +49,16 @@ def _theory_kwargs(pred, bias: bool) -> dict:
     """deep_head_metrics keyword arguments comparing every layer with a prediction (object or its dict)."""
     import numpy as np
 
+    K = len(pred["problem"]["counts"]) if isinstance(pred, dict) else pred.problem.K
+    if K > TILED_TARGET_K and (not isinstance(pred, dict) or "structure" in pred):
+        # large K: the theory's Grams as structured targets, read tile by tile by the metrics (no K x K matrix)
+        from nclab.theory.structure import tiled_gram
+
+        M = len(pred["layers"]) if isinstance(pred, dict) else pred.problem.M
+        return {"target": [tiled_gram(pred, "mean_gram", j) for j in range(1, M + 1)],
+                "target_w": [tiled_gram(pred, "partial_gram", j) for j in range(1, M + 1)],
+                "target_wh": tiled_gram(pred, "WH"),
+                "nc3_scale": [tiled_gram(pred, "nc3_scale", j) for j in range(1, M + 1)], "center": bool(bias)}
     if isinstance(pred, dict):
         layers = pred["layers"]
 

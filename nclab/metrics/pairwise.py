@@ -129,23 +129,47 @@ def fro(m: torch.Tensor) -> float:
 
 
 class Target:
-    """A normalized K x K target Gram, given tile by tile (named: generated; explicit: sliced)."""
+    """A normalized K x K target Gram, given tile by tile: named ("etf", "of": generated), explicit (a dense
+    matrix, normalized: sliced) or structured (an object with ``tile(ia, ib)``, ``diagonal()``, ``fro()``, e.g.
+    nclab.theory's TiledGram: read block by block, never formed). ``kept``: the classes the rows stand for."""
 
-    def __init__(self, target, K: int, device):
+    def __init__(self, target, K: int, device, kept=None):
         self.K, self.device = K, device
-        if isinstance(target, str):
+        self.named = isinstance(target, str)
+        self.dense = self.obj = None
+        if self.named:
             self.name = target.lower()
-            self.dense = None
-        else:
-            self.name = "explicit"
-            g = torch.as_tensor(np.asarray(target, dtype=np.float64), device=device)
-            self.dense = g  # already normalized to unit Frobenius norm (functional.target_gram)
-            d = torch.sqrt(torch.clamp(torch.diagonal(g), min=0))
-            self.diag_sqrt = d
+            return
+        if hasattr(target, "tile") and hasattr(target, "diagonal"):
+            self.name = "structured"
+            self.obj = target
+            self.idx = np.arange(K) if kept is None else np.asarray(kept, dtype=np.int64)
+            full = len(self.idx) == target.shape[0]
+            if full:
+                norm = float(target.fro())
+            else:  # the Gram restricted to the kept classes: its norm from a pass over tiles
+                norm = 0.0
+                for a0, a1 in _blocks(K, 512):
+                    for b0, b1 in _blocks(K, 512):
+                        norm += float(np.sum(target.tile(self.idx[a0:a1], self.idx[b0:b1]) ** 2))
+                norm = math.sqrt(norm)
+            if not norm > 0:
+                raise ValueError("target Gram is zero")
+            self.norm = norm
+            d = np.asarray(target.diagonal(), dtype=np.float64)[self.idx] / norm
+            self.diag_sqrt = torch.as_tensor(np.sqrt(np.clip(d, 0, None)), device=device)
+            return
+        self.name = "explicit"
+        g = torch.as_tensor(np.asarray(target, dtype=np.float64), device=device)
+        self.dense = g  # already normalized to unit Frobenius norm (functional.target_gram)
+        self.diag_sqrt = torch.sqrt(torch.clamp(torch.diagonal(g), min=0))
 
     def tile(self, a0, a1, b0, b1) -> torch.Tensor:
         if self.dense is not None:
             return self.dense[a0:a1, b0:b1]
+        if self.obj is not None:
+            t = self.obj.tile(self.idx[a0:a1], self.idx[b0:b1]) / self.norm
+            return torch.as_tensor(np.asarray(t, dtype=np.float64), device=self.device)
         K = self.K
         eye = (torch.arange(a0, a1, device=self.device)[:, None] == torch.arange(b0, b1, device=self.device)[None, :])
         if self.name == "etf":  # (I - 1 1^T/K) / ||.||_F, ||I - 1 1^T/K||_F = sqrt(K - 1)
@@ -154,12 +178,12 @@ class Target:
 
     def cos(self, a0, a1, b0, b1):
         """(target cosines cos*_kl, valid mask) on a tile."""
-        if self.dense is not None:
+        if not self.named:
             d = self.diag_sqrt
             ok = (d[a0:a1, None] > 0) & (d[None, b0:b1] > 0)
             safe_a = torch.where(d[a0:a1] > 0, d[a0:a1], torch.ones_like(d[a0:a1]))
             safe_b = torch.where(d[b0:b1] > 0, d[b0:b1], torch.ones_like(d[b0:b1]))
-            return self.dense[a0:a1, b0:b1] / (safe_a[:, None] * safe_b[None, :]), ok
+            return self.tile(a0, a1, b0, b1) / (safe_a[:, None] * safe_b[None, :]), ok
         val = -1.0 / (self.K - 1) if self.name == "etf" else 0.0
         shape = (a1 - a0, b1 - b0)
         return torch.full(shape, val, dtype=F64, device=self.device), torch.ones(shape, dtype=torch.bool,
@@ -175,8 +199,8 @@ def _inv(norms: torch.Tensor) -> torch.Tensor:
 def _diff_sq(R: torch.Tensor, scale: float, target: Target, a0, a1, b0, b1, buf: torch.Tensor) -> float:
     """sum over the block of (R/scale - T)^2, T the normalized target (named: no T block is formed)."""
     X = torch.mul(R, 1.0 / scale, out=buf[: a1 - a0, : b1 - b0])
-    if target.dense is not None:
-        X -= target.dense[a0:a1, b0:b1]
+    if not target.named:
+        X -= target.tile(a0, a1, b0, b1)
     else:
         K = target.K
         if target.name == "etf":
@@ -236,7 +260,7 @@ def sweep(C: Rows, target: Target | None, tile: int, summ: dict, *, offset: torc
     x0 = math.log1p(-m0)
     L0 = -0.5 * (math.log(2.0) + x0)
     cstar = None
-    if target is not None and target.dense is None:
+    if target is not None and target.named:
         cstar = -1.0 / (K - 1) if target.name == "etf" else 0.0
     t = min(tile, K)
     Gb, Xb, Yb = (torch.empty(t, t, dtype=F64, device=dev) for _ in range(3))
@@ -368,7 +392,7 @@ def cross_distance(W: Rows, H: Rows, sw: dict, sh: dict, target: Target, tile: i
     if not norm > 0:
         return math.nan, "exact"
     K = W.K
-    if K > CROSS_TILE_MAX_K and target.dense is None:
+    if K > CROSS_TILE_MAX_K and target.named:
         tr = 0.0
         for a0, a1 in _blocks(K, tile):
             hb = H.block(a0, a1)

@@ -322,7 +322,14 @@ def compute_metrics(stats: ClassStats, weights=None, bias=None, *, second: Secon
         nw = math.sqrt(max(float(sw["sq"].sum()), 0.0))
         nh = math.sqrt(max(float(sc["sq"].sum() if center else sc["sq_off"].sum()), 0.0))
         dots, dual = row_pairs(Wr, C, tile, offset, nw, nh)
-        if nc3_scale is not None:
+        if nc3_scale is not None and hasattr(nc3_scale, "apply"):  # structured C (nclab.theory TiledGram)
+            if Ke < K or nc3_scale.shape[0] != K:
+                raise ValueError("a structured nc3_scale needs every class to have samples (and K x K)")
+            check_memory(8.0 * 3 * Ke * D, f"nc3_dual with a structured {Ke} x {Ke} scale", dev)
+            hm = (C.block(0, Ke) + (0.0 if offset is None else offset)).cpu().numpy()
+            vals["nc3_dual"] = F.normalized_distance(Wr.block(0, Ke).cpu().numpy(), nc3_scale.apply(hm))
+            del hm
+        elif nc3_scale is not None:
             scale = check_matrix(nc3_scale, "nc3_scale")
             scale = scale[np.ix_(kept, kept)] if scale.shape[0] == K and K != Ke else scale
             if scale.shape != (Ke, Ke):
@@ -442,6 +449,11 @@ def _target(target, Ke: int, kept, device) -> Target:
     if isinstance(target, str) and target.lower() in ("etf", "of"):
         F.check_num_classes(Ke, "K")
         return Target(target.lower(), Ke, device)
+    if hasattr(target, "tile") and hasattr(target, "diagonal") and hasattr(target, "shape"):
+        shape = tuple(target.shape)
+        if len(shape) != 2 or shape[0] != shape[1] or shape[0] <= int(np.max(kept)):
+            raise ValueError(f"structured target Gram of shape {tuple(target.shape)} does not cover the classes")
+        return Target(target, Ke, device, kept)  # structured (nclab.theory TiledGram): read tile by tile
     return Target(F.target_gram(target, Ke, kept), Ke, device)
 
 

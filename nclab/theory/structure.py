@@ -442,3 +442,97 @@ def gram_from_dict(doc: dict, name: str, layer: int | None = None) -> np.ndarray
     v = layer_values(vals["HtH"], sigma, layer)[name]
     left, right, le, re_ = LAYER_SIDES[name]
     return basis.dense(v, left, right, le, re_)
+
+
+class TiledGram:
+    """A K x K Gram read tile by tile, never formed: what nclab.metrics takes as a structured target.
+
+    Duck type read by nclab.metrics (a leaf package): ``shape``; ``tile(ia, ib)`` the block of rows ``ia`` and
+    columns ``ib`` (integer arrays of classes); ``diagonal()`` (K,); ``fro()`` the Frobenius norm; ``apply(X)``
+    G @ X for X (K, D). Diagonal and secular (bias) bases need O(K r) memory; other bases fall back to the
+    dense matrix (small K).
+    """
+
+    def __init__(self, basis: Basis, f, left="u", right="u", left_E=False, right_E=False):
+        self.basis, self.f = basis, np.asarray(f, dtype=np.float64)
+        self.sides = (left, right, left_E, right_E)
+        self.K = basis.K
+        self.shape = (self.K, self.K)
+        self._dense = None
+        if isinstance(basis, DiagonalBasis):
+            self._v = basis.diag(self.f)
+        elif isinstance(basis, SecularBasis):
+            r1 = basis.gaps.size
+            self._fr, self._fb = self.f[:r1], self.f[r1:]
+            self._Lg = basis.V - (basis.t[None, :] if left_E else 0.0)  # (G, r1) group values
+            self._Rg = basis.V - (basis.t[None, :] if right_E else 0.0)
+            self._bid = np.full(self.K, -1, dtype=np.int64)
+            self._bsize = np.ones(len(basis.blocks))
+            for i, b in enumerate(basis.blocks):
+                self._bid[b], self._bsize[i] = i, b.size
+        else:
+            self._dense = basis.dense(self.f, *self.sides)
+
+    def tile(self, ia, ib) -> np.ndarray:
+        ia, ib = np.asarray(ia, dtype=np.int64), np.asarray(ib, dtype=np.int64)
+        if self._dense is not None:
+            return self._dense[np.ix_(ia, ib)]
+        eq = ia[:, None] == ib[None, :]
+        if isinstance(self.basis, DiagonalBasis):
+            return eq * self._v[ia][:, None]
+        g = self.basis.group_of
+        out = (self._Lg[g[ia]] * self._fr[None, :]) @ self._Rg[g[ib]].T
+        ba, bb = self._bid[ia], self._bid[ib]
+        same = (ba[:, None] == bb[None, :]) & (ba[:, None] >= 0)
+        if same.any():
+            fb = np.where(ba >= 0, self._fb[np.maximum(ba, 0)] if self._fb.size else 0.0, 0.0)
+            sz = self._bsize[np.maximum(ba, 0)] if self._bsize.size else np.ones(ia.size)
+            out += same * (fb / sz)[:, None] * -1.0
+            out += (eq & same) * fb[:, None]
+        return out
+
+    def diagonal(self) -> np.ndarray:
+        if self._dense is not None:
+            return np.diag(self._dense).copy()
+        return self.basis.diag(self.f, *self.sides)
+
+    def fro(self) -> float:
+        if self._dense is not None:
+            return float(np.linalg.norm(self._dense))
+        if isinstance(self.basis, DiagonalBasis):
+            return float(np.linalg.norm(self._v))
+        m = self.basis.mg[:, None]
+        LL, RR = (self._Lg * m).T @ self._Lg, (self._Rg * m).T @ self._Rg  # (r1, r1)
+        sq = float(self._fr @ (LL * RR) @ self._fr) + float(np.sum(self._fb**2 * (self._bsize - 1)))
+        return float(np.sqrt(max(sq, 0.0)))
+
+    def apply(self, X) -> np.ndarray:
+        """G @ X for X (K, D), O(K D r)."""
+        X = np.asarray(X, dtype=np.float64)
+        if self._dense is not None:
+            return self._dense @ X
+        if isinstance(self.basis, DiagonalBasis):
+            return self._v[:, None] * X
+        g = self.basis.group_of
+        gsum = np.zeros((self.basis.cg.size, X.shape[1]))
+        np.add.at(gsum, g, X)
+        out = (self._Lg[g] * self._fr[None, :]) @ (self._Rg.T @ gsum)
+        for i, b in enumerate(self.basis.blocks):
+            out[b] += self._fb[i] * (X[b] - X[b].mean(0))
+        return out
+
+
+def tiled_gram(source, name: str, layer: int | None = None) -> TiledGram:
+    """TiledGram of a prediction (nclab.theory.Prediction or its to_dict()): ``WWt``, ``HtH``, ``WH``, or with
+    ``layer`` j ``mean_gram``, ``partial_gram``, ``nc3_scale``."""
+    if isinstance(source, dict):
+        basis = basis_from_dict(source)
+        vals = source["structure"]["values"]
+        sigma = [lay["sigma"] for lay in source["layers"]]
+        lv = None if layer is None else layer_values(vals["HtH"], sigma, layer)
+    else:
+        basis, vals, _, _ = source._parts
+        lv = None if layer is None else source._layer_values(layer)
+    if layer is None:
+        return TiledGram(basis, vals[name], *GRAMS[name])
+    return TiledGram(basis, lv[name], *LAYER_SIDES[name])
