@@ -672,6 +672,9 @@ def simulate_batch(
     for c in configs:
         if not isinstance(c, SimulateConfig):
             raise ValueError(f"every config must be a SimulateConfig, got {type(c).__name__}")
+        if c.activation != "identity":
+            raise ValueError(f"batched runs cover the deep linear UFM only, got activation={c.activation!r}; run the "
+                             "seeds one by one (nclab simulate --restarts, or nclab.ufm.simulate)")
     if outs is not None:
         outs = list(outs)
         if len(outs) != len(configs):

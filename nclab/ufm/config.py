@@ -15,6 +15,7 @@ SCHEDULES = ("constant", "cosine", "step")
 DTYPES = ("float32", "float64")
 GRADIENTS = ("auto", "manual", "autograd")
 INITS = ("random", "prediction")
+ACTIVATIONS = ("identity", "relu")
 DEFAULT_LR = {"sgd": 0.1, "adam": 1e-3, "lbfgs": 1.0}
 
 
@@ -32,6 +33,9 @@ class SimulateConfig:
     lambda_h: float  # feature decay
     bias: bool = False  # unregularized last-layer bias
     loss: str = "mse"  # "mse" or "ce"
+    # "identity": the deep linear UFM (nclab.predict's model); "relu": H_{j+1} = ReLU(W_j H_j) between the layers
+    # (the deep UFM of Sukenik, Mondelli, Lampert; the last layer stays linear; see nclab.ufm.dnc)
+    activation: str = "identity"
     # the optimizer (defaults: the paper's full-batch SGD)
     optimizer: str = "sgd"  # "sgd" (heavy ball, torch semantics), "adam", "lbfgs" (strong Wolfe line search)
     lr: float = 0.1  # base learning rate (L-BFGS: initial step, 1.0)
@@ -96,6 +100,7 @@ def make_config(
     lambda_h: float = 5e-4,
     bias: bool = False,
     loss: str = "mse",
+    activation: str = "identity",
     optimizer: str = "sgd",
     lr: float | None = None,
     momentum: float = 0.9,
@@ -116,11 +121,14 @@ def make_config(
 ) -> SimulateConfig:
     """Validate user input (the problem exactly as :func:`nclab.predict`) into a :class:`SimulateConfig`.
 
-    ``lr`` defaults per optimizer: SGD 0.1 (the paper's), Adam 1e-3, L-BFGS 1.0. Every error is one
+    ``lr`` defaults per optimizer: SGD 0.1 (the paper's), Adam 1e-3, L-BFGS 1.0. ``activation``: "identity"
+    (the deep linear UFM, default) or "relu" (ReLU after every layer but the last). Every error is one
     clear ``ValueError``.
     """
     prob = make_problem(counts, classes=classes, per_class=per_class, depth=depth, widths=widths,
                         lambda_w=lambda_w, lambda_h=lambda_h, bias=bias, loss=loss)
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {activation!r}")
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
     lr = DEFAULT_LR[optimizer] if lr is None else _number(lr, "learning rate lr", low=0.0)
@@ -155,7 +163,8 @@ def make_config(
     threads = check_int(threads, "threads", 0)
     return SimulateConfig(
         counts=prob.counts, widths=prob.widths, lambda_w=prob.lambda_w, lambda_h=prob.lambda_h,
-        bias=prob.bias, loss=prob.loss, optimizer=optimizer, lr=lr, momentum=momentum, steps=steps,
+        bias=prob.bias, loss=prob.loss, activation=activation, optimizer=optimizer, lr=lr, momentum=momentum,
+        steps=steps,
         schedule=schedule, milestones=milestones, gamma=gamma, init_std=init_std, init=init, seed=seed,
         dtype=dtype,
         device=device, gradient=gradient, stop_rel_gap=stop_rel_gap, snapshot_every=snapshot_every,

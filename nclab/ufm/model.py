@@ -14,6 +14,11 @@ Two gradients of the SAME objective (:func:`nclab.theory.ufm_objective_torch`):
 
   which needs only K x d x d products besides the three K x d x N ones (Z, S, grad H). A test checks
   it against autograd of the shared objective to 1e-12 in float64.
+
+With ``activation="relu"`` (the deep ReLU UFM, :mod:`nclab.ufm.dnc`) the objective is
+:func:`ufm_objective` (H_{j+1} = ReLU(W_j H_j) for j < M, the last layer linear, no hidden biases) and
+:meth:`UFM.gradient_` is plain back-propagation through it (relu'(0) = 0, as autograd); a test checks it
+against autograd. ``activation="identity"`` keeps the code above unchanged (bitwise-equal runs).
 """
 
 from __future__ import annotations
@@ -21,6 +26,48 @@ from __future__ import annotations
 import torch
 
 from nclab.theory import Problem, labels_from_counts, ufm_objective_torch
+
+ACTIVATIONS = ("identity", "relu")
+
+
+def ufm_objective(weights, H, labels, lambda_w, lambda_h, bias=None, loss: str = "mse", num_classes=None,
+                  activation: str = "identity") -> torch.Tensor:
+    """THE objective of the deep UFM with an activation between the layers (a differentiable scalar tensor).
+
+    ``activation="identity"`` is :func:`nclab.theory.ufm_objective_torch` itself (the deep linear UFM).
+    ``activation="relu"``: H_1 = H, H_{j+1} = ReLU(W_j H_j) for j = 1..M-1, logits Z = W_M H_M (+ b), and
+
+        f = L(Z) + sum_j lambda_j/2 ||W_j||_F^2 + lambda_H/2 ||H||_F^2
+
+    with the same data terms as the linear model (MSE 1/(2N) ||Z - Y||^2, CE the mean cross-entropy) and no
+    hidden-layer biases (the papers' deep unconstrained features model). With M = 1 both activations agree.
+    """
+    if activation == "identity":
+        return ufm_objective_torch(weights, H, labels, lambda_w, lambda_h, bias, loss, num_classes)
+    if activation != "relu":
+        raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {activation!r}")
+    if loss not in ("mse", "ce"):
+        raise ValueError(f"loss must be 'mse' or 'ce', got {loss!r}")
+    M = len(weights)
+    lam = [float(lambda_w)] * M if isinstance(lambda_w, (int, float)) else [float(v) for v in lambda_w]
+    if M < 1 or len(lam) != M:
+        raise ValueError(f"need M >= 1 weight matrices and M decays, got {M} and {len(lam)}")
+    K = int(num_classes) if num_classes is not None else weights[-1].shape[0]
+    Z = H
+    for j, W in enumerate(weights):
+        Z = W @ Z
+        if j < M - 1:
+            Z = torch.relu(Z)
+    if bias is not None:
+        Z = Z + bias[:, None]
+    N = H.shape[1]
+    if loss == "mse":
+        Y = torch.nn.functional.one_hot(labels, K).T.to(Z.dtype)
+        data = 0.5 * ((Z - Y) ** 2).sum() / N
+    else:
+        data = torch.nn.functional.cross_entropy(Z.T, labels, reduction="mean")
+    reg = sum(0.5 * v * (W**2).sum() for v, W in zip(lam, weights)) + 0.5 * float(lambda_h) * (H**2).sum()
+    return data + reg
 
 
 class UFM:
@@ -39,9 +86,14 @@ class UFM:
     H : view of shape (d, N), features, columns grouped by class (labels ``labels_from_counts``)
     bias : view of shape (K,) or None
     labels : int64 tensor (N,)
+    activation : "identity" (the deep linear UFM) or "relu" (ReLU between the layers)
     """
 
-    def __init__(self, problem: Problem, *, dtype: torch.dtype = torch.float64, device="cpu"):
+    def __init__(self, problem: Problem, *, dtype: torch.dtype = torch.float64, device="cpu",
+                 activation: str = "identity"):
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {activation!r}")
+        self.activation = activation
         self.problem = p = problem
         self.dtype, self.device = dtype, torch.device(device)
         K, N, M = p.K, p.N, p.M
@@ -113,6 +165,8 @@ class UFM:
         """The shared objective at ``flat`` (default: the current parameters), a scalar tensor."""
         p = self.problem
         ws, H, b = self.unpack(self.flat if flat is None else flat)
+        if self.activation != "identity":
+            return ufm_objective(ws, H, self.labels, p.lambda_w, p.lambda_h, b, p.loss, p.K, self.activation)
         return ufm_objective_torch(ws, H, self.labels, p.lambda_w, p.lambda_h, b, p.loss, p.K)
 
     def autograd_loss(self) -> torch.Tensor:
@@ -129,6 +183,8 @@ class UFM:
 
         Numerically the same function as :meth:`autograd_loss` (float64 agreement ~1e-15 relative).
         """
+        if self.activation != "identity":
+            return self._relu_gradient_(with_loss)
         p = self.problem
         M, Ws, Q, R = p.M, self.weights, self.Q, self.R
         reg = 0.5 * torch.dot(self.decay * self.flat, self.flat) if with_loss else None
@@ -161,3 +217,39 @@ class UFM:
             torch.sum(G, dim=1, out=self.gbias)
             self.gbias.mul_(self.inv_n)
         return data + reg if with_loss else None
+
+    def _relu_gradient_(self, with_loss: bool = False) -> torch.Tensor | None:
+        """Back-propagation through :func:`ufm_objective` with ReLU (same function as autograd, relu'(0) = 0)."""
+        p = self.problem
+        M, Ws = p.M, self.weights
+        feats = [self.H]  # H_1 .. H_M (post-activation)
+        for j in range(M - 1):
+            feats.append(torch.relu(Ws[j] @ feats[-1]))
+        Z, G = self.Z, self.G
+        if self.bias is None:
+            torch.mm(Ws[M - 1], feats[-1], out=Z)
+        else:
+            torch.addmm(self.bias[:, None], Ws[M - 1], feats[-1], out=Z)
+        if p.loss == "mse":
+            torch.sub(Z, self.Y, out=G)
+            data = 0.5 * self.inv_n * torch.dot(G.view(-1), G.view(-1)) if with_loss else None
+        else:
+            logp = torch.log_softmax(Z, dim=0)
+            data = -self.inv_n * (logp * self.Y).sum() if with_loss else None
+            torch.exp(logp, out=G)
+            G.sub_(self.Y)
+        G.mul_(self.inv_n)  # dL/dZ
+        lam, gW = p.lambda_w, self.gweights
+        back = G
+        for j in range(M - 1, -1, -1):
+            torch.addmm(Ws[j], back, feats[j].T, beta=lam[j], out=gW[j])
+            back = Ws[j].T @ back
+            if j > 0:
+                back = back * (feats[j] > 0)
+        torch.add(back, self.H, alpha=p.lambda_h, out=self.gH)
+        if self.gbias is not None:
+            torch.sum(G, dim=1, out=self.gbias)
+        if not with_loss:
+            return None
+        reg = 0.5 * torch.dot(self.decay * self.flat, self.flat)
+        return data + reg

@@ -175,3 +175,89 @@ def shared_objective(prediction, weights, H, bias=None) -> float:
 def _rel(a: np.ndarray, b: np.ndarray) -> float:
     nb = np.linalg.norm(b)
     return float(np.linalg.norm(a - b) / nb) if nb > 0 else float("nan")
+
+
+class ReluSnapshotter:
+    """Metric rows of a deep ReLU UFM run (``activation="relu"``), against :func:`nclab.ufm.dnc.references`.
+
+    Columns (layer j = 1..M; H_1 = H the free features, H_j = ReLU(W_{j-1} H_{j-1}) post-activation):
+
+        objective, loss (data term), f_dnc, f_lowrank (the optimized reference configurations' objectives;
+        NaN where not built: imbalanced classes or a width < K), gap_dnc = f - f_dnc, gap_lowrank = f - f_lowrank,
+        gap / rel_gap against f_best = min(f_dnc, f_lowrank) (negative: descent beat both references)
+        nc1_L{j}          NC1 = tr(Sigma_W Sigma_B^+)/K of H_j (NaN where the class means coincide)
+        nc2_h_L{j}        || G_j/||G_j|| - D_j/||D_j|| || for the uncentred class-mean Gram G_j of H_j against the DNC
+                          configuration's D_j (an orthogonal frame for MSE); NaN for j = 1, where DNC does not fix
+                          the Gram (any PSD Gram with equal diagonal and non-positive off-diagonal is optimal)
+        nc3_L{j}          || W_j^T W_j/||.|| - Hbar_j Hbar_j^T/||.|| || (rows of W_j aligned with the class means of
+                          H_j; 0 at the DNC configuration for MSE, j >= 2)
+        rank_means_L{j}   numerical rank of the class-mean matrix Hbar_j (d_j x K), and
+        rank_w_L{j}       of W_j: singular values above nclab.ufm.dnc.RANK_RTOL (1e-3) times the largest
+    """
+
+    def __init__(self, problem, refs):
+        from nclab.ufm.dnc import RANK_RTOL
+
+        self.problem = p = problem
+        self.refs = refs
+        self.rtol = RANK_RTOL
+        self.labels = torch.as_tensor(labels_from_counts(p.counts))
+        self.counts = np.asarray(p.counts, dtype=np.float64)
+        self.f_dnc, self.f_lowrank, self.f_best = refs.f_dnc, refs.f_lowrank, refs.f_best
+        self.dnc_grams = refs.dnc.layer_grams if refs.dnc is not None else [None] * p.M
+        self.twin = UFM(p, dtype=torch.float64, device="cpu", activation="relu")
+
+    def __call__(self, weights, H, bias=None) -> dict:
+        with np.errstate(all="ignore"):
+            return self._row(weights, H, bias)
+
+    def _row(self, weights, H, bias=None) -> dict:
+        from nclab.ufm.dnc import numerical_rank
+
+        p = self.problem
+        ws = [w.detach().to("cpu", torch.float64) for w in weights]
+        Ht = H.detach().to("cpu", torch.float64)
+        bt = None if bias is None else bias.detach().to("cpu", torch.float64)
+        self.twin.set_(ws, Ht, bt)
+        f = float(self.twin.gradient_(with_loss=True))
+        reg = 0.5 * sum(lam * float((w * w).sum()) for lam, w in zip(p.lambda_w, ws))
+        reg += 0.5 * p.lambda_h * float((Ht * Ht).sum())
+        fb = self.f_best
+        row = {"objective": f, "gap": f - fb, "rel_gap": (f - fb) / max(abs(fb), 1e-300) if np.isfinite(fb)
+               else float("nan"), "loss": f - reg, "f_dnc": self.f_dnc, "f_lowrank": self.f_lowrank,
+               "gap_dnc": f - self.f_dnc, "gap_lowrank": f - self.f_lowrank}
+        if not np.isfinite(f):
+            return row
+        feats = Ht
+        for j in range(p.M):
+            if j > 0:
+                feats = torch.relu(ws[j - 1] @ feats)
+            stats = ClassStats(p.K).update(feats.T, self.labels)
+            s_means, _, s_scatter, _ = stats.scaled()
+            s_means, s_scatter = np.asarray(s_means, dtype=np.float64), np.asarray(s_scatter, dtype=np.float64)
+            proj, _, rank, _ = nc1_projector(s_means, self.counts)
+            ok = rank > 0 and bool(np.all(np.isfinite(proj)))
+            row[f"nc1_L{j + 1}"] = nc1_from_scatter(s_scatter, proj, p.N) if ok else float("nan")
+            means = stats.means.numpy()  # (K, d_j)
+            target = self.dnc_grams[j]
+            row[f"nc2_h_L{j + 1}"] = normalized_distance(means @ means.T, target) \
+                if (j > 0 and target is not None) else float("nan")
+            W = ws[j].numpy()
+            row[f"nc3_L{j + 1}"] = _gram_alignment(W, means)
+            row[f"rank_means_L{j + 1}"] = numerical_rank(means, self.rtol)
+            row[f"rank_w_L{j + 1}"] = numerical_rank(W, self.rtol)
+        return row
+
+
+def _gram_alignment(W: np.ndarray, means: np.ndarray) -> float:
+    """|| W^T W/||W^T W|| - M^T M/||M^T M|| ||_F for W (d', d) and class means M (K, d), via K- and d'-sized
+    products: <W^T W, M^T M> = ||W M^T||^2, ||W^T W|| = ||W W^T||, ||M^T M|| = ||M M^T||."""
+    from nclab.metrics.functional import unit
+
+    W, means = unit(W), unit(means)
+    a = float(np.linalg.norm(W @ W.T))
+    b = float(np.linalg.norm(means @ means.T))
+    if a == 0 or b == 0:
+        return float("nan")
+    c = float(np.linalg.norm(W @ means.T) ** 2)
+    return float(np.sqrt(max(0.0, 2.0 - 2.0 * c / (a * b))))

@@ -173,17 +173,31 @@ class Trainer:
         self.pred = prediction if prediction is not None else predict(self.problem)
         self.dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
         _check_memory(self.problem, 8 if self.dtype == torch.float64 else 4)
-        self.model = UFM(self.problem, dtype=self.dtype, device=cfg.device)
+        relu = cfg.activation != "identity"
+        self.model = UFM(self.problem, dtype=self.dtype, device=cfg.device, activation=cfg.activation)
         self.model.init_(cfg.seed, cfg.init_std)
+        self.references = None  # ReLU runs: the DNC / low-rank reference configurations (nclab.ufm.dnc)
+        if relu:
+            from nclab.ufm.dnc import references
+
+            self.references = references(self.problem)
         if cfg.init == "prediction":  # the predicted minimizer plus the seeded N(0, init_std^2) noise just drawn
-            try:
-                weights, H, b = self.pred.construct()
+            try:  # ReLU: the DNC reference configuration
+                if relu and self.references.dnc is None:
+                    raise ValueError(self.references.reason)
+                weights, H, b = (self.references.dnc.construct(self.problem.widths, self.problem.counts) if relu
+                                 else self.pred.construct())
             except (ValueError, NotImplementedError) as exc:
                 raise ValueError(f"init='prediction' needs an explicit minimizer: {exc}") from None
             noise = self.model.flat.clone()
             self.model.set_(weights, H, b)
             self.model.flat.add_(noise)
-        self.snapshotter = Snapshotter(self.pred)
+        if relu:
+            from nclab.ufm.snapshot import ReluSnapshotter
+
+            self.snapshotter = ReluSnapshotter(self.problem, self.references)
+        else:
+            self.snapshotter = Snapshotter(self.pred)
         self.store, self.callback, self.progress = store, callback, progress
         self.step = 0
         self.rows: list[dict] = []
@@ -365,6 +379,10 @@ class Trainer:
         """Say when the run ended away from the global minimum: at the zero solution or another stationary
         point (status "suboptimal"), or still descending (status unchanged, the message says so)."""
         row = self.rows[-1] if self.rows else None
+        if row is not None and self.references is not None:  # ReLU: no global minimum known, only references
+            self.message += (f"; f = {row['objective']:.10g}, DNC configuration {self.references.f_dnc:.10g}, best "
+                             f"low-rank configuration {self.references.f_lowrank:.10g}")
+            return
         if row is None or not math.isfinite(row.get("rel_gap", math.nan)):
             return
         f, gap = row["objective"], row["rel_gap"]
@@ -504,6 +522,10 @@ def _run(config: SimulateConfig, pred, store: RunStore | None, ckpt: dict | None
         env["threads_used"] = auto_threads(config)
         store.write_environment(env)
         store.write_json("prediction.json", pred.to_dict())
+        if config.activation != "identity":
+            from nclab.ufm.dnc import references
+
+            store.write_json("references.json", references(config.problem).to_dict())
     board = None
     if tensorboard:
         if store is None:
@@ -570,4 +592,5 @@ def _write_outputs(trainer: Trainer, store: RunStore) -> None:
         "prediction": {"objective": trainer.pred.objective, "geometry": trainer.pred.geometry,
                        "gram_unique": trainer.pred.gram_unique},
         "final": final,
+        **({"references": trainer.references.to_dict()} if trainer.references is not None else {}),
     })
