@@ -276,32 +276,36 @@ def sweep(C: Rows, target: Target | None, tile: int, summ: dict, *, offset: torc
             G = torch.mm(A, B.T, out=Gb[:ta, :tb])  # Gram block of C
             w = 1.0 if same else 2.0  # an off-diagonal block stands for its mirror image too
             X, Y = Xb[:ta, :tb], Yb[:ta, :tb]
+            cos_done = False
             if target is not None and gram_norm > 0:
-                if offset is None:
-                    R = G
+                if offset is None:  # the rows are C: their cosines serve the target and the std/uniformity
+                    tot["sq"] += w * _diff_sq(G, gram_norm, target, a0, a1, b0, b1, Xb)
+                    torch.mul(G, ib[a0:a1, None], out=Y).mul_(ib[None, b0:b1])  # 0 where a row is zero
+                    cos_done = True
+                    Z = torch.sub(Y, cstar, out=X) if cstar else X.copy_(Y) if cstar is None else torch.abs(Y, out=X)
                 else:  # <c_k + o, c_l + o> = <c_k, c_l> + c_k.o + c_l.o + o.o
-                    R = X.copy_(G).add_(av[a0:a1, None]).add_(av[None, b0:b1]).add_(cc)
-                tot["sq"] += w * _diff_sq(R, gram_norm, target, a0, a1, b0, b1, Yb)
-                torch.mul(R, ir[a0:a1, None], out=Y).mul_(ir[None, b0:b1])
-                oka, okbb = okr[a0:a1], okr[b0:b1]
-                if cstar is not None:
+                    R = torch.add(G, av[a0:a1, None], out=X).add_(av[None, b0:b1] + cc)
+                    tot["sq"] += w * _diff_sq(R, gram_norm, target, a0, a1, b0, b1, Yb)
+                    Z = R.mul_(ir[a0:a1, None]).mul_(ir[None, b0:b1])
                     if cstar:
-                        Y -= cstar
-                else:
+                        Z -= cstar
+                oka, okbb = okr[a0:a1], okr[b0:b1]
+                if cstar is None:
                     ct, okt = target.cos(a0, a1, b0, b1)
-                    Y -= ct
-                    Y.mul_(okt)
+                    Z -= ct
+                    Z.mul_(okt)
                     oka = oka & (target.diag_sqrt[a0:a1] > 0)
                     okbb = okbb & (target.diag_sqrt[b0:b1] > 0)
-                _mask_rows(Y, oka, okbb)
-                Y.abs_()
+                _mask_rows(Z, oka, okbb)
+                Z.abs_()
                 na, nbb = int(oka.sum()), int(okbb.sum())
-                tot["ang"] += _upper(float(Y.sum()), float(Y.diagonal().sum()) if same else 0.0, same)
+                tot["ang"] += _upper(float(Z.sum()), float(Z.diagonal().sum()) if same else 0.0, same)
                 tot["n_ang"] += na * (na - 1) / 2 if same else na * nbb
             # cosines of the centred rows: equiangular std, uniformity. Sums are taken of (cos - m0) and of
             # (log - L0), m0/L0 the mean cosine (exact, from sum_k u_k) and its log: no cancellation in the
             # variances of nearly equiangular classes
-            torch.mul(G, ib[a0:a1, None], out=Y).mul_(ib[None, b0:b1])  # 0 where a row is zero
+            if not cos_done:
+                torch.mul(G, ib[a0:a1, None], out=Y).mul_(ib[None, b0:b1])  # 0 where a row is zero
             oka, okbb = okb[a0:a1], okb[b0:b1]
             na, nbb = int(oka.sum()), int(okbb.sum())
             all_ok = na == a1 - a0 and nbb == b1 - b0

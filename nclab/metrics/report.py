@@ -60,9 +60,12 @@ class NCMetrics:
     values : name -> float (NaN when undefined; `reasons[name]` says why). See SCALARS.
     per_class : name -> list over the non-empty classes (`info["classes"]` gives their labels):
         count, nc1 (contribution; they sum to nc1), variance (1/n_k sum ||h_i - mu_k||^2),
-        mean_norm (||mu_k - mu_G|| for ETF targets, ||mu_k|| otherwise), weight_norm (||w_k||), collapsed.
+        mean_norm (||mu_k - mu_G|| for ETF targets, ||mu_k|| otherwise), weight_norm (||w_k||), unc3
+        (cos(w_k, u_k), u_k = (mu_k - mu_G)/||mu_k - mu_G||), collapsed.
     info : N, D, K, K_eff, classes, dropped, rank (of the centred means used by NC1), rtol, singular
-        values, target, center, global_mean, within, collapsed (labels), trace_sw, trace_sb, layer.
+        values, target, center, global_mean, within, collapsed (labels), trace_sw, trace_sb, layer, tile (classes
+        per block of the pairwise metrics), nc3_method ("exact" tile by tile, or D x D Grams above K = 4,096).
+    Every name has one formula: docs/metrics.md.
     """
 
     values: dict = field(default_factory=dict)
@@ -439,7 +442,7 @@ def _projector(means: torch.Tensor, n: np.ndarray, rtol: float, mode: str, tile:
     R = torch.zeros(0, D, dtype=F64, device=means.device)
     for a0 in range(0, K, step):
         R = torch.linalg.qr(torch.cat([R, means[a0:a0 + step] - mu]), mode="r")[1]
-    _, s, vt = np.linalg.svd(R.cpu().numpy(), full_matrices=False)
+    _, s, vt = (t.cpu().numpy() for t in torch.linalg.svd(R, full_matrices=False))  # torch's threads, not BLAS's
     r = min(int((s > rtol * s[0]).sum()), K - 1) if s.size and s[0] > 0 else 0
     return vt[:r].T / s[:r], s, r, mu.cpu().numpy()
 
