@@ -13,9 +13,9 @@ from nclab.cli._common import fail, friendly_errors, parse_int_list, parse_seeds
 from nclab.cli._runs import StatusLine, check_run_flags
 from nclab.cli.predict import problem_kwargs, problem_options
 
-PRESET_NAMES = ["paper-balanced-of", "paper-balanced-etf", "paper-imbalanced-gof"]
-RUN_OPTIONS = ["optimizer", "lr", "momentum", "steps", "schedule", "gamma", "init_std", "init", "seed", "dtype",
-               "device", "gradient", "snapshot_every", "checkpoint_every", "threads", "stop_rel_gap"]
+PRESET_NAMES = ["paper-balanced-of", "paper-balanced-etf", "paper-imbalanced-gof", "dnc-k2", "lowrank-beats-dnc"]
+RUN_OPTIONS = ["activation", "optimizer", "lr", "momentum", "steps", "schedule", "gamma", "init_std", "init", "seed",
+               "dtype", "device", "gradient", "snapshot_every", "checkpoint_every", "threads", "stop_rel_gap"]
 
 
 def _explicit(ctx: click.Context, name: str) -> bool:
@@ -48,6 +48,12 @@ def _summary_line(r) -> str:
     f = r.final
     get = lambda k: f.get(k, float("nan"))  # noqa: E731
     M = len(r.config.widths)
+    if getattr(r.config, "activation", "identity") != "identity":
+        ranks = ",".join(str(get(f"rank_means_L{j}")) for j in range(1, M + 1))
+        return (f"M = {M} (relu): {r.status} at step {r.step}; f = {get('objective'):.10g} (DNC configuration "
+                f"{get('f_dnc'):.10g}, best low-rank configuration {get('f_lowrank'):.10g}); class-mean ranks "
+                f"per layer {ranks}; NC1 per layer " + ", ".join(f"{get(f'nc1_L{j}'):.1e}" for j in range(1, M + 1))
+                + (f" -> {r.run_dir}" if r.run_dir is not None else ""))
     return (f"M = {M}: {r.status} at step {r.step}; f = {get('objective'):.10g} (f* = {r.prediction.objective:.10g}, "
             f"rel. gap {get('rel_gap'):.2e}); NC1 {get('nc1_L1'):.2e}, NC2(W) {get('nc2_w'):.2e}, "
             f"NC2(H) {get('nc2_h'):.2e}, NC3 {get('nc3'):.2e}; {r.seconds:.2f} s training"
@@ -60,6 +66,9 @@ def _summary_line(r) -> str:
 @click.option("--preset", type=click.Choice(PRESET_NAMES), help="The paper's synthetic experiments (SGD, 30,000 "
               "steps); other options override the preset.")
 @click.option("--depths", help="Several depths, one run each under --out/depth-M, plus figures (e.g. 1,3,6,9).")
+@click.option("--activation", type=click.Choice(["identity", "relu"]), default="identity", show_default=True,
+              help="Between the layers: identity (the deep linear UFM) or relu (the deep ReLU UFM; metrics against "
+              "the DNC and low-rank reference configurations, nclab.ufm.dnc).")
 @click.option("--optimizer", type=click.Choice(["sgd", "adam", "lbfgs"]), default="sgd", show_default=True)
 @click.option("--lr", type=float, help="Learning rate [default: sgd 0.1, adam 1e-3, lbfgs 1].")
 @click.option("--momentum", type=float, default=0.9, show_default=True, help="SGD heavy-ball momentum.")
@@ -100,9 +109,9 @@ def _summary_line(r) -> str:
 @click.pass_context
 @friendly_errors
 def simulate_cmd(ctx, counts, classes, per_class, depth, widths, width, lambda_w, lambda_h, loss, bias, preset,
-                 depths, optimizer, lr, momentum, steps, schedule, milestones, gamma, init_std, init, restarts, seed,
-                 seeds, dtype, device, gradient, snapshot_every, checkpoint_every, stop_rel_gap, threads, out, resume,
-                 overwrite, figures, progress, as_json, tensorboard):
+                 depths, activation, optimizer, lr, momentum, steps, schedule, milestones, gamma, init_std, init,
+                 restarts, seed, seeds, dtype, device, gradient, snapshot_every, checkpoint_every, stop_rel_gap,
+                 threads, out, resume, overwrite, figures, progress, as_json, tensorboard):
     """Train the deep linear UFM (free features + M linear layers) and compare with the prediction.
 
     \b
@@ -112,14 +121,14 @@ def simulate_cmd(ctx, counts, classes, per_class, depth, widths, width, lambda_w
       nclab simulate --out runs/lbfgs --resume                            # continue it (Ctrl-C, kill, crash)
     """
     from nclab.ufm.config import make_config
-    from nclab.ufm.presets import DEPTHS, preset_options, run_depths
+    from nclab.ufm.presets import DEPTHS, PRESET_DEPTHS, preset_options, run_depths
     from nclab.ufm.trainer import simulate
 
     check_run_flags(out, resume and seeds is None, overwrite)
     if seeds is not None and resume and (overwrite or out is None):
         raise ValueError("--resume with --seeds needs --out (the folder of the seed-S runs) and no --overwrite")
     kw = problem_kwargs(counts, classes, per_class, depth, widths, width, lambda_w, lambda_h, loss, bias)
-    run_kw = dict(optimizer=optimizer, lr=lr, momentum=momentum, steps=steps, schedule=schedule,
+    run_kw = dict(activation=activation, optimizer=optimizer, lr=lr, momentum=momentum, steps=steps, schedule=schedule,
                   milestones=parse_int_list(milestones, "--milestones") or (), gamma=gamma, init_std=init_std,
                   init=init,
                   seed=seed, dtype=dtype, device=device, gradient=gradient, snapshot_every=snapshot_every,
@@ -169,7 +178,7 @@ def simulate_cmd(ctx, counts, classes, per_class, depth, widths, width, lambda_w
         if widths is not None:
             raise ValueError("--widths fixes the depth; with --depths give one --width for every layer")
     elif preset is not None and depth is None and widths is None:
-        depth_list = list(DEPTHS)
+        depth_list = list(PRESET_DEPTHS.get(preset, DEPTHS))
     if out is None:
         out = f"runs/{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if progress is None:

@@ -22,7 +22,18 @@ PRESETS: dict[str, dict] = {
     "paper-balanced-etf": dict(classes=4, per_class=100, bias=True, **PAPER),
     "paper-imbalanced-gof": dict(counts=[200, 100, 50, 50], bias=False, **PAPER),
 }
+# the deep ReLU UFM (nclab.ufm.dnc): one preset per finding of Sukenik, Mondelli, Lampert (NeurIPS 2023 / 2024);
+# float64 L-BFGS from random starts, n = 4 per class with lambda_H = lambda_W / n (the class-mean problem of n = 1
+# with lambda_H = lambda_W), width 8
+RELU = dict(activation="relu", optimizer="lbfgs", steps=3000, snapshot_every=100, init_std=0.5, widths=8,
+            per_class=4, lambda_w=5e-3, lambda_h=1.25e-3)
+PRESETS["dnc-k2"] = dict(classes=2, **RELU)
+PRESETS["lowrank-beats-dnc"] = dict(classes=4, **{**RELU, "seed": 1})
+PRESET_DEPTHS = {"dnc-k2": (3, 4), "lowrank-beats-dnc": (5,)}  # seed 0 / 1 reach the finding; other
+# seeds may stop at a higher stationary point (use --restarts and take the best)
 DESCRIPTIONS = {
+    "dnc-k2": "ReLU deep UFM, K = 2: the optimum is deep neural collapse (f -> f_dnc at every depth)",
+    "lowrank-beats-dnc": "ReLU deep UFM, K = 4, M >= 4: low-rank configurations beat DNC (f_lowrank < f_dnc)",
     "paper-balanced-of": "K = 4, n = 100, bias-free: orthogonal frame",
     "paper-balanced-etf": "K = 4, n = 100, last-layer bias: simplex ETF",
     "paper-imbalanced-gof": "n = [200, 100, 50, 50], bias-free: general orthogonal frame",
@@ -112,9 +123,10 @@ def run_restarts(config: SimulateConfig, restarts: int, out, *, resume: bool = F
     return [best] + [r for r in results if r is not best]
 
 
-def run_preset(name: str, out, *, depths: Sequence[int] = DEPTHS, resume: bool = False, overwrite: bool = False,
+def run_preset(name: str, out, *, depths: Sequence[int] | None = None, resume: bool = False, overwrite: bool = False,
                progress: bool = False, figures: bool = True, **overrides) -> list:
     """Run a preset at every depth (see :func:`run_depths`)."""
+    depths = PRESET_DEPTHS.get(name, DEPTHS) if depths is None else depths
     configs = [preset_config(name, int(M), **overrides) for M in depths]
     return run_depths(configs, out, resume=resume, overwrite=overwrite, progress=progress, figures=figures,
                       title=f"{name}: {DESCRIPTIONS[name]}")
