@@ -334,3 +334,119 @@ def test_unreadable_metrics_and_describe(tmp_path):
     (tmp_path / "metrics.csv").write_bytes(b"step\n\xff\xfe\n")
     with pytest.raises(RunFolderError, match=r"metrics.csv is unreadable \(UnicodeDecodeError: "):
         RunStore(tmp_path).read_rows()
+
+
+def test_open_run_messages_word_for_word(tmp_path):
+    """The refusals and warnings of open_run are the user's only guide: their exact text."""
+    import warnings
+
+    from nclab.results import RunFolderError
+
+    def refused(path, **kw):
+        with pytest.raises(RunFolderError) as e:
+            _open(path, **kw)
+        return str(e.value)
+
+    a = tmp_path / "a"
+    _run_folder(a)
+    assert refused(a, resume=False) == f"{a} already holds a run with this config; pass --resume to continue it or " \
+                                       "--overwrite to replace it"
+    assert refused(a, config={"a": 2, "b": 3}, kind="z", resume=False) == (
+        f"{a} already holds a run with another config (kind: 'k' -> 'z'; a: 1 -> 2; b: None -> 3); pass --resume "
+        "to continue it or --overwrite to replace it")
+    assert refused(a, config={"a": 2, "b": 3}) == (f"{a} holds a run with another config (a: 1 -> 2; b: None -> 3); "
+                                                   "use --overwrite to replace it, or another output directory")
+    # defaults fill fields that older runs did not record, only for fields this config has
+    assert _open(a, config={"a": 1, "new": 5}, defaults={"new": 5, "gone": 1}) == (_open(a)[0], False)
+    # a config.json without a kind is taken as this kind
+    RunStore(tmp_path / "nk").write_json("config.json", {"config": {"a": 1}})
+    assert _open(tmp_path / "nk", kind="anything") == (None, False)
+    b = tmp_path / "b"
+    RunStore(b).save_torch("checkpoint.pt", {"step": 0})
+    RunStore(b).append_rows([{"step": 0}])
+    assert refused(b) == (f"{b} holds checkpoint.pt, metrics.csv but no config.json, so the run they belong to is "
+                          "unknown; restore config.json, or use --overwrite to start over (it deletes them)")
+    c = tmp_path / "c"
+    _run_folder(c).file("checkpoint.pt").write_bytes(b"not a checkpoint")
+    assert refused(c).startswith(f"{c / 'checkpoint.pt'} is corrupt (UnpicklingError: ")
+    assert refused(c).endswith("); nothing to resume from: use --overwrite to start over")
+    d = tmp_path / "d"
+    _run_folder(d, summary={"status": "complete", "rows": 9}, ckpt=False)
+    assert refused(d) == (f"{d}: weights.pt (missing); metrics.csv (3 of 9 rows), and no checkpoint to rebuild "
+                          "from; use --overwrite to start over")
+    e = tmp_path / "e"
+    _run_folder(e).write_json("summary.json", ["x"])
+    with pytest.warns(UserWarning) as w:
+        _open(e)
+    assert str(w[0].message) == f"{e}: summary.json (not a JSON object); rebuilding from checkpoint.pt"
+    f = tmp_path / "f"
+    _run_folder(f)
+    for name in (".config.json.abcd1234.tmp", ".summary.json.ABCD_678.tmp"):
+        (f / name).write_text("half")
+    with pytest.warns(UserWarning) as w:
+        _open(f)
+    head = f"removed 2 temporary file(s) of an interrupted write in {f}: "
+    text = str(w[0].message)
+    assert text.startswith(head) and sorted(text[len(head):].split(", ")) == [".config.json.abcd1234.tmp",
+                                                                             ".summary.json.ABCD_678.tmp"]
+    g = tmp_path / "g"
+    _run_folder(g, rows=2, ckpt=False)
+    with pytest.warns(UserWarning) as w:
+        _open(g)
+    assert str(w[0].message) == (f"{g} has metrics rows but no checkpoint.pt yet (stopped before the first "
+                                 "checkpoint): starting over from the beginning")
+    h = tmp_path / "h"
+    _run_folder(h, rows=0, ckpt=False)
+    (h / "metrics.csv").write_text("step,v\n")  # a header and no rows: nothing to warn about
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _open(h) == (None, False)
+    with pytest.raises(RunFolderError) as e:
+        _open(tmp_path / "a" / "config.json")
+    assert str(e.value) == f"{tmp_path / 'a' / 'config.json'} exists and is not a directory"
+
+
+def test_json_layout_lock_file_and_depth_folders(tmp_path):
+    import fcntl
+
+    from nclab.results import RunLockedError, depth_run_dirs
+
+    atomic_write_json(tmp_path / "x.json", {"a": [1]})
+    assert (tmp_path / "x.json").read_text() == '{\n  "a": [\n    1\n  ]\n}\n'
+    store = RunStore(tmp_path / "deep" / "er" / "run")
+    store.create()  # parents are created
+    store.lock()
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (os.stat(store.file(".lock")).st_mode & 0o777) == 0o666 & ~umask
+    assert store.file(".lock").read_text() == f"{os.getpid()}\n"
+    store.unlock()
+    # a holder that wrote no pid yet: "pid unknown"
+    fd = os.open(store.file(".lock"), os.O_RDWR)
+    os.ftruncate(fd, 0)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        with pytest.raises(RunLockedError, match=r"in use by another nclab process \(pid unknown\); wait for it to "
+                                                 "finish or stop it, or use another output directory"):
+            RunStore(store.path).lock()
+    finally:
+        os.close(fd)
+    assert RunStore(tmp_path / "nothing").remove_temp_files() == []
+    for name in ("depth-1", "depth-10", "depth-2", "depth-x", "depth-3"):
+        (tmp_path / "m" / name).mkdir(parents=True)
+        if name != "depth-3":
+            (tmp_path / "m" / name / "config.json").write_text("{}")
+    assert [p.name for p in depth_run_dirs(tmp_path / "m")] == ["depth-1", "depth-2", "depth-10"]
+    assert depth_run_dirs(tmp_path / "none") == []
+    (tmp_path / "file").write_text("x")
+    assert depth_run_dirs(tmp_path / "file") == []
+
+
+def test_environment_history_keeps_every_earlier_record(tmp_path):
+    store = RunStore(tmp_path)
+    for v in ("1", "2", "3"):
+        store.write_environment({"python": v})
+    env = store.read_json("environment.json")
+    assert env == {"python": "3", "previous": [{"python": "1"}, {"python": "2"}]}
+    assert store.write_config({"a": 1}, kind="k", version="9") is None
+    assert store.read_config() == {"nclab_version": "9", "kind": "k", "config": {"a": 1}}
