@@ -17,6 +17,7 @@ CASES = {  # name -> predict() arguments (Grams unique, so every column is a pla
                            bias=False),
     "etf-bias": dict(counts=[3, 3, 3, 3], depth=2, widths=[6, 5], lambda_w=1e-3, lambda_h=1e-3, bias=True),
     "mse-bias-imbalanced": dict(counts=[4, 2, 2], depth=2, widths=[4, 3], lambda_w=1e-3, lambda_h=5e-3, bias=True),
+    "ce-bias": dict(counts=[2, 2, 2], depth=2, widths=[3, 3], lambda_w=1e-2, lambda_h=1e-2, bias=True, loss="ce"),
 }
 
 
@@ -103,8 +104,8 @@ def random_point(pred, seed):
     return W, H, b
 
 
-def snap_row(pred, W, H, b):
-    t = lambda a: None if a is None else torch.tensor(a, dtype=torch.float64)  # noqa: E731
+def snap_row(pred, W, H, b, dtype=torch.float64):
+    t = lambda a: None if a is None else torch.tensor(a, dtype=dtype)  # noqa: E731
     return Snapshotter(pred)([t(w) for w in W], t(H), t(b))
 
 
@@ -130,7 +131,8 @@ def test_minimizer_row_is_zero_where_the_theory_says(name):
     row = snap_row(pred, W, H, b)
     assert abs(row["rel_gap"]) < 1e-12
     zero = [k for k in row if k.startswith(("balance_", "nc2_", "nc3", "err_")) or k.endswith("norm_err")]
-    zero += ["bias_err"] if b is not None else []
+    zero += ["bias_err"] if b is not None and pred.problem.loss == "mse" else []
+    assert ("bias_err" in row) == (b is not None and pred.problem.loss == "mse")  # CE: no predicted bias to compare
     for key in zero:
         assert row[key] < 1e-7, (key, row[key])
     for key in ("nc1_L1", "nc1_L2"):
@@ -146,6 +148,44 @@ def test_minimizer_row_is_zero_where_the_theory_says(name):
         assert row2["balance_L2"] == pytest.approx(ref2["balance_L2"], rel=1e-12) and row2["balance_L2"] > 0.5
     # ||4 A - A|| / ||A|| = 3 for balance_L1 (W_2^T W_2 scaled by 4), hand-derived
     assert row2["balance_L1"] == pytest.approx(3.0, rel=1e-6)
+
+
+@pytest.mark.parametrize("name", ["etf-bias", "ce-bias"])
+def test_float32_parameters_are_measured_in_float64(name):
+    """float32 tensors (a float32 run) are converted to float64 before any product: the row equals the float64
+    reference of the same (rounded) values to 1e-9, far below float32's 1e-7."""
+    pred = predict(**CASES[name])
+    W, H, b = random_point(pred, 3)
+    r32 = lambda a: None if a is None else a.astype(np.float32).astype(np.float64)  # noqa: E731
+    row = snap_row(pred, W, H, b, dtype=torch.float32)
+    ref = reference_row(pred, [r32(w) for w in W], r32(H), r32(b))
+    for key, want in ref.items():
+        assert row[key] == pytest.approx(want, rel=1e-9, abs=1e-12), key
+
+
+def test_non_unique_grams_compare_sorted_spectra():
+    """A width-2 bottleneck over 4 balanced classes: only the spectrum of the Grams is determined, so nc2/nc3 and
+    the err columns compare sorted singular values (shape distance and relative error of the vectors)."""
+    pred = predict([3, 3, 3, 3], depth=2, widths=[2, 2], lambda_w=1e-3, lambda_h=1e-3, bias=False)
+    assert not pred.gram_unique
+    W, H, b = random_point(pred, 4)
+    row = snap_row(pred, W, H, b)
+    y = np.repeat(np.arange(4), 3)
+    Wf = W[1] @ W[0]
+    mu = np.stack([H[:, y == k].mean(1) for k in range(4)])
+    spec = lambda g: np.sort(np.linalg.svd(g, compute_uv=False))[::-1]  # noqa: E731
+    for col, err, g, key in (("nc2_w", "err_WWt", Wf @ Wf.T, "WWt"), ("nc2_h", "err_HtH", mu @ mu.T, "HtH"),
+                             ("nc3", "err_WH", Wf @ mu.T, "WH")):
+        a, t = spec(g), spec(np.asarray(getattr(pred, key)))
+        assert row[col] == pytest.approx(_nd(a, t), rel=1e-9), col
+        assert row[err] == pytest.approx(np.linalg.norm(a - t) / np.linalg.norm(t), rel=1e-9), err
+    P2, m2 = W[1], mu @ W[0].T
+    lay = pred.layers[1]
+    assert row["nc2_w_L2"] == pytest.approx(_nd(spec(P2 @ P2.T), spec(lay["partial_gram"])), rel=1e-9)
+    assert row["nc2_h_L2"] == pytest.approx(_nd(spec(m2 @ m2.T), spec(lay["mean_gram"])), rel=1e-9)
+    Wz, Hz, _ = pred.construct()
+    zero = snap_row(pred, Wz, Hz, None)
+    assert zero["nc2_w"] < 1e-9 and zero["err_WWt"] < 1e-9 and zero["err_HtH"] < 1e-9
 
 
 def test_objective_and_loss_by_hand_on_a_tiny_ce_point():
