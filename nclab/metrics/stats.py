@@ -106,7 +106,11 @@ class ClassStats:
     device : where the statistics live (default: the first batch's device).
     gemm_dtype : dtype of the per-batch scatter product, torch.float64 (default, exact to float64
         round-off) or torch.float32 (about 2x faster on CPU; still centres in float64, ~1e-7 relative
-        error in the scatter).
+        error in the scatter), or None: the features' own dtype (float32 for half types) with no float64
+        copy of the batch -- rows are shifted by their class's current float64 mean rounded to that dtype
+        (a class's first sample when it is new), so the GEMM sees only within-class deviations; means, m2 and
+        the corrections stay float64 (issue 12: ~3x faster than the default on float32 features; NC1 within
+        1e-6 relative of float64 in the collapsed regime, scatter ~3e-7 relative otherwise).
 
     Attributes: counts (K,) int64, means (K, D) float64, m2 (K,) float64, scatter (D, D) float64 (the
     sum, not divided by N), num_samples, all in the features' units; scale_exp (0 unless features beyond
@@ -116,10 +120,10 @@ class ClassStats:
     """
 
     def __init__(self, num_classes: int, dim: int | None = None, *, moments: str = "scatter", device=None,
-                 gemm_dtype: torch.dtype = F64):
+                 gemm_dtype: torch.dtype | None = F64):
         self.moments = check_choice(moments, "moments", MOMENTS)
         self.num_classes = check_num_classes(num_classes)
-        self.gemm_dtype = check_gemm_dtype(gemm_dtype)
+        self.gemm_dtype = None if gemm_dtype is None else check_gemm_dtype(gemm_dtype)
         self.device = check_device(device)
         self.dim = None if dim is None else check_int(dim, "dim", 1)
         self.reset()
@@ -209,6 +213,9 @@ class ClassStats:
         """x: a batch divided by 2^exp (its true values are x 2^exp)."""
         if self.counts is None:
             self._alloc(x.shape[1], self.device or x.device)
+        if self.gemm_dtype is None and self.moments == "scatter" and exp == 0 and self.scale_exp == 0:
+            if self._update_shifted(x, y):
+                return
         x = _f64_copy(x, self.device, buf)  # (B, D), our own float64 copy
         top = _max_exp(x)
         self._fit_scale(None if top is None else top + exp)
@@ -216,6 +223,50 @@ class ClassStats:
             ldexp_(x, exp - self.scale_exp)
         nb, mb, m2b = _class_batch(x, y.to(self.device), self.num_classes, self.moments != "none")
         self._merge(nb, mb, m2b, x if self.moments == "scatter" else None, None)
+
+    def _update_shifted(self, x: torch.Tensor, y: torch.Tensor) -> bool:
+        """The scatter GEMM in the features' own dtype (issue 12): each row is shifted by a float64 reference of
+        its class rounded to the features' dtype -- the current class mean, or for a class seen for the first
+        time its first sample -- so the GEMM sees only the within-class deviations d (exact differences in the
+        collapsed regime), and everything else is float64:
+            mean_b = c + sum d / n_b,  m2_b = sum ||d||^2 - n_b ||mean_b - c||^2,
+            S_b = d^T d - n_b (mean_b - c)(mean_b - c)^T, then Chan's merge.
+        False (nothing done) when the batch needs the rescaled float64 path (entries beyond 2^+-300)."""
+        x = x.detach().to(self.device)
+        top = _max_exp(x)
+        if top is not None and not -SAFE_EXP <= top <= SAFE_EXP:
+            return False
+        self._fit_scale(top)
+        if self.scale_exp:
+            return False
+        wdt = x.dtype if x.dtype in (torch.float32, F64) else torch.float32  # half types: float32 GEMM
+        x = x.to(wdt)
+        y = y.to(self.device)
+        K, B = self.num_classes, x.shape[0]
+        nb = torch.bincount(y, minlength=K)
+        shift = self._means.clone()  # (K, D) float64 references
+        new = (self.counts == 0) & (nb > 0)
+        if bool(new.any()):
+            first = torch.full((K,), B, dtype=torch.int64, device=self.device).scatter_reduce(
+                0, y, torch.arange(B, device=self.device), "amin", include_self=True)
+            shift[new] = x[first[new]].to(F64)
+        c = shift.to(wdt)  # the references as the features' dtype sees them ...
+        shift = c.to(F64)  # ... and exactly in float64
+        d = x - c.index_select(0, y)  # (B, D) deviations, features' dtype
+        sd = torch.zeros(K, x.shape[1], dtype=wdt, device=self.device).index_add_(0, y, d).to(F64)
+        nbf = nb.to(F64)
+        delta = sd / nbf.clamp(min=1).unsqueeze(1)  # mean_b - c, (K, D)
+        mb = shift + delta
+        rsq = torch.zeros(K, dtype=F64, device=self.device).index_add_(
+            0, y, torch.linalg.vector_norm(d, dim=1, dtype=F64) ** 2)
+        m2b = rsq - nbf * (delta * delta).sum(1)
+        if not (torch.isfinite(mb).all() and torch.isfinite(m2b).all()):
+            raise ValueError("features contain NaN or inf")
+        sb = (d.T @ d).to(F64)  # the GEMM, in the features' dtype
+        e = delta[nb > 0] * nbf[nb > 0].sqrt().unsqueeze(1)
+        sb.addmm_(e.T, e, alpha=-1.0)
+        self._merge(nb, mb, m2b, None, sb)
+        return True
 
     def _merge(self, nb, mb, m2b, rows, scatter_b) -> None:
         """Chan merge of (nb, mb, m2b, scatter) into self; `rows` are centred samples whose A^T A adds
