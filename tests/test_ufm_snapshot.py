@@ -236,3 +236,24 @@ def test_stop_rel_gap_stops_at_the_first_snapshot_below_it(stop):
     assert r.status == "converged" and r.step == first, (r.step, first, r.message)
     assert f"at step {first}" in r.message and r.final["rel_gap"] <= stop
     assert [row["step"] for row in r.history] == [s for s, _ in gaps if s <= first]
+
+
+def test_nc1_two_classes_zero_layers_and_tiny_scales():
+    """NC1 per layer: two classes (rank 1 is enough), a zero first layer (no spread after it: NaN, not an
+    error), and weights/features at 1e-120 (the zero solution's neighbourhood: NC1 is scale-invariant, so the
+    value of the unscaled point, with no underflow)."""
+    pred = predict([3, 2], depth=3, widths=[3, 3, 2], lambda_w=1e-3, lambda_h=1e-3, bias=False)
+    W, H, b = random_point(pred, 5)
+    ref = reference_row(pred, W, H, b)
+    row = snap_row(pred, W, H, b)
+    for j in (1, 2, 3):
+        assert math.isfinite(ref[f"nc1_L{j}"]) and row[f"nc1_L{j}"] == pytest.approx(ref[f"nc1_L{j}"], rel=1e-9)
+    tiny = snap_row(pred, [1e-120 * w for w in W], 1e-120 * H, b)
+    for j in (1, 2, 3):
+        assert tiny[f"nc1_L{j}"] == pytest.approx(ref[f"nc1_L{j}"], rel=1e-9), j
+    W0 = [np.zeros_like(W[0])] + W[1:]
+    zero = snap_row(pred, W0, H, b)
+    assert zero["nc1_L1"] == pytest.approx(ref["nc1_L1"], rel=1e-9)
+    assert math.isnan(zero["nc1_L2"]) and math.isnan(zero["nc1_L3"])
+    flat = snap_row(pred, W, np.zeros_like(H), b)  # the zero solution itself: every NC1 undefined
+    assert all(math.isnan(flat[f"nc1_L{j}"]) for j in (1, 2, 3))
