@@ -35,7 +35,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 # group -> (modules to mutate, test selection)
 GROUPS = {
-    "results": (["nclab/results.py"], ["tests/test_results.py", "tests/test_run_folder.py"]),
+    "results": (["nclab/results.py"], ["tests/test_results.py", "tests/test_run_folder.py",
+                                       "tests/test_tensorboard.py"]),
     "snapshot": (["nclab/ufm/snapshot.py"], ["tests/test_ufm_snapshot.py", "tests/test_ufm.py"]),
     "tracking": (["nclab/experiments/tracking.py"], ["tests/test_tracking.py"]),
     "theory": (["nclab/theory/*"], ["tests/test_theory_ce.py", "tests/test_theory_mse.py",
@@ -93,16 +94,23 @@ SAMPLES = {1: None, 2: "[02468]", 5: "[05]", 10: "0"}  # last digit of mutmut's 
 
 
 def run(group: str, work: pathlib.Path, jobs: int, fresh: bool, survivors: bool, only=(), sample: int = 1,
-        rev: str | None = None) -> dict:
+        rev: str | None = None, retest: bool = False) -> dict:
     prepare(group, work, fresh, rev)
     patterns = list(only) or ["*"]
     if SAMPLES[sample]:
         patterns = [f"{pat}__mutmut_*{SAMPLES[sample]}" for pat in patterns]
-    names = [] if patterns == ["*"] else patterns
+    names = [] if patterns == ["*"] else patterns  # the selection the counts are restricted to
+    run_names = names
+    if retest:  # only the survivors of the previous run (after new tests); the counts stay those of every mutant
+        previous = json.loads((work / "summary.json").read_text())
+        run_names = [n for n in previous["survived"] if not names or any(fnmatch.fnmatch(n, pat) for pat in names)]
+        if not run_names:
+            print(f"{group}: no survivors to retest")
+            return previous
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
     t0 = time.time()
     with open(work / "mutmut.log", "w") as log:
-        cmd = [sys.executable, "-m", "mutmut", "run", "--max-children", str(jobs), *names]
+        cmd = [sys.executable, "-m", "mutmut", "run", "--max-children", str(jobs), *run_names]
         rc = subprocess.run(cmd, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
     found = results(work)
     if names:  # a selection: count only the selected mutants
@@ -138,6 +146,8 @@ def main(argv=None) -> int:
     ap.add_argument("--sample", type=int, choices=sorted(SAMPLES), default=1,
                     help="run a fixed 1/N of the mutants (those whose number ends in given digits)")
     ap.add_argument("--rev", help="mutate nclab/ as committed at this git revision (default: the working tree)")
+    ap.add_argument("--retest", action="store_true",
+                    help="re-run only the survivors of the group's previous run (after adding tests)")
     ap.add_argument("--list", action="store_true", help="print the groups and exit")
     a = ap.parse_args(argv)
     if a.list:
@@ -149,7 +159,7 @@ def main(argv=None) -> int:
         ap.error(f"unknown group(s) {', '.join(bad)}; choose from {', '.join(GROUPS)}")
     failed = 0
     for g in a.groups or list(GROUPS):
-        failed |= run(g, a.work / g, a.jobs, a.fresh, a.survivors, a.only, a.sample, a.rev)["rc"] != 0
+        failed |= run(g, a.work / g, a.jobs, a.fresh, a.survivors, a.only, a.sample, a.rev, a.retest)["rc"] != 0
     return int(failed)
 
 
