@@ -397,6 +397,10 @@ class SecondPass:
         self.stats, self.rtol, self.global_mean = stats, rtol, global_mean
         self.kept = kept
         dev, K = stats.device, stats.num_classes
+        Ke, D = len(kept), stats.dim
+        # copies of the means, the classifier and its (D, 2 K_eff) right-hand side, plus a chunk's logits
+        check_memory(8.0 * (Ke * D * (1 + (4 if weights is not None else 0)) + (1 << 20) / D * 2 * Ke),
+                     f"the second pass over {Ke} classes of dimension {D}", dev)
         means = stats._means[torch.as_tensor(kept, device=dev)]  # (K_eff, D)
         counts = stats.counts.cpu().numpy()[kept]
         p, self.singular_values, self.rank, self.mu_g = nc1_projector(means.cpu().numpy(), counts, rtol=rtol,
