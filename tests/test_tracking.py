@@ -178,3 +178,33 @@ def test_equal_class_means_give_nan_nc1_and_nan_norm_error():
     y = np.array([0, 0, 1, 1])
     row = HeadTracker("theory", pred, counts, 1, False)(ClassStats(2).update(h, y), [torch.eye(2)])
     assert math.isnan(row["nc1_L1"]) and math.isnan(row["w_norm_err"]) and math.isnan(row["h_norm_err"])
+
+
+# ---------------------------------------------------------------------------------------------- mutation-found gaps
+def test_notes_word_for_word_and_a_small_nonzero_minimizer():
+    ce = choose_target(cfg(loss="ce"), [4, 3, 2], [5, 5])[2]
+    assert ce == "CE: the simplex ETF (nclab.predict covers balanced CE only as a candidate search)"
+    assert choose_target(cfg(lambda_h=0.0), [4, 3, 2], [5, 5])[2] == ("no theory without weight and feature decay; "
+                                                                        "the named frame is used")
+    # decays just below the zero-solution threshold: ||W W^T|| = 0.93 < 1 is still a (nonzero) theory target
+    c = cfg(loss="mse", bias=True, lambda_w=[0.1], lambda_h=0.1)
+    name, pred, note = choose_target(c, [4, 3, 2], [5, 5])
+    assert 0 < np.linalg.norm(pred.WWt) < 1 and name == "theory" and note == f"nclab.predict: {pred.geometry}"
+
+
+def test_two_classes_small_weights_and_cross_grams(tmp_path):
+    """K = 2 (rank 1 is enough for NC1), weights with row norms below 1, and grams.json's cross Grams."""
+    counts, dims = [5, 3], [3, 3, 2]
+    h, y, W = data(counts, dims, seed=2)
+    W = [0.01 * w for w in W]
+    tracker = HeadTracker("of", None, counts, 2, False)
+    row = tracker(ClassStats(2).update(h, y), [torch.tensor(w) for w in W])
+    ref, _ = reference("of", None, counts, W, h, y, False)
+    for key, want in ref.items():
+        assert row[key] == pytest.approx(want, rel=1e-9, abs=1e-15), key
+    assert math.isfinite(row["nc1_L1"]) and math.isfinite(row["nc1_L2"]) and max(row["w_norm_0"], row["w_norm_1"]) < 1
+    tracker.save(RunStore(tmp_path), epoch=1)
+    doc = RunStore(tmp_path).read_json("grams.json")
+    mu = np.stack([h[y == k].mean(0) for k in range(2)])
+    assert np.allclose(doc["layers"][0]["cross_gram"], (W[1] @ W[0]) @ mu.T, rtol=1e-12)
+    assert np.allclose(doc["layers"][1]["cross_gram"], W[1] @ (mu @ W[0].T).T, rtol=1e-12)
