@@ -340,3 +340,12 @@ def test_shifted_stream_in_the_features_dtype_keeps_the_collapsed_regime(D):
     torch.testing.assert_close(b.means, a.means, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(b.scatter, a.scatter, rtol=1e-5, atol=1e-5 * float(a.scatter.abs().max()))
     torch.testing.assert_close(b.m2, a.m2, rtol=1e-6, atol=0)
+
+
+def test_sizes_that_cannot_fit_are_refused_with_the_memory_needed(monkeypatch):
+    monkeypatch.setenv("NCLAB_MEMORY_LIMIT", "64M")
+    with pytest.raises(ValueError, match="would need"):
+        ClassStats(50000, 1024)  # 50,000 x 1,024 float64 means: 390 MB
+    s = ClassStats(3000, 8, moments="trace").update(np.random.default_rng(0).standard_normal((6000, 8)),
+                                                    np.repeat(np.arange(3000), 2))
+    assert np.isfinite(s.compute(tile=256)["gnc2_h"])  # the pairwise metrics fit in tiles

@@ -89,9 +89,30 @@ def check_gemm_dtype(dtype) -> torch.dtype:
 
 
 # ------------------------------------------------------------------------------------------ memory
+def _env_limit() -> int | None:
+    """NCLAB_MEMORY_LIMIT (bytes, or with a suffix K, M, G, T), as nclab.theory.resources reads it."""
+    text = os.environ.get("NCLAB_MEMORY_LIMIT")
+    if not text:
+        return None
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    unit = t[-1:] if t[-1:] in "KMGT" else ""
+    try:
+        value = float(t[: len(t) - len(unit)]) * {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}[unit]
+    except ValueError:
+        raise ValueError(f"NCLAB_MEMORY_LIMIT must be a number of bytes (e.g. 2G), got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"NCLAB_MEMORY_LIMIT must be a positive number of bytes, got {text!r}")
+    return int(value)
+
+
 def available_memory(device=None) -> int:
-    """Bytes that can still be allocated on `device` (CPU: MemAvailable of /proc/meminfo, else physical)."""
+    """Bytes that can still be allocated on `device` (CPU: MemAvailable of /proc/meminfo, else physical;
+    NCLAB_MEMORY_LIMIT replaces the CPU figure, as for nclab.theory)."""
     dev = torch.device(device) if device is not None else torch.device("cpu")
+    if dev.type != "cuda":
+        env = _env_limit()
+        if env is not None:
+            return env
     if dev.type == "cuda":
         try:
             return int(torch.cuda.mem_get_info(dev)[0])
