@@ -743,12 +743,19 @@ def _head_grams(state_dict: dict) -> dict | None:
             "source": "weights.pt (head weights only: class means are not stored in this run)"}
 
 
+MAX_HEATMAP_K = 256  # a K x K heatmap beyond this is unreadable and large
+
+
 def reference_grams(run: Run) -> tuple[dict, str] | None:
     """The Grams a run is compared with, and their name: the prediction's (nclab.predict), else the named
     frame a train run's tracker used (``summary.json`` target "etf"/"of": only the shape is defined, the
     heatmaps are divided by their norms anyway); None when neither is known."""
     pred = run.prediction or {}
     grams = {k: _matrix(pred.get(k)) for k in ("WWt", "HtH", "WH")}
+    if pred.get("dense") is False and (run.num_classes or 0) <= MAX_HEATMAP_K:  # K > 32: structure only
+        from nclab.theory.structure import gram_from_dict
+
+        grams = {k: gram_from_dict(pred, k) for k in ("WWt", "HtH", "WH")}
     if all(g is not None for g in grams.values()):
         note = "" if pred.get("gram_unique", True) else " (only the spectra are unique)"
         return grams, "predicted" + note
