@@ -1,0 +1,661 @@
+"""Cross-entropy with any class counts, M = 1: a certified solver of the convex reduced problem.
+
+Reduction (exact, R = min(K, d) >= K - 1). NC1 holds (each h_i solves a strictly convex problem given W, b),
+so H repeats the class means Hbar (d x K) n_k times and ||H||^2 = ||Hbar D^(1/2)||^2, D = diag(n). With
+A = W Hbar D^(1/2) = Z D^(1/2) the factorization lemma (theory.md sec. 1.1, two factors W and Hbar D^(1/2))
+gives min lambda_W/2 ||W||^2 + lambda_H/2 ||Hbar D^(1/2)||^2 = mu ||A||_*, mu = sqrt(lambda_W lambda_H), so
+
+    f* = min_{Z, b}  sum_k pi_k CE(Z e_k + b, k) + mu ||Z D^(1/2)||_*,      pi_k = n_k / N,
+
+a convex K x K problem in the class logits Z (= the sample-level nuclear norm ||W H||_*, whose columns repeat
+Z e_k n_k times). Balanced counts give mu sqrt(n) ||Z||_* = gamma ||Z||_*, the M = 1 case of ``ce.py``.
+Shifting a column of Z by a constant leaves CE unchanged and P = I - 1 1^T/K can only shrink the nuclear
+norm, so the optimum has 1^T Z = 0 (rank <= K - 1). CE is strictly convex in the centred logits, so the
+optimal Z (and with it every Gram) is unique.
+
+Symmetry. Classes with equal counts are exchangeable, so the unique optimum is invariant under permutations
+inside each group of equal counts: with G groups (sizes m_g, counts n_g) the block (g, h) of Z is
+a_gh 1 1^T + [g = h] alpha_h I. Z D^(1/2) then maps the zero-sum vectors of group h to alpha_h sqrt(n_h)
+times themselves (singular value |alpha_h| sqrt(n_h), multiplicity m_h - 1) and acts on the span of the group
+indicators by the G x G matrix B_gh = sqrt(m_g m_h n_h) a_gh + [g = h] sqrt(n_h) alpha_h. The problem becomes
+
+    min  sum_h (m_h n_h/N) CE_h(a, alpha, b) + mu (||B||_* + sum_h (m_h - 1) sqrt(n_h) |alpha_h|),
+
+of size G x G (G = K for all-distinct counts). It is solved by L-BFGS on a Burer-Monteiro factorization
+(B = U V^T, sqrt(n_h) alpha_h = x_h y_h with the penalty mu/2 (||U||^2 + ||V||^2 + sum (m_h-1)(x_h^2+y_h^2)),
+whose minimum over factorizations is the nuclear norm), then certified by a dual point.
+
+Certificate (Fenchel dual). With CE(u, k) = max_{p in simplex} <p - e_k, u> + Ent(p),
+
+    dual:  max_P  sum_k pi_k Ent(p_k)   s.t.  ||Gam(P)||_2 <= mu,  [bias: sum_k pi_k (p_k - e_k) = 0],
+    Gam(P) = [sqrt(n_k)/N (p_k - e_k)]_k  (the gradient of the data term in A).
+
+From the primal softmax P: (bias) mix every p_k with a common distribution w by a tiny weight s so the
+bias constraint holds, then mix with the one-hot e_k by t = min(1, mu/||Gam||_2) so the norm constraint holds
+(both keep the group symmetry; ||Gam||_2 = max(||Gam_B||_2, |beta_h|) over the same decomposition). Every
+feasible P gives a lower bound, the primal point (centred, nuclear norm by SVD) an upper bound; their
+difference is the reported ``gap``. ``certified`` means rel_gap <= tol (default 1e-10), to float64 rounding.
+
+Minority collapse (exact, from the certificate). At alpha_h = 0 the own and same-group logits of a group-h
+sample are equal, so the within-group block of Gam is -sqrt(n_h)/N whatever the other variables are: the
+optimality condition for alpha_h = 0 is sqrt(n_h)/N <= mu. Hence the m_h >= 2 classes of count n_h have
+merged classifier rows (and merged class means) **iff n_h <= N^2 lambda_W lambda_H**, with or without bias.
+Balanced counts: n <= K^2 n^2 lambda_W lambda_H, i.e. gamma >= 1/K, the ETF's trivial threshold.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.optimize import minimize
+from scipy.special import xlogy
+
+from nclab.theory.problem import Problem
+
+#: default target of the relative duality gap
+GAP_RTOL = 1e-10
+#: relative size below which two classifier rows (or class means) count as merged
+MERGE_RTOL = 1e-6
+#: largest K for which the dense K x K Grams are formed
+DENSE_MAX_K = 2048
+
+
+# ---------------------------------------------------------------------------------------------
+# BLAS threads: the solver multiplies small matrices thousands of times; on a loaded machine OpenBLAS's
+# threads spin against each other (K = 100 took 25 s instead of 0.7 s on 2 shared cores), so the
+# solver runs single-threaded and restores the previous setting (what threadpoolctl does, without it)
+# ---------------------------------------------------------------------------------------------
+_BLAS_SYMBOLS = (("scipy_openblas_set_num_threads64_", "scipy_openblas_get_num_threads64_"),
+                 ("scipy_openblas_set_num_threads", "scipy_openblas_get_num_threads"),
+                 ("openblas_set_num_threads64_", "openblas_get_num_threads64_"),
+                 ("openblas_set_num_threads", "openblas_get_num_threads"))
+
+
+def _blas_controls() -> list:
+    out = []
+    try:
+        import ctypes
+
+        with open("/proc/self/maps") as fh:
+            paths = sorted({ln.split()[-1] for ln in fh if "openblas" in ln.lower() and ln.split()[-1].startswith("/")})
+        for path in paths:
+            lib = ctypes.CDLL(path)
+            for setter, getter in _BLAS_SYMBOLS:
+                if hasattr(lib, setter) and hasattr(lib, getter):
+                    out.append((getattr(lib, setter), getattr(lib, getter)))
+                    break
+    except (OSError, ValueError, AttributeError):
+        return []
+    return out
+
+
+class _single_thread_blas:
+    """Context manager: OpenBLAS (numpy's and scipy's) on one thread inside, the previous counts restored."""
+
+    def __enter__(self):
+        self.saved = []
+        for setter, getter in _blas_controls():
+            try:
+                self.saved.append((setter, int(getter())))
+                setter(1)
+            except (OSError, ValueError, TypeError):
+                pass
+        return self
+
+    def __exit__(self, *exc):
+        for setter, n in self.saved:
+            try:
+                setter(n)
+            except (OSError, ValueError, TypeError):
+                pass
+        return False
+
+
+# ---------------------------------------------------------------------------------------------
+# the grouped reduced problem
+# ---------------------------------------------------------------------------------------------
+def class_groups(counts: Sequence[float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Groups of equal counts: (n_g, m_g, index) with counts == n_g[index]; n_g sorted decreasingly."""
+    c = np.asarray(counts, dtype=np.float64)
+    vals, inv, mult = np.unique(-c, return_inverse=True, return_counts=True)
+    return -vals, mult.astype(np.int64), inv.ravel()
+
+
+class _Grouped:
+    """The reduced problem over (a, alpha, b) for groups (n_g, m_g); see the module docstring."""
+
+    def __init__(self, n, m, mu: float, bias: bool):
+        self.n = np.asarray(n, dtype=np.float64)
+        self.m = np.asarray(m, dtype=np.float64)
+        self.G = self.n.size
+        self.N = float(np.sum(self.m * self.n))
+        self.K = float(np.sum(self.m))
+        self.mu = float(mu)
+        self.bias = bool(bias)
+        self.w = self.m * self.n / self.N  # weight of group h's samples
+        self.c = np.sqrt(np.outer(self.m, self.m * self.n))  # B_gh = c_gh a_gh + [g=h] sqrt(n_h) alpha_h
+        self.multi = self.m >= 2
+        # logit-difference weights: row g of column h counts classes of group g other than the own class
+        self.wt = self.m[:, None] - np.eye(self.G)
+
+    # -- the data term at (a, alpha, b) --
+    def logits(self, a, alpha, b):
+        """D[g, h]: logit of a group-g class (not the own one) minus the own logit, for a group-h sample."""
+        ell = a + (b[:, None] if b is not None else 0.0)
+        own = np.diag(ell) + alpha
+        return ell - own[None, :]
+
+    def data(self, a, alpha, b):
+        """(loss, S, D) with S_h = sum_g wt_gh e^(D_gh), CE_h = log(1 + S_h) (stable for large and small S)."""
+        D = self.logits(a, alpha, b)
+        wt = self.wt
+        mx = np.max(np.where(wt > 0, D, -np.inf), axis=0)
+        mx = np.where(np.isfinite(mx), mx, 0.0)
+        mpos = np.maximum(mx, 0.0)
+        E = np.where(wt > 0, wt * np.exp(np.minimum(D - mpos[None, :], 0.0)), 0.0)
+        rest = E.sum(axis=0)
+        ce = np.where(mpos > 0, mpos + np.log(np.exp(-mpos) + rest), np.log1p(rest))
+        return float(np.sum(self.w * ce)), ce, D
+
+    def probs(self, D):
+        """Per-class probabilities of a group-h sample: Q[g, h] (one class of group g, not the own one) and
+        r_h = 1 - P_own (computed as the sum of the others, no cancellation)."""
+        wt = self.wt
+        mx = np.max(np.where(wt > 0, D, -np.inf), axis=0)
+        mx = np.where(np.isfinite(mx), mx, 0.0)
+        mpos = np.maximum(mx, 0.0)
+        num = np.where(wt > 0, np.exp(np.minimum(D - mpos[None, :], 0.0)), 0.0)  # e^(D - mpos)
+        den = np.exp(-mpos) + np.sum(wt * num, axis=0)  # (1 + S) e^(-mpos)
+        Q = num / den[None, :]
+        r = np.sum(wt * Q, axis=0)
+        return Q, r
+
+    def B_of(self, a, alpha):
+        return self.c * a + np.diag(np.sqrt(self.n) * alpha)
+
+    def penalty(self, a, alpha):
+        s = np.linalg.svd(self.B_of(a, alpha), compute_uv=False)
+        return self.mu * (float(np.sum(s)) + float(np.sum((self.m - 1) * np.sqrt(self.n) * np.abs(alpha))))
+
+    def center(self, a, alpha, b):
+        """P Z (column means removed: CE unchanged, nuclear norm not larger) and b - mean(b)."""
+        col = (self.m @ a + alpha) / self.K
+        a = a - col[None, :]
+        if b is not None:
+            b = b - float(self.m @ b) / self.K
+        return a, alpha, b
+
+    # -- Burer-Monteiro parameterization --
+    def unpack(self, x):
+        G = self.G
+        U = x[: G * G].reshape(G, G)
+        V = x[G * G : 2 * G * G].reshape(G, G)
+        i = 2 * G * G
+        xs, ys = x[i : i + G], x[i + G : i + 2 * G]
+        b = x[i + 2 * G :] if self.bias else None
+        return U, V, xs, ys, b
+
+    def point(self, x):
+        U, V, xs, ys, b = self.unpack(x)
+        s = np.where(self.multi, xs * ys, 0.0)
+        alpha = s / np.sqrt(self.n)
+        a = (U @ V.T - np.diag(s)) / self.c
+        return a, alpha, b
+
+    def fg(self, x):
+        U, V, xs, ys, b = self.unpack(x)
+        s = np.where(self.multi, xs * ys, 0.0)
+        alpha = s / np.sqrt(self.n)
+        a = (U @ V.T - np.diag(s)) / self.c
+        loss, _, D = self.data(a, alpha, b)
+        Q, r = self.probs(D)
+        # dL/d ell_gh (ell = a + b): w_h (m_g Q_gh - [g=h] (1 - P_same... )) written with the own class apart
+        dl = self.w[None, :] * (self.wt * Q)
+        dl[np.diag_indices(self.G)] -= self.w * r  # own logit: w_h (P_own - 1) = -w_h r_h
+        dalpha = -self.w * r
+        dB = dl / self.c
+        ds = (-np.diag(dl) / np.diag(self.c) + dalpha / np.sqrt(self.n)) * self.multi
+        mu = self.mu
+        gU = dB @ V + mu * U
+        gV = dB.T @ U + mu * V
+        wm = (self.m - 1) * self.multi
+        gx = ds * ys + mu * wm * xs
+        gy = ds * xs + mu * wm * ys
+        val = loss + 0.5 * mu * (float(np.sum(U * U) + np.sum(V * V)) + float(np.sum(wm * (xs * xs + ys * ys))))
+        parts = [gU.ravel(), gV.ravel(), gx, gy]
+        if self.bias:
+            parts.append(dl.sum(axis=1))
+        return val, np.concatenate(parts)
+
+    def start(self, rng):
+        """Balanced-ETF-like start: Z = z (I - 1 1^T/K) at the balanced optimal scale, factored."""
+        K = self.K
+        gam = self.mu * math.sqrt(self.N / K)
+        z = math.log(1.0 / gam - (K - 1)) if gam * K < 1 else 1.0
+        z = max(z, 1.0)
+        a = np.full((self.G, self.G), -z / K)
+        alpha = np.full(self.G, z)
+        a[np.diag_indices(self.G)] += np.where(self.multi, 0.0, z)
+        alpha = np.where(self.multi, alpha, 0.0)
+        B = self.B_of(a, alpha)
+        Ub, sb, Vbt = np.linalg.svd(B)
+        U = Ub * np.sqrt(sb) + 1e-3 * rng.standard_normal(B.shape)
+        V = Vbt.T * np.sqrt(sb) + 1e-3 * rng.standard_normal(B.shape)
+        t = np.sqrt(np.abs(np.sqrt(self.n) * alpha))
+        parts = [U.ravel(), V.ravel(), t, t]
+        if self.bias:
+            parts.append(np.log(self.n / self.N))
+        return np.concatenate(parts)
+
+    # -- the certificate --
+    def certificate(self, a, alpha, b):
+        """(primal, dual, ||Gam||_2 before scaling, bias residual repaired) at a centred primal point."""
+        loss, _, D = self.data(a, alpha, b)
+        primal = loss + self.penalty(a, alpha)
+        Q, r = self.probs(D)  # per-class probabilities, own = 1 - r
+        m, n, N = self.m, self.n, self.N
+        own = 1.0 - r
+        s = 0.0
+        if self.bias:
+            # class-level mixture q_g (one class of group g) over all samples, target n_g/N
+            qg = (n * (own + (m - 1) * np.diag(Q)) + (self.w * N * Q).sum(axis=1) - m * n * np.diag(Q)) / N
+            target = n / N
+            s = max(0.0, 1.0 - float(np.min(target / qg)))
+            if s > 0:
+                wv = (target - (1.0 - s) * qg) / s
+                wv = np.maximum(wv, 0.0)
+                wv = wv / float(m @ wv)
+                Q = (1.0 - s) * Q + s * wv[:, None]
+                r = (1.0 - s) * r + s * (1.0 - wv)
+                own = 1.0 - r
+        # Gam in the group decomposition: block (g,h) = c_gh 1 1^T + [g=h] beta_h I
+        sq = np.sqrt(n)
+        cmat = (sq / N)[None, :] * Q  # column h: class of group g (not own)
+        beta = sq / N * (own - 1.0 - np.diag(Q))
+        GB = np.sqrt(np.outer(m, m)) * cmat + np.diag(beta)
+        gnorm = float(np.linalg.norm(GB, 2))
+        if np.any(self.multi):
+            gnorm = max(gnorm, float(np.max(np.abs(beta[self.multi]))))
+        t = 1.0 if gnorm <= self.mu else self.mu / gnorm
+        # entropy of p_t = (1 - t) e_own + t p
+        Qt, rt = t * Q, t * r
+        ent_other = -np.sum(self.wt * xlogy(Qt, Qt), axis=0)
+        ent_own = -(1.0 - rt) * np.log1p(-rt)
+        dual = float(np.sum(self.w * (ent_other + ent_own)))
+        return primal, dual, gnorm, s
+
+
+def _solve_grouped(n, m, mu, bias, *, tol=GAP_RTOL, seed=0, max_newton=40, snap=True):
+    """L-BFGS on the Burer-Monteiro form, then Newton-CG steps (Hessian-vector products by central differences
+    of the exact gradient) until the certified relative gap is below ``tol`` or stops improving.
+
+    L-BFGS stalls where the objective no longer resolves its progress (the gap is first order in the gradient,
+    the objective second order), which Newton does not need: it drives the gradient itself to rounding level.
+    """
+    prob = _Grouped(n, m, mu, bias)
+    rng = np.random.default_rng(seed)
+    x = prob.start(rng)
+    res = minimize(prob.fg, x, jac=True, method="L-BFGS-B",
+                   options={"maxiter": 300, "maxfun": 600, "ftol": 0.0, "gtol": 1e-8, "maxcor": 10})
+    iters = int(res.nit)
+    x = _refactor(prob, *prob.center(*prob.point(res.x)))
+
+    def evaluate(x):
+        a, alpha, b = prob.center(*prob.point(x))
+        primal, dual, gnorm, s = prob.certificate(a, alpha, b)
+        return (max(primal - dual, 0.0), primal, dual, a, alpha, b, gnorm, s)
+
+    best = evaluate(x)
+    fx = prob.fg(x)[0]
+    newton = 0
+    for newton in range(1, max_newton + 1):
+        if best[0] <= tol * max(abs(best[1]), 1e-300):
+            newton -= 1
+            break
+        d = _newton_dir(prob, x)
+        step, accepted = 1.0, False
+        for _ in range(30):  # backtracking: accept a lower gap or a lower objective
+            x_new = x + step * d
+            f_new = prob.fg(x_new)[0]
+            cand = evaluate(x_new)
+            if cand[0] < best[0] or f_new < fx:
+                accepted = True
+                break
+            step *= 0.5
+        if not accepted:
+            break
+        x = _refactor(prob, cand[3], cand[4], cand[5])
+        fx = prob.fg(x)[0]
+        if cand[0] < best[0]:
+            best = cand
+    if snap:
+        # exact minority collapse (module doc): alpha_g = 0 iff n_g <= N^2 mu^2; snap the rounding residue
+        zero = prob.multi & (prob.n <= prob.N**2 * mu * mu)
+        if np.any(zero & (best[4] != 0)):
+            alpha0 = np.where(zero, 0.0, best[4])
+            a0, alpha0, b0 = prob.center(best[3], alpha0, best[5])
+            primal, dual, gnorm, s = prob.certificate(a0, alpha0, b0)
+            cand = (max(primal - dual, 0.0), primal, dual, a0, alpha0, b0, gnorm, s)
+            if cand[0] <= max(best[0], tol * abs(primal)):
+                best = cand
+    gap, primal, dual, a, alpha, b, gnorm, s = best
+    return prob, dict(a=a, alpha=alpha, b=b, primal=primal, dual=dual, gap=gap, gnorm=gnorm,
+                      bias_repair=s, iterations=iters, newton=newton)
+
+
+def _newton_dir(prob: _Grouped, x, cg_iters: int | None = None):
+    """d with H d = -g solved by conjugate gradients (gauge directions of U V^T are in the null space of H
+    and orthogonal to g, so CG stays in the range); stops at negative curvature or a small residual."""
+    g = prob.fg(x)[1]
+    gn = float(np.linalg.norm(g))
+    if gn == 0:
+        return np.zeros_like(x)
+    xs = max(float(np.linalg.norm(x)), 1.0)
+
+    def hvp(v):
+        vn = float(np.linalg.norm(v))
+        eps = 1e-6 * xs / vn
+        return (prob.fg(x + eps * v)[1] - prob.fg(x - eps * v)[1]) / (2 * eps)
+
+    d = np.zeros_like(x)
+    r = -g
+    p = r.copy()
+    rr = float(r @ r)
+    for _ in range(cg_iters or min(x.size, 400)):
+        Hp = hvp(p)
+        pHp = float(p @ Hp)
+        if pHp <= 0:
+            break
+        al = rr / pHp
+        d += al * p
+        r -= al * Hp
+        rr_new = float(r @ r)
+        if math.sqrt(rr_new) <= 1e-3 * gn:
+            break
+        p = r + (rr_new / rr) * p
+        rr = rr_new
+    return d if np.any(d) else -g
+
+
+def _refactor(prob: _Grouped, a, alpha, b):
+    B = prob.B_of(a, alpha)
+    U, s, Vt = np.linalg.svd(B)
+    t = np.sqrt(np.abs(np.sqrt(prob.n) * alpha))
+    sg = np.sign(alpha)
+    parts = [(U * np.sqrt(s)).ravel(), (Vt.T * np.sqrt(s)).ravel(), t, sg * t]
+    if prob.bias:
+        parts.append(b)
+    return np.concatenate(parts)
+
+
+# ---------------------------------------------------------------------------------------------
+# result
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ImbalancedCESolution:
+    """Result of :func:`solve_ce_imbalanced` (M = 1, any counts). Arrays are float64.
+
+    Attributes
+    ----------
+    problem : Problem
+    objective : float, f* = the primal value of the returned point (an upper bound on the global minimum)
+    lower_bound : float, the dual value (a lower bound on the global minimum)
+    gap, rel_gap : float, objective - lower_bound (>= 0) and gap / objective
+    certified : bool, rel_gap <= tol
+    objective_zero : float, value at W = 0, H = 0 (b optimal with bias)
+    mu : float, sqrt(lambda_W lambda_H), weight of ||Z D^(1/2)||_*
+    Z, WH : ndarray (K, K), class logits W Hbar (centred: 1^T Z = 0); None above DENSE_MAX_K
+    bias : ndarray (K,) (mean 0) or None
+    WWt, HtH : ndarray (K, K), Grams of the classifier rows and of the class means (balanced factorization)
+    w_norms, h_norms : ndarray (K,), ||w_k|| and ||h_k||
+    rank : int, rank of Z
+    merged : list of lists of class indices whose classifier rows (and class means) coincide
+    collapse_count : float, N^2 lambda_W lambda_H: a group of >= 2 classes with equal count n merges iff
+        n <= collapse_count (exact, see the module docstring)
+    groups : dict, the equal-count groups: counts n_g, sizes m_g, alpha_g (within-group logit gap; 0 = merged)
+    solver : dict, iterations, rounds, seconds, ||Gam||_2 / mu, bias repair weight
+    notes : list of str
+    """
+
+    problem: Problem
+    objective: float
+    lower_bound: float
+    gap: float
+    rel_gap: float
+    certified: bool
+    objective_zero: float
+    mu: float
+    Z: np.ndarray | None
+    WH: np.ndarray | None
+    bias: np.ndarray | None
+    WWt: np.ndarray | None
+    HtH: np.ndarray | None
+    w_norms: np.ndarray
+    h_norms: np.ndarray
+    rank: int
+    merged: list
+    collapse_count: float
+    groups: dict
+    solver: dict
+    notes: list = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        out = {}
+        for k in self.__dataclass_fields__:
+            v = getattr(self, k)
+            if k == "problem":
+                v = v.to_dict()
+            elif isinstance(v, np.ndarray):
+                v = v.tolist()
+            elif isinstance(v, dict):
+                v = {kk: (vv.tolist() if isinstance(vv, np.ndarray) else vv) for kk, vv in v.items()}
+            out[k] = v
+        return out
+
+
+def _check(problem) -> Problem:
+    if not isinstance(problem, Problem):
+        raise TypeError(f"problem must be an nclab.theory.Problem (see make_problem), got {type(problem).__name__}")
+    if problem.loss != "ce":
+        raise ValueError(f"solve_ce_imbalanced needs loss 'ce', got {problem.loss!r}")
+    if problem.M != 1:
+        raise ValueError(f"solve_ce_imbalanced is the M = 1 certified solver; got depth M = {problem.M}")
+    if problem.rank_budget < problem.K - 1:
+        raise ValueError(
+            f"the width d = {problem.widths[0]} is below K - 1 = {problem.K - 1}: the problem is rank-constrained "
+            "(not convex) and the certified solver does not apply"
+        )
+    return problem
+
+
+def _zero_value(n, m, bias: bool) -> float:
+    """Value at Z = 0: log K bias-free; with bias the optimal b = log(pi) gives the entropy of pi."""
+    n, m = np.asarray(n, float), np.asarray(m, float)
+    K, N = float(m.sum()), float(m @ n)
+    if not bias:
+        return math.log(K)
+    pi = n / N
+    return float(-np.sum(m * xlogy(pi, pi)))
+
+
+def solve_ce_imbalanced(problem: Problem, *, tol: float = GAP_RTOL, seed: int = 0) -> ImbalancedCESolution:
+    """Certified global minimizer of the M = 1 UFM with cross-entropy and any class counts (module doc)."""
+    _check(problem)
+    t0 = time.perf_counter()
+    lam_w, lam_h = problem.lambda_w[0], problem.lambda_h
+    mu = math.sqrt(lam_w * lam_h)
+    n, m, idx = class_groups(problem.counts)
+    with _single_thread_blas():
+        prob, res = _solve_grouped(n, m, mu, problem.bias, tol=tol, seed=seed)
+    K, N = problem.K, problem.N
+    a, alpha, b = res["a"], res["alpha"], res["b"]
+    primal, dual, gap = res["primal"], res["dual"], res["gap"]
+    rel = gap / max(abs(primal), 1e-300)
+    notes = []
+    collapse = N * N * lam_w * lam_h
+    # merged within groups: exact iff n_g <= collapse (certificate); numerically alpha ~ 0
+    scale_alpha = max(float(np.max(np.abs(alpha))), float(np.max(np.abs(a))), 1e-300)
+    group_merged = [bool(mg >= 2 and abs(al) <= MERGE_RTOL * scale_alpha) for mg, al in zip(m, alpha)]
+    Z = WWt = HtH = None
+    bias_full = None if b is None else b[idx].astype(np.float64)
+    if K <= DENSE_MAX_K:
+        Z = a[np.ix_(idx, idx)] + np.diag(alpha[idx])
+        sqn = np.sqrt(np.asarray(problem.counts, dtype=np.float64))
+        U, s, Vt = np.linalg.svd(Z * sqn[None, :])
+        keep = s > 1e-12 * max(s[0], 1e-300) if s.size and s[0] > 0 else np.zeros(s.size, bool)
+        U, s, Vt = U[:, keep], s[keep], Vt[keep]
+        WWt = math.sqrt(lam_h / lam_w) * (U * s) @ U.T
+        HtH = math.sqrt(lam_w / lam_h) * ((Vt.T * s) @ Vt) / np.outer(sqn, sqn)
+        rank = int(s.size)
+        wn = np.sqrt(np.maximum(np.diag(WWt), 0.0))
+        hn = np.sqrt(np.maximum(np.diag(HtH), 0.0))
+        merged = _merged_sets(WWt, wn)
+    else:
+        notes.append(f"K = {K:,} > {DENSE_MAX_K}: the dense Grams are not formed")
+        # norms from the group decomposition: ||w_k||^2 = e_k^T WWt e_k (within-group + indicator parts)
+        wn, hn = _group_norms(prob, a, alpha, idx, lam_w, lam_h)
+        rank = int(np.sum(np.linalg.svd(prob.B_of(a, alpha), compute_uv=False) > 1e-12)
+                   + np.sum((m - 1) * (np.abs(alpha) > MERGE_RTOL * scale_alpha)))
+        merged = [list(np.nonzero(idx == g)[0]) for g in range(len(m)) if group_merged[g]]
+    for g in range(len(m)):
+        if m[g] >= 2 and group_merged[g] != bool(n[g] <= collapse):
+            notes.append(f"group of count {n[g]:g}: numerical merge {group_merged[g]} disagrees with the exact "
+                         f"threshold n <= {collapse:.6g} (near the threshold)")
+    sol = ImbalancedCESolution(
+        problem=problem, objective=float(primal), lower_bound=float(dual), gap=float(gap), rel_gap=float(rel),
+        certified=bool(rel <= tol), objective_zero=_zero_value(n, m, problem.bias), mu=mu,
+        Z=Z, WH=None if Z is None else Z.copy(), bias=bias_full, WWt=WWt, HtH=HtH,
+        w_norms=wn, h_norms=hn, rank=rank, merged=merged, collapse_count=float(collapse),
+        groups={"counts": n, "sizes": m, "alpha": alpha, "merged": group_merged, "a": a},
+        solver={"iterations": res["iterations"], "newton": res["newton"], "seconds": time.perf_counter() - t0,
+                "gamma_norm_over_mu": res["gnorm"] / mu, "bias_repair": res["bias_repair"],
+                "method": "L-BFGS on the Burer-Monteiro form of the grouped problem, Fenchel dual certificate"},
+        notes=notes,
+    )
+    return sol
+
+
+def _merged_sets(WWt, wn) -> list:
+    K = wn.size
+    scale = max(float(np.max(wn)), 1e-300)
+    d2 = wn[:, None] ** 2 + wn[None, :] ** 2 - 2 * WWt
+    close = np.sqrt(np.maximum(d2, 0.0)) <= MERGE_RTOL * scale * 10
+    seen, out = np.zeros(K, bool), []
+    for k in range(K):
+        if seen[k]:
+            continue
+        grp = np.nonzero(close[k] & ~seen)[0]
+        seen[grp] = True
+        if grp.size >= 2:
+            out.append([int(i) for i in grp])
+    return out
+
+
+def _group_norms(prob, a, alpha, idx, lam_w, lam_h):
+    """||w_k||, ||h_k|| without K x K matrices: within-group part |alpha| sqrt(n) (1 - 1/m) plus the indicator
+    part from the G x G B (WWt = sqrt(lam_h/lam_w) |A|_left, HtH = sqrt(lam_w/lam_h) D^-1/2 |A|_right D^-1/2)."""
+    B = prob.B_of(a, alpha)
+    U, s, Vt = np.linalg.svd(B)
+    L = (U * s) @ U.T
+    Rm = (Vt.T * s) @ Vt
+    m, n = prob.m, prob.n
+    within = np.abs(alpha) * np.sqrt(n) * (1.0 - 1.0 / m)
+    w2 = math.sqrt(lam_h / lam_w) * (np.diag(L) / m + within)
+    h2 = math.sqrt(lam_w / lam_h) * (np.diag(Rm) / m + within) / n
+    return np.sqrt(np.maximum(w2, 0))[idx], np.sqrt(np.maximum(h2, 0))[idx]
+
+
+def construct_ce_imbalanced(problem: Problem, solution: ImbalancedCESolution):
+    """Explicit W (K x d), H (d x N) and b attaining ``solution.objective`` (balanced factorization of
+    A = Z D^(1/2) = U S V^T: W = (lambda_H/lambda_W)^(1/4) U S^(1/2), Hbar = (lambda_W/lambda_H)^(1/4)
+    S^(1/2) V^T D^(-1/2); every sample of class k gets h_k)."""
+    _check(problem)
+    if solution.Z is None:
+        raise ValueError(f"construct needs the dense logits (K <= {DENSE_MAX_K})")
+    lam_w, lam_h = problem.lambda_w[0], problem.lambda_h
+    K, d = problem.K, problem.widths[0]
+    sqn = np.sqrt(np.asarray(problem.counts, dtype=np.float64))
+    U, s, Vt = np.linalg.svd(solution.Z * sqn[None, :])
+    r = min(int(np.sum(s > 1e-15 * max(s[0], 1e-300))) if s[0] > 0 else 0, d)
+    W = np.zeros((K, d))
+    W[:, :r] = (lam_h / lam_w) ** 0.25 * U[:, :r] * np.sqrt(s[:r])
+    Hbar = np.zeros((d, K))
+    Hbar[:r] = (lam_w / lam_h) ** 0.25 * np.sqrt(s[:r])[:, None] * Vt[:r] / sqn[None, :]
+    H = np.repeat(Hbar, np.asarray(problem.counts, dtype=np.int64), axis=1)
+    b = None if solution.bias is None else solution.bias.copy()
+    return [W], H, b
+
+
+# ---------------------------------------------------------------------------------------------
+# minority collapse
+# ---------------------------------------------------------------------------------------------
+def solve_grouped_counts(counts, sizes, lambda_w: float, lambda_h: float, bias: bool = False, *,
+                         tol: float = GAP_RTOL, seed: int = 0, snap: bool = True) -> dict:
+    """The certified solver on groups directly: ``counts`` n_g (real numbers > 0 allowed, for scans),
+    ``sizes`` m_g (classes per group). Returns the primal/dual values, gap, a (G x G), alpha (G), b and
+    ``merged`` (per group: |alpha_g| <= MERGE_RTOL of the logit scale). ``snap`` sets alpha_g = 0 exactly
+    where the collapse criterion n_g <= N^2 lambda_W lambda_H holds (kept only if the gap stays certified);
+    snap=False leaves the solver's own point (what the bisection of minority_collapse_threshold uses)."""
+    n = np.asarray(counts, dtype=np.float64)
+    m = np.asarray(sizes, dtype=np.int64)
+    if n.ndim != 1 or n.shape != m.shape or n.size < 1 or np.any(n <= 0) or np.any(m < 1) or m.sum() < 2:
+        raise ValueError("counts and sizes must be equal-length lists of positive numbers (at least 2 classes)")
+    mu = math.sqrt(float(lambda_w) * float(lambda_h))
+    with _single_thread_blas():
+        _, res = _solve_grouped(n, m, mu, bool(bias), tol=tol, seed=seed, snap=snap)
+    res["rel_gap"] = res["gap"] / max(abs(res["primal"]), 1e-300)
+    scale = max(float(np.max(np.abs(res["alpha"]))), float(np.max(np.abs(res["a"]))), 1e-300)
+    res["merged"] = [bool(mg >= 2 and abs(al) <= MERGE_RTOL * scale) for mg, al in zip(m, res["alpha"])]
+    return res
+
+
+def collapse_ratio_closed_form(n_major: float, k_major: int, k_minor: int, lambda_w: float, lambda_h: float) -> float:
+    """Largest minority/majority count ratio rho = n_B/n_A at which the k_minor >= 2 minority classifier rows
+    merge: the smaller root of lambda_W lambda_H (k_A n_A + k_B rho n_A)^2 = rho n_A (merged iff
+    n_B <= N^2 lambda_W lambda_H). Returns inf where every ratio merges (no real root: over-regularized)."""
+    lam2 = float(lambda_w) * float(lambda_h)
+    A, B = k_major * n_major, k_minor * n_major
+    # lam2 (A + B rho)^2 - n_A rho = 0  ->  lam2 B^2 rho^2 + (2 lam2 A B - n_A) rho + lam2 A^2 = 0
+    qa, qb, qc = lam2 * B * B, 2 * lam2 * A * B - n_major, lam2 * A * A
+    disc = qb * qb - 4 * qa * qc
+    if disc < 0 or qb >= 0:
+        return math.inf
+    return 2 * qc / (-qb + math.sqrt(disc))  # smaller root, written without cancellation
+
+
+def minority_collapse_threshold(n_major: float, k_major: int, k_minor: int, lambda_w: float, lambda_h: float,
+                                bias: bool = False, *, rtol: float = 1e-7) -> dict:
+    """Minority-collapse threshold of the two-cluster setting (k_major classes of n_major samples, k_minor >= 2
+    classes of rho n_major), by bisection over rho on the certified solver's merge decision.
+
+    Returns {"ratio": rho* (bisection), "ratio_closed_form": the exact root (see collapse_ratio_closed_form),
+    "bracket": (lo, hi), "solves": number of certified solves}. Rows merge iff rho <= rho*.
+    """
+    k_major, k_minor = int(k_major), int(k_minor)
+    if k_minor < 2 or k_major < 1:
+        raise ValueError("need k_major >= 1 and k_minor >= 2 (a single class cannot merge with itself)")
+
+    def merged(rho):
+        r = solve_grouped_counts([n_major, rho * n_major], [k_major, k_minor], lambda_w, lambda_h, bias, snap=False)
+        return r["merged"][1]
+
+    lo, hi, solves = 0.0, 1.0, 1
+    if merged(hi):
+        return {"ratio": math.inf, "ratio_closed_form": collapse_ratio_closed_form(n_major, k_major, k_minor,
+                                                                                   lambda_w, lambda_h),
+                "bracket": (1.0, math.inf), "solves": solves, "note": "minority rows merge even at rho = 1"}
+    lo = 1e-12
+    while hi - lo > rtol * hi:
+        mid = 0.5 * (lo + hi)
+        solves += 1
+        if merged(mid):
+            lo = mid
+        else:
+            hi = mid
+    return {"ratio": 0.5 * (lo + hi), "ratio_closed_form": collapse_ratio_closed_form(n_major, k_major, k_minor,
+                                                                                      lambda_w, lambda_h),
+            "bracket": (lo, hi), "solves": solves}
