@@ -162,3 +162,30 @@ def test_refusals():
     with pytest.raises(ValueError):
         minority_collapse_threshold(100, 2, 1, 1e-2, 1e-2)
     assert collapse_ratio_closed_form(100, 2, 3, 1.0, 1.0) == math.inf
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_prediction_adapter(bias):
+    """as_ce_solution feeds nclab's Prediction unchanged: Grams, structure, per-class table, JSON, construct."""
+    import json
+
+    from nclab.theory.ce_imbalanced import as_ce_solution
+    from nclab.theory.predict import Prediction
+
+    p = ce_problem([50, 50, 5, 5, 5], 1e-2, bias=bias, width=6)
+    c = as_ce_solution(p)
+    pred = Prediction(p, ce=c)
+    assert pred.objective == c.objective and c.certified and pred.geometry.startswith("certified optimum (rank 2")
+    st = pred.structure
+    assert np.allclose(pred.WWt, st["basis"].dense(st["values"]["WWt"], "u", "u"))
+    assert np.allclose(pred.HtH, st["basis"].dense(st["values"]["HtH"], "v", "v"))
+    assert np.allclose(pred.WH, st["basis"].dense(st["values"]["WH"], "u", "v"))
+    doc = pred.to_dict()
+    json.dumps(doc)
+    assert doc["certified"] and doc["rel_gap"] <= 1e-10 and doc["merged"] == [[2, 3, 4]]
+    weights, H, b = construct_ce_imbalanced(p, c)
+    f = ufm_objective(weights, H, labels_from_counts(p.counts), p.lambda_w, p.lambda_h, b, "ce")
+    assert f == pytest.approx(pred.objective, rel=1e-12)
+    Hbar = H[:, [0, 50, 100, 105, 110]]
+    assert np.allclose(weights[0], c.layers[0]["nc3_scale"] @ Hbar.T)  # NC3 form W = C Hbar^T
+    assert c.etf_objective >= c.objective  # the scaled ETF is feasible, hence never better

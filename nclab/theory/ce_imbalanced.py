@@ -659,3 +659,100 @@ def minority_collapse_threshold(n_major: float, k_major: int, k_minor: int, lamb
     return {"ratio": 0.5 * (lo + hi), "ratio_closed_form": collapse_ratio_closed_form(n_major, k_major, k_minor,
                                                                                       lambda_w, lambda_h),
             "bracket": (lo, hi), "solves": solves}
+
+
+# ---------------------------------------------------------------------------------------------
+# adapter for nclab.predict (Prediction(problem, ce=...))
+# ---------------------------------------------------------------------------------------------
+def _imbalanced_ce_solution_class():
+    from nclab.theory.ce import CESolution
+
+    @dataclass(frozen=True)
+    class ImbalancedCEPrediction(CESolution):
+        """A :class:`nclab.theory.ce.CESolution` for imbalanced counts, M = 1 (certified): the CE fields plus
+        the certificate (``certified``, ``gap``, ``rel_gap``, ``lower_bound``), ``merged`` classifier rows,
+        ``collapse_count`` (N^2 lambda_W lambda_H), per-class ``w_norms``/``h_norms`` and ``solver``."""
+
+        certified: bool = False
+        gap: float = math.nan
+        rel_gap: float = math.nan
+        lower_bound: float = math.nan
+        merged: list = field(default_factory=list)
+        collapse_count: float = math.nan
+        w_norms: np.ndarray = None
+        h_norms: np.ndarray = None
+        solver: dict = field(default_factory=dict)
+
+    return ImbalancedCEPrediction
+
+
+def _etf_candidate(problem: Problem, mu: float) -> tuple[float, float]:
+    """Best Z = z (I - 1 1^T/K) with b = 0: phi(z) = log(1 + (K-1) e^-z) + mu z ||P D^(1/2)||_* (convex);
+    an upper bound (b = 0 is feasible with a bias too). Returns (z, phi(z))."""
+    K = problem.K
+    Pm = np.eye(K) - 1.0 / K
+    c = mu * float(np.sum(np.linalg.svd(Pm * np.sqrt(np.asarray(problem.counts, float))[None, :], compute_uv=False)))
+    if c >= (K - 1) / K:  # phi'(0) = -(K-1)/K + c >= 0
+        return 0.0, math.log(K)
+    z = math.log((K - 1) * (1 - c) / c)
+    return z, math.log1p((K - 1) * math.exp(-z)) + c * z
+
+
+def as_ce_solution(problem: Problem, sol: ImbalancedCESolution | None = None):
+    """The certified M = 1 solution as a ``CESolution`` (subclass ``ImbalancedCEPrediction``), so that
+    ``Prediction(problem, ce=as_ce_solution(problem))`` gives every Prediction output (Grams, per-class
+    table, layers, to_dict). Grams over ``LowRankBasis(U, D^(-1/2) V)`` with A = Z D^(1/2) = U diag(s) V^T:
+    WWt = c U diag(s) U^T, HtH = c^-1 D^-1/2 V diag(s) V^T D^-1/2, WH = Z, c = sqrt(lambda_H/lambda_W)."""
+    from nclab.theory.structure import LowRankBasis, ZeroBasis
+
+    _check(problem)
+    if sol is None:
+        sol = solve_ce_imbalanced(problem)
+    if sol.Z is None:
+        raise ValueError(f"the Prediction adapter needs the dense logits (K <= {DENSE_MAX_K})")
+    K, lam_w, lam_h = problem.K, problem.lambda_w[0], problem.lambda_h
+    mu = sol.mu
+    sqn = np.sqrt(np.asarray(problem.counts, dtype=np.float64))
+    U, s, Vt = np.linalg.svd(sol.Z * sqn[None, :])
+    r = int(np.sum(s > 1e-12 * s[0])) if s.size and s[0] > 0 else 0
+    U, s, V = U[:, :r], s[:r], Vt[:r].T
+    cw = math.sqrt(lam_h / lam_w)
+    reg = 0.5 * mu * float(np.sum(s))
+    basis = LowRankBasis(U, V / sqn[:, None]) if r else ZeroBasis(K)
+    values = {"WWt": cw * s, "HtH": s / cw, "WH": s.copy()}
+    sigma = np.sqrt(cw * s)[None, :]
+    nc3 = cw * (U @ V.T) * sqn[None, :] if r else None
+    layers = [{"sigma": sigma[0].copy(), "mean_gram": sol.HtH.copy(), "partial_gram": sol.WWt.copy(),
+               "nc3_scale": nc3, "regularizer": reg}]
+    etf_z, etf_val = _etf_candidate(problem, mu)
+    tie = abs(etf_val - sol.objective) <= 1e-8 * abs(sol.objective)
+    name = "zero" if r == 0 else (f"certified optimum (rank {r}" + (", merged classifier rows)" if sol.merged else ")"))
+    scale_w, scale_h = max(float(sol.w_norms.max()), 1e-300), max(float(sol.h_norms.max()), 1e-300)
+    active = [bool(w > 1e-6 * scale_w or h > 1e-6 * scale_h) for w, h in zip(sol.w_norms, sol.h_norms)]
+    notes = list(sol.notes) + [
+        f"M = 1, imbalanced counts: convex reduced problem solved to a certified relative duality gap "
+        f"{sol.rel_gap:.2g} (certified: {sol.certified})",
+        f"classes of equal count n merge (classifier rows and class means) iff n <= N^2 lambda_W lambda_H = "
+        f"{sol.collapse_count:.6g}",
+    ]
+    if problem.bias:
+        unote = ("the value and the centred logits P(Z e_k + b) are unique (CE is strictly convex in them); the "
+                 "split of Z and b along row shifts is fixed by the nuclear norm, not proven unique")
+    else:
+        unote = "the optimum is unique (convex problem, strictly convex in the centred logits; Z = P Z)"
+    cls = _imbalanced_ce_solution_class()
+    return cls(
+        problem=problem, objective=sol.objective, objective_zero=sol.objective_zero,
+        gamma=mu * math.sqrt(problem.N / K), etf_z=etf_z, etf_objective=etf_val, etf_feasible=True,
+        etf_gamma_c=None, etf_is_global=bool(tie), etf_proven=False, best_structure=name, best_rank=r,
+        candidates={name: {"objective": sol.objective, "rank": r, "scale": float(s[0]) if r else 0.0},
+                    "simplex ETF": {"objective": etf_val, "rank": K - 1 if etf_z > 0 else 0, "scale": etf_z},
+                    "zero": {"objective": sol.objective_zero, "rank": 0, "scale": 0.0}},
+        search={"run": False, "note": "M = 1: convex; certified solver (no search needed)"},
+        Z=sol.Z.copy(), bias=None if sol.bias is None else sol.bias.copy(), WWt=sol.WWt.copy(),
+        HtH=sol.HtH.copy(), WH=sol.Z.copy(), gram_unique=not problem.bias, uniqueness_note=unote, active=active,
+        layers=layers, notes=notes, basis=basis, values=values, sigma=sigma, regularizer=reg,
+        certified=sol.certified, gap=sol.gap, rel_gap=sol.rel_gap, lower_bound=sol.lower_bound,
+        merged=sol.merged, collapse_count=sol.collapse_count, w_norms=sol.w_norms.copy(),
+        h_norms=sol.h_norms.copy(), solver=dict(sol.solver),
+    )
