@@ -193,3 +193,40 @@ def test_prediction_adapter(bias):
     Hbar = H[:, [0, 50, 100, 105, 110]]
     assert np.allclose(weights[0], c.layers[0]["nc3_scale"] @ Hbar.T)  # NC3 form W = C Hbar^T
     assert c.etf_objective >= c.objective  # the scaled ETF is feasible, hence never better
+
+
+DEEP = [([6, 3, 2, 2], 2, 1e-2, False), ([6, 3, 2, 2], 3, 1e-2, True), ([8, 4, 2, 2, 1], 2, 5e-3, False),
+        ([10, 10, 3, 3], 2, 2e-2, True)]
+
+
+@pytest.mark.parametrize("counts,M,lam,bias", DEEP)
+def test_deep_best_found_never_beaten(counts, M, lam, bias):
+    """M >= 2 (not certified): the best-found value is attained by construct(), and long float64 descent on
+    the full model (random starts and construct() plus noise) never goes below it."""
+    from nclab.theory.ce_imbalanced import construct_ce_imbalanced_deep, solve_ce_imbalanced_deep
+
+    K = len(counts)
+    p = make_problem(counts, depth=M, widths=[max(K, 4)] * M, lambda_w=lam, lambda_h=lam, bias=bias, loss="ce")
+    r = solve_ce_imbalanced_deep(p)
+    assert r["certified"] is False and r["objective"] <= r["objective_zero"]
+    weights, H, b = construct_ce_imbalanced_deep(p, r)
+    f = ufm_objective(weights, H, labels_from_counts(p.counts), p.lambda_w, p.lambda_h, b, "ce")
+    assert f == pytest.approx(r["objective"], rel=1e-12)
+    vals = [descend(p, seed=s, scale=0.5, maxiter=20000) for s in range(3)]
+    vals.append(descend(p, perturb((weights, H, b), 1e-2, seed=2), maxiter=20000))
+    assert min(vals) >= r["objective"] - 1e-10 * abs(r["objective"])
+
+
+def test_deep_low_rank_winner_and_balanced_agreement():
+    """Low-rank winners: imbalanced [6, 3, 2, 2] at M = 2 is rank 2 < K - 1; balanced settings agree with
+    nclab's balanced CE search (cross-polytope at K = 4, M = 3)."""
+    from nclab.theory.ce_imbalanced import solve_ce_imbalanced_deep
+
+    p = make_problem([6, 3, 2, 2], depth=2, widths=4, lambda_w=1e-2, lambda_h=1e-2, loss="ce")
+    assert solve_ce_imbalanced_deep(p)["rank"] == 2
+    for counts, M, lam in [([4] * 4, 3, 1e-2), ([5] * 6, 2, 3e-2)]:
+        p = make_problem(counts, depth=M, widths=max(len(counts), 4), lambda_w=lam, lambda_h=lam, loss="ce")
+        r = solve_ce_imbalanced_deep(p)
+        ref = nclab.predict(p)
+        assert r["objective"] == pytest.approx(ref.objective, rel=1e-10)
+        assert r["rank"] == ref.ce["best_rank"]

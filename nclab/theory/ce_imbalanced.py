@@ -756,3 +756,230 @@ def as_ce_solution(problem: Problem, sol: ImbalancedCESolution | None = None):
         merged=sol.merged, collapse_count=sol.collapse_count, w_norms=sol.w_norms.copy(),
         h_norms=sol.h_norms.copy(), solver=dict(sol.solver),
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# M >= 2: best found (not certified)
+# ---------------------------------------------------------------------------------------------
+def deep_gamma(problem: Problem) -> float:
+    """gamma' = (prod_j lambda_j * lambda_H)^(1/(M+1)): the penalty is (M+1)/2 gamma' sum sigma_i(Z D^(1/2))^p."""
+    logs = sum(math.log(v) for v in problem.lambda_w) + math.log(problem.lambda_h)
+    return math.exp(logs / (problem.M + 1))
+
+
+def deep_reduced_objective(problem: Problem, Z: np.ndarray, b: np.ndarray | None) -> float:
+    """g(Z, b) = sum_k pi_k CE(Z e_k + b, k) + (M+1)/2 gamma' sum_i sigma_i(Z D^(1/2))^(2/(M+1)), any M >= 1:
+    the exact minimum of the full objective over the factorizations with class logits Z (NC1 + sec. 1.1)."""
+    n = np.asarray(problem.counts, dtype=np.float64)
+    M = problem.M
+    L = Z if b is None else Z + b[:, None]
+    mx = L.max(axis=0)
+    ce = mx + np.log(np.exp(L - mx).sum(axis=0)) - np.diag(L)
+    s = np.linalg.svd(Z * np.sqrt(n)[None, :], compute_uv=False)
+    return float(n @ ce / n.sum()) + 0.5 * (M + 1) * deep_gamma(problem) * float(np.sum(s ** (2.0 / (M + 1))))
+
+
+#: relative singular-value cutoff of Z D^(1/2) for M >= 2: below it a direction is rounding noise, which the
+#: quasi-norm would still charge (1e-16^(1/2) = 1e-8); the reported point is the compact reconstruction
+_DEEP_SV_RTOL = 1e-9
+
+
+def _deep_clean(problem: Problem, Z: np.ndarray, b, max_rank: int | None = None):
+    """(value, Z') with Z' the compact-SVD reconstruction of Z D^(1/2) (cutoff _DEEP_SV_RTOL), truncated
+    further to its best top-k (k <= max_rank) for g; value = g(Z', b) over the kept singular values (what
+    construct_ce_imbalanced_deep attains)."""
+    n = np.asarray(problem.counts, dtype=np.float64)
+    sq = np.sqrt(n)
+    M = problem.M
+    U, s, Vt = np.linalg.svd(Z * sq[None, :])
+    k_max = int(np.sum(s > _DEEP_SV_RTOL * s[0])) if s.size and s[0] > 0 else 0
+    if max_rank is not None:
+        k_max = min(k_max, max_rank)
+    pen = 0.5 * (M + 1) * deep_gamma(problem)
+    best = None
+    for k in range(k_max + 1):
+        Zk = ((U[:, :k] * s[:k]) @ Vt[:k]) / sq[None, :]
+        L = Zk if b is None else Zk + b[:, None]
+        mx = L.max(axis=0)
+        ce = mx + np.log(np.exp(L - mx).sum(axis=0)) - np.diag(L)
+        v = float(n @ ce / n.sum()) + pen * float(np.sum(s[:k] ** (2.0 / (M + 1))))
+        if best is None or v < best[0]:
+            best = (v, Zk)
+    return best
+
+
+class _DeepFactored:
+    """Weighted CE with A = Z D^(1/2) = F[M] ... F[0] (F[0]: r x K, F[M]: K x r), (gamma'/2) sum ||F_i||^2."""
+
+    def __init__(self, counts, M: int, r: int, gam: float, bias: bool):
+        n = np.asarray(counts, dtype=np.float64)
+        self.K, self.M, self.r, self.gam, self.bias = n.size, M, r, gam, bias
+        self.sq, self.pi = np.sqrt(n), n / n.sum()
+        self.shapes = [(r, self.K)] + [(r, r)] * (M - 1) + [(self.K, r)]
+        self.sizes = [a * b for a, b in self.shapes]
+        self.eye = np.eye(self.K)
+
+    def unpack(self, x):
+        F, i = [], 0
+        for sh, sz in zip(self.shapes, self.sizes):
+            F.append(x[i : i + sz].reshape(sh))
+            i += sz
+        return F, (x[i:] if self.bias else None)
+
+    def pack(self, F, b):
+        return np.concatenate([f.ravel() for f in F] + ([b] if self.bias else []))
+
+    def fg(self, x):
+        F, b = self.unpack(x)
+        pre = [F[0]]
+        for f in F[1:]:
+            pre.append(f @ pre[-1])
+        L = pre[-1] / self.sq[None, :]
+        if b is not None:
+            L = L + b[:, None]
+        mx = L.max(axis=0)
+        E = np.exp(L - mx)
+        S = E.sum(axis=0)
+        val = float(self.pi @ (mx + np.log(S) - np.diag(L)))
+        DL = (E / S - self.eye) * self.pi[None, :]
+        D = DL / self.sq[None, :]  # gradient in A
+        grads = [None] * len(F)
+        Acc = None
+        for i in range(len(F) - 1, -1, -1):
+            left = D if Acc is None else Acc.T @ D
+            grads[i] = left @ (self.eye if i == 0 else pre[i - 1].T) + self.gam * F[i]
+            Acc = F[i] if Acc is None else Acc @ F[i]
+        val += 0.5 * self.gam * sum(float(np.sum(f * f)) for f in F)
+        return val, np.concatenate([g.ravel() for g in grads] + ([DL.sum(axis=1)] if self.bias else []))
+
+    def balanced(self, A, rng=None, noise=0.0):
+        U, s, Vt = np.linalg.svd(A)
+        r, M = self.r, self.M
+        s = s[:r] ** (1.0 / (M + 1))
+        F = [s[:, None] * Vt[:r]] + [np.diag(s) for _ in range(M - 1)] + [U[:, :r] * s]
+        if rng is not None and noise > 0:
+            F = [f + noise * rng.standard_normal(f.shape) for f in F]
+        return F
+
+    def run(self, x0, polish=False):
+        ftol, gtol, maxiter = (1e-16, 1e-13, 20000) if polish else (1e-11, 1e-7, 1000)
+        return minimize(self.fg, x0, jac=True, method="L-BFGS-B",
+                        options={"maxiter": maxiter, "maxfun": 2 * maxiter, "ftol": ftol, "gtol": gtol,
+                                 "maxcor": 20}).x
+
+
+def solve_ce_imbalanced_deep(problem: Problem, *, restarts: int = 3, seed: int = 0) -> dict:
+    """M >= 2, any counts: a multi-start search of the reduced problem over every rank r <= min(R, K - 1)
+    (factorized A = Z D^(1/2) = F_M ... F_0 with weight gamma' on every factor). The penalty sum sigma^p,
+    p = 2/(M+1) < 1, is not convex: the result is the **best found** (an exact feasible value, i.e. an upper
+    bound on the global minimum), never certified. Starts per rank: the M = 1 certified optimum's A truncated
+    to rank r (when R >= K - 1) and ``restarts`` random points; the best is polished and its exact g reported.
+
+    Returns a dict: objective, certified (False), rank, Z, bias, per_rank (best g per rank), WWt, HtH
+    (balanced factorization), w_norms, h_norms, merged, note.
+    """
+    if not isinstance(problem, Problem) or problem.loss != "ce":
+        raise ValueError("solve_ce_imbalanced_deep needs a Problem with loss 'ce'")
+    K, M, R = problem.K, problem.M, problem.rank_budget
+    gam = deep_gamma(problem)
+    n = np.asarray(problem.counts, dtype=np.float64)
+    sq = np.sqrt(n)
+    P = np.eye(K) - 1.0 / K
+    rng = np.random.default_rng(seed)
+    starts = []
+    if R >= K - 1:
+        m1 = make_problem_like(problem)
+        s1 = solve_ce_imbalanced(m1)
+        if s1.Z is not None:
+            starts.append((s1.Z * sq[None, :], s1.bias))
+    b_zero = np.log(n / n.sum()) if problem.bias else None
+    zero_val = deep_reduced_objective(problem, np.zeros((K, K)), None if b_zero is None else b_zero - b_zero.mean())
+    found, per_rank = [(zero_val, np.zeros((K, K)), None if b_zero is None else b_zero - b_zero.mean())], {}
+
+    def finish(fac, x, r):
+        F, b = fac.unpack(x)
+        A = F[0]
+        for f in F[1:]:
+            A = f @ A
+        Z = P @ (A / sq[None, :])
+        b = None if b is None else b - b.mean()
+        v, Zk = _deep_clean(problem, Z, b, r)
+        return v, Zk, b
+
+    with _single_thread_blas():
+        for r in range(1, min(R, K - 1) + 1):
+            fac = _DeepFactored(n, M, r, gam, problem.bias)
+            x0s = [fac.pack(fac.balanced(A, rng, 1e-3), (b if b is not None else b_zero) if problem.bias else None)
+                   for A, b in starts]
+            for _ in range(restarts):
+                A0 = rng.standard_normal((K, r)) @ rng.standard_normal((r, K))
+                A0 *= 3.0 * np.sqrt(n.mean()) / max(np.linalg.norm(A0, 2), 1e-300)
+                x0s.append(fac.pack(fac.balanced(A0, rng, 0.05), 0.5 * rng.standard_normal(K) if problem.bias
+                                    else None))
+            for x0 in x0s:
+                v, Z, b = finish(fac, fac.run(x0), r)
+                per_rank[r] = min(per_rank.get(r, np.inf), v)
+                found.append((v, Z, b))
+        found.sort(key=lambda t: t[0])
+        best = found[0]
+        for _v, Z, b in found[:3]:
+            sv = np.linalg.svd(Z * sq[None, :], compute_uv=False)
+            k = int(np.sum(sv > _DEEP_SV_RTOL * sv[0])) if sv[0] > 0 else 0
+            if k == 0:
+                continue
+            fac = _DeepFactored(n, M, k, gam, problem.bias)
+            v2, Z2, b2 = finish(fac, fac.run(fac.pack(fac.balanced(Z * sq[None, :]), b), polish=True), k)
+            if v2 < best[0]:
+                best = (v2, Z2, b2)
+    val, Z, b = best
+    U, s, Vt = np.linalg.svd(Z * sq[None, :])
+    keep = s > _DEEP_SV_RTOL * s[0] if s[0] > 0 else np.zeros(s.size, bool)
+    U, s, V = U[:, keep], s[keep], Vt[keep].T
+    t = s ** (1.0 / (M + 1))
+    lam_prod = math.prod(problem.lambda_w)
+    WWt = (U * (gam**M / lam_prod * t ** (2 * M))) @ U.T
+    HtH = ((V * (gam / problem.lambda_h * t**2)) @ V.T) / np.outer(sq, sq)
+    wn, hn = np.sqrt(np.maximum(np.diag(WWt), 0)), np.sqrt(np.maximum(np.diag(HtH), 0))
+    return {"objective": float(val), "certified": False, "rank": int(s.size), "Z": Z, "bias": b,
+            "per_rank": {int(k): float(v) for k, v in per_rank.items()}, "objective_zero": float(zero_val),
+            "WWt": WWt, "HtH": HtH, "w_norms": wn, "h_norms": hn, "merged": _merged_sets(WWt, wn),
+            "gamma": gam,
+            "note": "M >= 2: nonconvex (Schatten quasi-norm); best value found over all ranks, an upper bound, "
+                    "not certified"}
+
+
+def make_problem_like(problem: Problem) -> Problem:
+    """The M = 1 problem with the same counts, first width and bias, and the single decay chosen so that
+    the M = 1 solution is a good start: lambda_W = lambda_H = 1 / (counts scale) (only used as a start)."""
+    return Problem(problem.counts, (max(problem.widths[0], problem.K),), (deep_gamma(problem),),
+                   deep_gamma(problem), problem.bias, "ce")
+
+
+def construct_ce_imbalanced_deep(problem: Problem, result: dict):
+    """W_1..W_M, H, b attaining ``result["objective"]``: A = Z D^(1/2) = U diag(z) V^T, t = z^(1/(M+1)),
+    W_j = E diag(a_j t) E^T (W_M = U diag(a_M t) E^T), Hbar = E diag(a_H t) V^T D^(-1/2),
+    a_j = sqrt(gamma'/lambda_j), a_H = sqrt(gamma'/lambda_H)."""
+    K, M = problem.K, problem.M
+    gam = deep_gamma(problem)
+    n = np.asarray(problem.counts, dtype=np.float64)
+    sq = np.sqrt(n)
+    U, z, Vt = np.linalg.svd(result["Z"] * sq[None, :])
+    r = int(np.sum(z > _DEEP_SV_RTOL * z[0])) if z[0] > 0 else 0
+    if r > problem.rank_budget:
+        raise ValueError(f"rank {r} exceeds the rank budget R = {problem.rank_budget}")
+    t = z[:r] ** (1.0 / (M + 1))
+    dims = list(problem.widths) + [K]
+    weights = []
+    for j in range(M):
+        a = math.sqrt(gam / problem.lambda_w[j])
+        W = np.zeros((dims[j + 1], dims[j]))
+        if j == M - 1:
+            W[:, :r] = U[:, :r] * (a * t)
+        else:
+            W[:r, :r] = np.diag(a * t)
+        weights.append(W)
+    Hbar = np.zeros((dims[0], K))
+    Hbar[:r] = (math.sqrt(gam / problem.lambda_h) * t)[:, None] * Vt[:r] / sq[None, :]
+    H = np.repeat(Hbar, np.asarray(problem.counts, dtype=np.int64), axis=1)
+    b = None if result["bias"] is None else np.array(result["bias"], dtype=np.float64)
+    return weights, H, b
