@@ -113,3 +113,12 @@ def test_train_api_refuses_with_value_or_type_error(kw):
 
     with pytest.raises((ValueError, TypeError)):
         train(**{"dataset": "digits", "counts": [5, 5], "epochs": 1, **kw})
+
+
+@pytest.mark.parametrize("args", [TRAIN + ["--lambda-w", "1e-320"], TRAIN + ["--lambda-h", "5e-324"],
+                                  SIM + ["--lambda-w", "1e-320"], SIM + ["--init-std", "1e-300"]],
+                         ids=lambda a: " ".join(a[-2:]))
+def test_extreme_accepted_values_run_cleanly(tmp_path, args):
+    res = run(args, tmp_path)  # found by the fuzz: f* = 0 made train's rel_gap a ZeroDivisionError
+    clean(res)
+    assert res.exit_code == 0, res.output

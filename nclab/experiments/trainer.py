@@ -265,7 +265,7 @@ class Trainer:
                "rel_gap": None, "train_acc": float(s[2]) / tr.n}
         if self.prediction is not None:
             f_star = float(self.prediction.objective)
-            row["rel_gap"] = (objective - f_star) / abs(f_star)
+            row["rel_gap"] = (objective - f_star) / abs(f_star) if f_star != 0 else float("nan")  # f* = 0: undefined
         if math.isfinite(objective):
             row.update(self.tracker(stats, weights))
         else:
