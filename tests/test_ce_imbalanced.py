@@ -230,3 +230,9 @@ def test_deep_low_rank_winner_and_balanced_agreement():
         ref = nclab.predict(p)
         assert r["objective"] == pytest.approx(ref.objective, rel=1e-10)
         assert r["rank"] == ref.ce["best_rank"]
+
+
+def test_too_many_distinct_counts_refused():
+    p = make_problem(list(range(1, 602)), widths=601, loss="ce")
+    with pytest.raises(ValueError, match="distinct class counts"):
+        solve_ce_imbalanced(p)

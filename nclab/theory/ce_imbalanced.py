@@ -41,6 +41,13 @@ sample are equal, so the within-group block of Gam is -sqrt(n_h)/N whatever the 
 optimality condition for alpha_h = 0 is sqrt(n_h)/N <= mu. Hence the m_h >= 2 classes of count n_h have
 merged classifier rows (and merged class means) **iff n_h <= N^2 lambda_W lambda_H**, with or without bias.
 Balanced counts: n <= K^2 n^2 lambda_W lambda_H, i.e. gamma >= 1/K, the ETF's trivial threshold.
+
+M >= 2 (:func:`solve_ce_imbalanced_deep`): the same reduction with M+1 factors gives the penalty
+(M+1)/2 gamma' sum_i sigma_i(Z D^(1/2))^(2/(M+1)), gamma' = (prod_j lambda_j lambda_H)^(1/(M+1)) (a Schatten
+quasi-norm, nonconvex): a multi-start search over ranks reports the best value found, never certified.
+
+Scope: the grouped problem has G = number of distinct counts; G <= MAX_DISTINCT_COUNTS (K is unbounded when
+the counts repeat; dense K x K outputs up to DENSE_MAX_K).
 """
 
 from __future__ import annotations
@@ -62,6 +69,8 @@ GAP_RTOL = 1e-10
 MERGE_RTOL = 1e-6
 #: largest K for which the dense K x K Grams are formed
 DENSE_MAX_K = 2048
+#: largest number of distinct class counts (the solver runs on G x G factors: about 1 s at G = 100)
+MAX_DISTINCT_COUNTS = 512
 
 
 # ---------------------------------------------------------------------------------------------
@@ -489,6 +498,9 @@ def solve_ce_imbalanced(problem: Problem, *, tol: float = GAP_RTOL, seed: int = 
     lam_w, lam_h = problem.lambda_w[0], problem.lambda_h
     mu = math.sqrt(lam_w * lam_h)
     n, m, idx = class_groups(problem.counts)
+    if n.size > MAX_DISTINCT_COUNTS:
+        raise ValueError(f"{n.size:,} distinct class counts: the certified solver handles at most "
+                         f"{MAX_DISTINCT_COUNTS} (it works on G x G factors, G = distinct counts)")
     with _single_thread_blas():
         prob, res = _solve_grouped(n, m, mu, problem.bias, tol=tol, seed=seed)
     K, N = problem.K, problem.N
@@ -949,8 +961,8 @@ def solve_ce_imbalanced_deep(problem: Problem, *, restarts: int = 3, seed: int =
 
 
 def make_problem_like(problem: Problem) -> Problem:
-    """The M = 1 problem with the same counts, first width and bias, and the single decay chosen so that
-    the M = 1 solution is a good start: lambda_W = lambda_H = 1 / (counts scale) (only used as a start)."""
+    """The M = 1 problem with the same counts, first width and bias, and lambda_W = lambda_H = gamma' (the
+    weight per factor of the deep problem): its certified optimum is one start of the M >= 2 search."""
     return Problem(problem.counts, (max(problem.widths[0], problem.K),), (deep_gamma(problem),),
                    deep_gamma(problem), problem.bias, "ce")
 
