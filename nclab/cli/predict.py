@@ -231,6 +231,15 @@ def _mse_story(pred) -> tuple[list[str], list[str]]:
 
 def _ce_story(pred) -> tuple[list[str], list[str]]:
     ce, sol, p = pred.ce, pred._ce, pred.problem
+    if not p.balanced:  # M = 1, certified convex solve (nclab.theory.ce_imbalanced)
+        merged = [g for g in getattr(sol, "merged", []) or [] if len(g) > 1]
+        lines = [f"optimal geometry: {pred.geometry}",
+                 "  Imbalanced CE at M = 1 is convex in the class logits Z = W Hbar: min sum_k (n_k/N) CE(Z e_k + b, k)"
+                 " + sqrt(lambda_W lambda_H) ||Z D^(1/2)||_*, solved to a certified duality gap (see the note).",
+                 "  Classes of equal count n merge (equal classifier rows and class means) iff n <= N^2 lambda_W "
+                 f"lambda_H = {_g(getattr(sol, 'collapse_count', float('nan')))}: "
+                 + (f"merged here: {merged}." if merged else "no class merges here.")]
+        return lines, ["  D          = diag(n_k); ||.||_* the nuclear norm (sum of singular values)"]
     lines = [f"optimal geometry: {pred.geometry}" + ("" if p.M == 1 else " (best point found; M >= 2 has no proof)")]
     g, gc = sol.gamma, sol.etf_gamma_c
     lines.append(

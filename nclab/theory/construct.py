@@ -23,6 +23,10 @@ def construct_minimizer(prediction):
         raise TypeError(f"prediction must be an nclab.theory.Prediction, got {type(prediction).__name__}")
     p = prediction.problem
     _check_construct_memory(p)
+    if p.loss == "ce" and not p.balanced:
+        from nclab.theory.ce_imbalanced import construct_ce_imbalanced
+
+        return construct_ce_imbalanced(p, prediction._ce)
     if p.loss == "ce":
         from nclab.theory.ce import construct_ce
 

@@ -175,6 +175,12 @@ class Prediction:
                 "etf_z": ce.etf_z,
                 "candidates": ce.candidates,
             }
+            if hasattr(ce, "certified"):  # imbalanced M = 1 (ce_imbalanced): a certified convex solve
+                self.ce.update(certified=bool(ce.certified), duality_gap=float(ce.gap),
+                               relative_duality_gap=float(ce.rel_gap), lower_bound=float(ce.lower_bound),
+                               merged=[list(map(int, g)) for g in ce.merged],
+                               collapse_count=float(ce.collapse_count))
+                self.thresholds = {"collapse_count": float(ce.collapse_count)}
 
     # -- structure: every Gram as per-mode values over one basis (structure.py) --
     @cached_property
@@ -433,7 +439,7 @@ def predict(
     lambda_w : float or M floats, weight decay of W_1..W_M (default 5e-4)
     lambda_h : float, feature decay (default 5e-4)
     bias : bool, unregularized last-layer bias (default False)
-    loss : "mse" or "ce" (CE: balanced counts only)
+    loss : "mse" or "ce" (CE with unequal counts: M = 1, certified duality gap; nclab.theory.ce_imbalanced)
     seed : int, seed of the CE low-rank search (MSE is deterministic)
     search : CE only: run the low-rank search (default: for K <= 128, the largest K it handles; beyond it
         the structured candidates are compared in O(K) and True is refused with that reason)
@@ -457,9 +463,13 @@ def predict(
     if problem.loss == "mse":
         return Prediction(problem, mse=solve_mse(problem))
     if not problem.balanced:
+        if problem.M == 1:  # a convex problem in the class logits: solved to a certified duality gap
+            from nclab.theory.ce_imbalanced import as_ce_solution
+
+            return Prediction(problem, ce=as_ce_solution(problem))
         raise ValueError(
-            "CE with unequal class counts is not supported: the CE reduction (theory.md sec. 4) needs "
-            "equal n_k, and no closed form is known for imbalanced CE"
+            "CE with unequal class counts and depth M >= 2 has no certified solver yet (the penalty is a Schatten "
+            "quasi-norm); nclab.theory.ce_imbalanced.solve_ce_imbalanced_deep gives the best structure found"
         )
     from nclab.theory.ce import solve_ce
 
