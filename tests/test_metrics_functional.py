@@ -255,3 +255,32 @@ def test_second_pass_merged_equals_one_pass_and_counts_nc4_by_hand():
         one.merge(stats)
     with pytest.raises(ValueError):
         one.merge(ClassStats(K + 1).update(np.vstack([H, H[:1]]), np.r_[y, K]).second_pass())
+
+
+def test_nc3_with_fewer_classes_than_dimensions():
+    rng = np.random.default_rng(8)
+    H = rng.standard_normal((3, 5))
+    assert nc3(2 * H, H, np.eye(3) + 0.0) == pytest.approx(normalized_distance(H @ H.T, np.eye(3)), rel=1e-13)
+
+
+@pytest.mark.parametrize("call, name", [
+    (lambda: nc3(np.ones((1, 2)), np.ones((1, 2))), "weights"),
+    (lambda: nc3(np.ones((2, 2)), np.ones((1, 2))), "means"),
+    (lambda: nc3_dual(np.ones((2, 2)), np.ones((2, 3))), "same shape"),
+    (lambda: nc3(np.ones((2, 2)), np.ones((2, 3))), "same shape"),
+    (lambda: collapsed_classes(np.ones((2, 2)), rtol=2.0), "rtol"),
+    (lambda: collapsed_classes(np.full((2, 2), np.nan)), "means"),
+    (lambda: collapsed_classes(np.ones((2, 2)), np.ones((3, 2))), "W"),
+    (lambda: nc1_from_scatter(np.eye(2), np.eye(2), 0), "n"),
+    (lambda: cdnv(np.ones((1, 2)), [1.0]), "means"),
+    (lambda: cdnv(np.eye(2), [1.0]), "variances"),
+    (lambda: bias_collapse(np.eye(2), [1.0], np.ones(2), [1, 1]), "bias"),
+    (lambda: bias_collapse(np.eye(2), np.ones(2), np.ones(3), [1, 1]), "mean"),
+    (lambda: bias_collapse(np.eye(2), np.ones(2), np.ones(2), [1]), "counts"),
+    (lambda: target_gram(np.eye(3), 2), "2 x 2"),
+    (lambda: equinorm(np.ones((1, 2))), "vectors"),
+])
+def test_validation_names_the_argument(call, name):
+    with pytest.raises(ValueError) as e:
+        call()
+    assert name in str(e.value), str(e.value)
