@@ -106,6 +106,13 @@ def atomic_write_json(path: pathlib.Path, obj) -> None:
     atomic_write_bytes(path, (json.dumps(_jsonable(obj), indent=2) + "\n").encode())
 
 
+def csv_quote(text: str) -> str:
+    """One CSV field as the csv module writes it."""
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="").writerow([text])
+    return buf.getvalue()
+
+
 def _format(v) -> str:
     if v is None:
         return ""
@@ -252,8 +259,18 @@ class RunStore:
         w = csv.writer(buf, lineterminator="\n")
         for r in rows:
             w.writerow([_format(r.get(k)) for k in self._header])
-        with open(path, "a", newline="") as fh:
-            fh.write(buf.getvalue())
+        with open(path, "a+b") as fh:
+            end = fh.seek(0, os.SEEK_END)
+            if end:  # a torn last line (a crash mid-write) is cut off, not glued to the new row
+                fh.seek(end - 1)
+                if fh.read(1) != b"\n":
+                    fh.seek(0)
+                    keep = fh.read().rfind(b"\n") + 1
+                    fh.truncate(keep)
+                    if keep == 0:  # even the header was torn: write it again
+                        buf = io.StringIO(",".join(csv_quote(h) for h in self._header) + "\n" + buf.getvalue())
+            fh.seek(0, os.SEEK_END)
+            fh.write(buf.getvalue().encode())
             fh.flush()
 
     def read_rows(self) -> list[dict]:

@@ -229,3 +229,20 @@ def test_store_read_rows_names_a_binary_metrics_file(tmp_path):
     (tmp_path / "metrics.csv").write_bytes(b"\xff\xfe\x00\x81" * 10)
     with pytest.raises(RunFolderError, match="metrics.csv"):
         RunStore(tmp_path).read_rows()
+
+
+def test_append_after_a_torn_line_drops_it_instead_of_gluing(tmp_path):
+    store = RunStore(tmp_path)
+    store.append_rows([{"step": 0, "x": 1.0}, {"step": 1, "x": 2.0}])
+    with open(tmp_path / "metrics.csv", "a") as fh:
+        fh.write("5,0.12")  # a crash in the middle of a row
+    RunStore(tmp_path).append_rows([{"step": 9, "x": 3.0}])
+    assert [r["step"] for r in RunStore(tmp_path).read_rows()] == [0, 1, 9]
+
+
+def test_append_after_a_torn_header_writes_the_header_again(tmp_path):
+    (tmp_path / "metrics.csv").write_text("step,x")  # torn before its newline
+    store = RunStore(tmp_path)
+    store._header = ["step", "x"]
+    store.append_rows([{"step": 0, "x": 1.5}])
+    assert RunStore(tmp_path).read_rows() == [{"step": 0, "x": 1.5}]

@@ -1,13 +1,12 @@
 """``nclab sweep --backend ray``: a 2-worker local Ray cluster writes the same run directories as the local
-backend (the same metrics, bit for bit). Skipped where ray is not installed."""
+backend (the same metrics, bit for bit)."""
 
 import json
 
 import pytest
+import ray  # noqa: E402  (in the test extra: a missing ray is a failure, not a skip)
 
 from nclab.experiments.sweep import run_sweep
-
-ray = pytest.importorskip("ray", reason="ray is not installed (pip install ray) - the Ray backend is not tested")
 
 SPEC = {
     "kind": "simulate",
