@@ -29,7 +29,6 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from nclab.results import CHECKPOINT, RunFolderError, resume_rows
 from nclab.ufm.batch_metrics import BatchSnapshotter, unsafe
 from nclab.ufm.config import SimulateConfig
 from nclab.ufm.trainer import (
@@ -42,6 +41,7 @@ from nclab.ufm.trainer import (
     _SigintFlag,
     _write_outputs,
     lr_at,
+    restore,
     torch_threads,
 )
 
@@ -715,16 +715,7 @@ def simulate_batch(
                 env["threads_used"] = _threads(cfg, 1)
                 store.write_environment(env)
                 store.write_json("prediction.json", pred.to_dict())
-                if ckpt is not None:
-                    try:
-                        trainer.load_checkpoint(ckpt)
-                    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
-                        raise RunFolderError(f"{store.file(CHECKPOINT)} does not fit this run ({type(exc).__name__}: "
-                                             f"{exc}); use --overwrite to start over") from None
-                    trainer.rows = resume_rows(store, ckpt)
-                else:
-                    store.write_rows([])
-                    trainer.rows = []
+                restore(trainer, store, ckpt)
             runs.append(_Run(i, trainer, store))
         # batches: one shape and one current step each
         groups: dict = {}

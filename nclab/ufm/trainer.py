@@ -534,16 +534,7 @@ def _run(config: SimulateConfig, pred, store: RunStore | None, ckpt: dict | None
         callback = board if callback is None else _both(callback, board)
     trainer = Trainer(config, prediction=pred, store=store, callback=callback, progress=progress)
     if store is not None:
-        if ckpt is not None:
-            try:
-                trainer.load_checkpoint(ckpt)
-            except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
-                raise RunFolderError(f"{store.file(CHECKPOINT)} does not fit this run ({type(exc).__name__}: "
-                                     f"{exc}); use --overwrite to start over") from None
-            trainer.rows = resume_rows(store, ckpt)
-        else:
-            store.write_rows([])  # no usable checkpoint: start over, empty table
-            trainer.rows = []
+        restore(trainer, store, ckpt)
     try:
         trainer.run()
     finally:
@@ -558,6 +549,20 @@ def _run(config: SimulateConfig, pred, store: RunStore | None, ckpt: dict | None
         weights=ws, H=H, bias=b, seconds=trainer.train_seconds, snapshot_seconds=trainer.snapshot_seconds,
         message=trainer.message,
     )
+
+
+def restore(trainer: Trainer, store: RunStore, ckpt: dict | None) -> None:
+    """Continue ``trainer`` from the checkpoint (its rows rewrite metrics.csv), or start an empty table."""
+    if ckpt is None:
+        store.write_rows([])  # no usable checkpoint: start over, empty table
+        trainer.rows = []
+        return
+    try:
+        trainer.load_checkpoint(ckpt)
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
+        raise RunFolderError(f"{store.file(CHECKPOINT)} does not fit this run ({type(exc).__name__}: {exc}); use "
+                             "--overwrite to start over") from None
+    trainer.rows = resume_rows(store, ckpt)
 
 
 def _both(first: Callable[[dict], None], second: Callable[[dict], None]) -> Callable[[dict], None]:
