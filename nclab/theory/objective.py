@@ -33,8 +33,12 @@ def ufm_objective_torch(
     bias: torch.Tensor | None = None,
     loss: str = "mse",
     num_classes: int | None = None,
+    activation: str = "identity",
 ) -> torch.Tensor:
     """Objective of the deep linear UFM (a differentiable scalar tensor).
+
+    ``activation="relu"`` gives the deep ReLU UFM (Sukenik et al.): H_{j+1} = ReLU(W_j H_j) for j < M, the last
+    layer linear, the same data and decay terms; ``"identity"`` (the default) is the deep linear UFM.
 
     Parameters
     ----------
@@ -53,9 +57,14 @@ def ufm_objective_torch(
     import torch
 
     lam, K = _check_torch_args(weights, H, labels, lambda_w, lambda_h, bias, loss, num_classes)
+    if activation not in ("identity", "relu"):
+        raise ValueError(f"activation must be 'identity' or 'relu', got {activation!r}")
+    relu = activation == "relu"
     Z = H
-    for W in weights:
+    for j, W in enumerate(weights):
         Z = W @ Z
+        if relu and j < len(weights) - 1:
+            Z = torch.relu(Z)
     if bias is not None:
         Z = Z + bias[:, None]
     N = H.shape[1]

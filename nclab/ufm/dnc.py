@@ -65,21 +65,13 @@ def numerical_rank(a, rtol: float = RANK_RTOL) -> int:
 # ------------------------------------------------------------------------------------------ class-mean problem
 def mean_objective(H1, weights, bias, *, n: int, lambda_w, lambda_h: float, loss: str) -> torch.Tensor:
     """The objective of parameters whose samples all sit at their class mean: H1 (d, K) class means, weights
-    W_1..W_M, bias (K,) or None; equal to the full objective with H = H1 repeated n times per class."""
-    M, K = len(weights), H1.shape[1]
-    Z = H1
-    for j, W in enumerate(weights):
-        Z = W @ Z
-        if j < M - 1:
-            Z = torch.relu(Z)
-    if bias is not None:
-        Z = Z + bias[:, None]
-    if loss == "mse":
-        data = 0.5 * ((Z - torch.eye(K, dtype=Z.dtype)) ** 2).sum() / K
-    else:
-        data = torch.nn.functional.cross_entropy(Z.T, torch.arange(K), reduction="mean")
-    reg = sum(0.5 * lam * (W**2).sum() for lam, W in zip(lambda_w, weights))
-    return data + reg + 0.5 * n * lambda_h * (H1**2).sum()
+    W_1..W_M, bias (K,) or None; equal to the full objective with H = H1 repeated n times per class (one sample
+    per class with the feature decay scaled by n)."""
+    from nclab.theory import ufm_objective_torch
+
+    K = H1.shape[1]
+    return ufm_objective_torch(list(weights), H1, torch.arange(K), list(lambda_w), n * lambda_h, bias, loss,
+                               activation="relu")
 
 
 def _minimize(fun, starts, *, maxiter: int = 4000, polish: int = 20):

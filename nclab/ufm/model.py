@@ -42,32 +42,9 @@ def ufm_objective(weights, H, labels, lambda_w, lambda_h, bias=None, loss: str =
     with the same data terms as the linear model (MSE 1/(2N) ||Z - Y||^2, CE the mean cross-entropy) and no
     hidden-layer biases (the papers' deep unconstrained features model). With M = 1 both activations agree.
     """
-    if activation == "identity":
-        return ufm_objective_torch(weights, H, labels, lambda_w, lambda_h, bias, loss, num_classes)
-    if activation != "relu":
+    if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {activation!r}")
-    if loss not in ("mse", "ce"):
-        raise ValueError(f"loss must be 'mse' or 'ce', got {loss!r}")
-    M = len(weights)
-    lam = [float(lambda_w)] * M if isinstance(lambda_w, (int, float)) else [float(v) for v in lambda_w]
-    if M < 1 or len(lam) != M:
-        raise ValueError(f"need M >= 1 weight matrices and M decays, got {M} and {len(lam)}")
-    K = int(num_classes) if num_classes is not None else weights[-1].shape[0]
-    Z = H
-    for j, W in enumerate(weights):
-        Z = W @ Z
-        if j < M - 1:
-            Z = torch.relu(Z)
-    if bias is not None:
-        Z = Z + bias[:, None]
-    N = H.shape[1]
-    if loss == "mse":
-        Y = torch.nn.functional.one_hot(labels, K).T.to(Z.dtype)
-        data = 0.5 * ((Z - Y) ** 2).sum() / N
-    else:
-        data = torch.nn.functional.cross_entropy(Z.T, labels, reduction="mean")
-    reg = sum(0.5 * v * (W**2).sum() for v, W in zip(lam, weights)) + 0.5 * float(lambda_h) * (H**2).sum()
-    return data + reg
+    return ufm_objective_torch(weights, H, labels, lambda_w, lambda_h, bias, loss, num_classes, activation=activation)
 
 
 class UFM:
