@@ -86,20 +86,9 @@ class Snapshotter:
 
     def _row(self, weights, H, bias=None) -> dict:
         p = self.problem
-        ws = [w.detach().to("cpu", torch.float64) for w in weights]
-        Ht = H.detach().to("cpu", torch.float64)
-        bt = None if bias is None else bias.detach().to("cpu", torch.float64)
-        row: dict = {}
-        # the objective in float64 by the hand-written path (equal to ufm_objective_torch to ~1e-15 relative,
-        # tested; it avoids the M d x d x N products of the layer-by-layer definition)
-        self.twin.set_(ws, Ht, bt)
-        f = float(self.twin.gradient_(with_loss=True))
-        reg = 0.5 * sum(lam * float((w * w).sum()) for lam, w in zip(p.lambda_w, ws))
-        reg += 0.5 * p.lambda_h * float((Ht * Ht).sum())
-        row["objective"] = f
-        row["gap"] = f - self.f_star
-        row["rel_gap"] = (f - self.f_star) / max(abs(self.f_star), 1e-300)
-        row["loss"] = f - reg
+        ws, Ht, bt, f, loss = _objective(self.twin, weights, H, bias)
+        gap = f - self.f_star
+        row: dict = {"objective": f, "gap": gap, "rel_gap": gap / max(abs(self.f_star), 1e-300), "loss": loss}
         if not np.isfinite(f):
             return row
         stats = ClassStats(p.K).update(Ht.T, self.labels)  # means (K, d), pooled within-class scatter (d, d)
@@ -163,6 +152,20 @@ class Snapshotter:
         return row
 
 
+def _objective(twin: UFM, weights, H, bias):
+    """(W_j, H, b as float64 CPU tensors, objective f, data loss f - decay) by the hand-written path of ``twin``
+    (equal to ufm_objective_torch to ~1e-15 relative, tested; no M d x d x N products)."""
+    p = twin.problem
+    ws = [w.detach().to("cpu", torch.float64) for w in weights]
+    Ht = H.detach().to("cpu", torch.float64)
+    bt = None if bias is None else bias.detach().to("cpu", torch.float64)
+    twin.set_(ws, Ht, bt)
+    f = float(twin.gradient_(with_loss=True))
+    reg = 0.5 * sum(lam * float((w * w).sum()) for lam, w in zip(p.lambda_w, ws))
+    reg += 0.5 * p.lambda_h * float((Ht * Ht).sum())
+    return ws, Ht, bt, f, f - reg
+
+
 def shared_objective(prediction, weights, H, bias=None) -> float:
     """The objective at given parameters by THE definition (nclab.theory.ufm_objective_torch), float64."""
     p = prediction.problem
@@ -207,24 +210,16 @@ class ReluSnapshotter:
         self.dnc_grams = refs.dnc.layer_grams if refs.dnc is not None else [None] * p.M
         self.twin = UFM(p, dtype=torch.float64, device="cpu", activation="relu")
 
-    def __call__(self, weights, H, bias=None) -> dict:
-        with np.errstate(all="ignore"):
-            return self._row(weights, H, bias)
+    __call__ = Snapshotter.__call__  # NaN for undefined values, without numpy warnings
 
     def _row(self, weights, H, bias=None) -> dict:
         from nclab.ufm.dnc import numerical_rank
 
         p = self.problem
-        ws = [w.detach().to("cpu", torch.float64) for w in weights]
-        Ht = H.detach().to("cpu", torch.float64)
-        bt = None if bias is None else bias.detach().to("cpu", torch.float64)
-        self.twin.set_(ws, Ht, bt)
-        f = float(self.twin.gradient_(with_loss=True))
-        reg = 0.5 * sum(lam * float((w * w).sum()) for lam, w in zip(p.lambda_w, ws))
-        reg += 0.5 * p.lambda_h * float((Ht * Ht).sum())
+        ws, Ht, bt, f, loss = _objective(self.twin, weights, H, bias)
         fb = self.f_best
         row = {"objective": f, "gap": f - fb, "rel_gap": (f - fb) / max(abs(fb), 1e-300) if np.isfinite(fb)
-               else float("nan"), "loss": f - reg, "f_dnc": self.f_dnc, "f_lowrank": self.f_lowrank,
+               else float("nan"), "loss": loss, "f_dnc": self.f_dnc, "f_lowrank": self.f_lowrank,
                "gap_dnc": f - self.f_dnc, "gap_lowrank": f - self.f_lowrank}
         if not np.isfinite(f):
             return row
