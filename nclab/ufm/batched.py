@@ -613,14 +613,7 @@ def _train_group(runs: list[_Run], method: str, progress: bool, callback) -> Non
 
 def _finish(r: _Run) -> None:
     """A run left the batch: its status, diagnosis and final checkpoint, as Trainer.run ends."""
-    tr = r.trainer
-    if tr.status == "running":
-        tr.status = "complete"
-        tr.message = f"completed {tr.step} steps"
-    if tr.status in ("complete", "converged"):
-        with torch.no_grad():
-            tr._diagnose()
-    tr.checkpoint()
+    r.trainer.finish()
     r.done = True
 
 

@@ -368,11 +368,16 @@ class Trainer:
             finally:
                 if bar is not None:
                     bar.close()
+        self.finish()
+
+    def finish(self) -> None:
+        """The run ended (all steps, converged or diverged): its final status, diagnosis and checkpoint."""
         if self.status == "running":
             self.status = "complete"
             self.message = f"completed {self.step} steps"
         if self.status in ("complete", "converged"):
-            self._diagnose()
+            with torch.no_grad():
+                self._diagnose()
         self.checkpoint()
 
     def _diagnose(self) -> None:
