@@ -61,6 +61,7 @@ import numpy as np
 from scipy.optimize import minimize
 from scipy.special import xlogy
 
+from nclab.theory.ce import _Factored
 from nclab.theory.problem import Problem
 
 #: default target of the relative duality gap
@@ -820,26 +821,15 @@ def _deep_clean(problem: Problem, Z: np.ndarray, b, max_rank: int | None = None)
     return best
 
 
-class _DeepFactored:
-    """Weighted CE with A = Z D^(1/2) = F[M] ... F[0] (F[0]: r x K, F[M]: K x r), (gamma'/2) sum ||F_i||^2."""
+class _DeepFactored(_Factored):
+    """Weighted CE with A = Z D^(1/2) = F[M] ... F[0] (F[0]: r x K, F[M]: K x r), (gamma'/2) sum ||F_i||^2: the
+    balanced search's factorization (ce._Factored: shapes, pack, unpack) with class weights n_k / N."""
 
     def __init__(self, counts, M: int, r: int, gam: float, bias: bool):
         n = np.asarray(counts, dtype=np.float64)
-        self.K, self.M, self.r, self.gam, self.bias = n.size, M, r, gam, bias
+        super().__init__(n.size, M, r, gam, bias)
+        self.gam = gam
         self.sq, self.pi = np.sqrt(n), n / n.sum()
-        self.shapes = [(r, self.K)] + [(r, r)] * (M - 1) + [(self.K, r)]
-        self.sizes = [a * b for a, b in self.shapes]
-        self.eye = np.eye(self.K)
-
-    def unpack(self, x):
-        F, i = [], 0
-        for sh, sz in zip(self.shapes, self.sizes):
-            F.append(x[i : i + sz].reshape(sh))
-            i += sz
-        return F, (x[i:] if self.bias else None)
-
-    def pack(self, F, b):
-        return np.concatenate([f.ravel() for f in F] + ([b] if self.bias else []))
 
     def fg(self, x):
         F, b = self.unpack(x)
