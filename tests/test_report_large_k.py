@@ -10,7 +10,7 @@ from nclab.report import runs as runlib
 def test_reference_grams_from_a_structured_prediction(tmp_path):
     counts = [6] * 20 + [3] * 20  # K = 40 > 32: structure only in prediction.json
     r = simulate(counts=counts, depth=1, widths=48, steps=2, snapshot_every=1, out=tmp_path)
-    run = runlib.load_run(tmp_path) if hasattr(runlib, "load_run") else runlib.find_runs([tmp_path])[0]
+    run = runlib.load_run(tmp_path)
     assert run.prediction.get("dense") is False
     grams, name = runlib.reference_grams(run)
     dense = predict(counts, depth=1, widths=48)

@@ -141,7 +141,10 @@ def test_construct_attains_the_predicted_objective(kw):
     assert H.shape == (p.widths[0], sum(kw["counts"])) and (b is None) == (not kw["bias"])
     f = numpy_objective(W, H, b, kw["counts"], p.lambda_w, p.lambda_h, kw["loss"])
     assert f == pytest.approx(pred.objective, rel=1e-10)
-    assert f < math.log(p.K) if kw["loss"] == "ce" else True  # not the zero solution in these settings
+    if kw["loss"] == "ce":  # not the zero solution (f = log K) in these settings
+        assert f < math.log(p.K)
+    else:
+        assert f < 0.5  # nor the MSE zero solution (f = 1/2)
 
 
 @pytest.mark.parametrize("kw", CONSTRUCT + [
