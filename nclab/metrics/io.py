@@ -38,9 +38,10 @@ def _read(path: str) -> dict:
         if os.path.getsize(path) == 0:
             raise ValueError("the file is empty")
         if ext == ".npz":
-            with np.load(path, allow_pickle=False) as z:
-                if not hasattr(z, "files"):
-                    raise ValueError("a single .npy array, not an .npz archive of named arrays")
+            z = np.load(path, allow_pickle=False)  # an ndarray for a .npy renamed .npz (not a context manager)
+            if not hasattr(z, "files"):
+                raise ValueError("a single .npy array, not an .npz archive of named arrays")
+            with z:
                 return {k: z[k] for k in z.files}
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except MemoryError:
