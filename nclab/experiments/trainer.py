@@ -236,7 +236,9 @@ class Trainer:
                 x, y = split.X[i:j], split.y[i:j]
                 logits = self.net(x).double()  # (B, K)
                 h = feats[HEAD_INPUT]  # (B, d_1), the head input
-                if stats is not None:
+                # non-finite features (a diverging step) make the objective non-finite: _row reports divergence
+                # then, and ClassStats would refuse them with an error instead
+                if stats is not None and bool(torch.isfinite(h).all()):
                     stats.update(h, y)
                 hd = h.double()
                 sums += torch.stack([sample_losses(logits, y, loss).sum(), (hd * hd).sum(),
