@@ -57,12 +57,18 @@ class MSESolution:
     basis: object = None  # with a bias: structure.SecularBasis of the active modes (no K x K matrix)
 
     def eigvecs(self) -> np.ndarray:
-        """The active eigenvectors as a dense K x r matrix (built on demand; bias-free: class indicators)."""
+        """The active eigenvectors as a dense K x r matrix, columns in the order of ``mu`` (built on demand;
+        bias-free: class indicators)."""
         K = self.problem.K
         if self.mode_class is not None:
             _check_dense(K, 1, "the K x K eigenvector matrix")
             return np.eye(K)[:, self.mode_class[self.active]]
-        return self.basis.vectors()[0]
+        # the basis lists roots first, then blocks; put each column at its mode's place in eigen-order (mu)
+        Q, mode = self.basis.vectors()
+        offset = np.arange(mode.size) - np.searchsorted(mode, mode)  # column index within its mode
+        out = np.empty_like(Q)
+        out[:, self.basis.first[mode] + offset] = Q
+        return out
 
 
 def _check_dense(K: int, count: int, what: str, advice: str = "") -> None:
