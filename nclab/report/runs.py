@@ -669,7 +669,11 @@ def read_tensors(path) -> object:
     import pickle
     import zipfile
 
-    with zipfile.ZipFile(path) as archive:
+    try:
+        archive = zipfile.ZipFile(path)
+    except zipfile.BadZipFile:  # torch's legacy format, or not a torch file at all
+        raise ValueError("not a zip archive") from None
+    with archive:
         names = archive.namelist()
         pkl = next((n for n in names if n.endswith("/data.pkl")), None)
         if pkl is None:
