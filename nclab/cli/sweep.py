@@ -14,8 +14,9 @@ def describe(entry: dict) -> str:
     step = f" at step {entry['step']}" if entry.get("step") is not None else ""
     secs = f" ({entry['seconds']:.1f} s)" if entry.get("seconds") is not None else ""
     reused = " (already finished)" if entry.get("reused") else ""
+    batch = f" [batch of {entry['batch']}]" if (entry.get("batch") or 1) > 1 else ""
     msg = f": {entry['message']}" if entry["status"] == "failed" and entry.get("message") else ""
-    return f"{entry['name']}: {entry['status']}{step}{secs}{reused}{msg}"
+    return f"{entry['name']}: {entry['status']}{step}{secs}{batch}{reused}{msg}"
 
 
 @click.command("sweep")
@@ -30,8 +31,11 @@ def describe(entry: dict) -> str:
               "then be on a file system every node sees.")
 @click.option("--dry-run", is_flag=True, help="Validate the file and list the runs; run and write nothing.")
 @click.option("--report/--no-report", default=True, show_default=True, help="One HTML report for the sweep.")
+@click.option("--batch/--no-batch", default=True, show_default=True, help="Train simulate runs of one shape "
+              "(K, N, widths, loss, SGD/Adam, steps, intervals) together, each worker a batch (run folders as "
+              "if run alone).")
 @friendly_errors
-def sweep_cmd(sweep_file, out, workers, backend, ray_address, dry_run, report):
+def sweep_cmd(sweep_file, out, workers, backend, ray_address, dry_run, report, batch):
     """Run a grid of `simulate` (or `train`) runs described by a TOML file.
 
     \b
@@ -61,7 +65,7 @@ def sweep_cmd(sweep_file, out, workers, backend, ray_address, dry_run, report):
 
     try:
         res = run_sweep(spec, out, workers=workers, backend=backend, report=report, dry_run=dry_run,
-                        address=ray_address, callback=on_run)
+                        address=ray_address, callback=on_run, batch=batch)
     except KeyboardInterrupt:
         where = f" --out {out}" if out is not None else ""
         click.echo(f"\ninterrupted; running runs were checkpointed. Run the same command (nclab sweep {sweep_file}"

@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
+import functools
 import hashlib
 import inspect
 import itertools
@@ -396,6 +397,75 @@ def _run_one(kind: str, options: dict, run_dir: str, lock_wait: float = LOCK_WAI
     return out
 
 
+# ---------------------------------------------------------------------------------------------- batches
+MIN_BATCH = 2  # a worker's share of a compatible group trains as one batch from this many runs
+
+
+def batch_groups(runs: list[SweepRun], workers: int) -> list[list[int]]:
+    """Indices into ``runs``, one list per job: simulate runs the batched engine can train together
+    (:func:`nclab.ufm.batched.batch_key`, SGD or Adam, the linear UFM) are grouped, and each group is split
+    into at most ``workers`` near-equal chunks (the workers still run in parallel); a chunk smaller than
+    :data:`MIN_BATCH`, and every other run, is a job of its own. Jobs keep the runs' order."""
+    from nclab.ufm.batched import batch_key
+
+    groups: dict = {}
+    for i, run in enumerate(runs):
+        cfg = run.config
+        ok = getattr(cfg, "optimizer", None) in ("sgd", "adam") and getattr(cfg, "activation", None) == "identity"
+        groups.setdefault(batch_key(cfg) if ok else ("single", i), []).append(i)
+    jobs = []
+    for members in groups.values():
+        n = min(workers, len(members))
+        for c in range(n):
+            chunk = members[c * len(members) // n : (c + 1) * len(members) // n]
+            jobs += [chunk] if len(chunk) >= MIN_BATCH else [[i] for i in chunk]
+    return sorted(jobs)
+
+
+def _batch_stop_check(index, row) -> None:
+    _stop_check(row)
+
+
+def _run_batch(options_list: list, run_dirs: list, lock_wait: float = LOCK_WAIT) -> list[dict]:
+    """Run (or resume) compatible simulate runs as one batch (:func:`nclab.ufm.batched.simulate_batch`), each
+    in its own folder as if run alone; one outcome dict per run (``batch``: how many trained together). If the
+    batch cannot start or fails (a locked folder, an unusable checkpoint...), the runs go one by one through
+    :func:`_run_one`, so each failure is recorded for its own run."""
+    import torch
+
+    from nclab.ufm import make_config
+    from nclab.ufm.batched import simulate_batch
+
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    outs = [{"status": "failed", "message": "", "step": None, "batch": len(run_dirs)} for _ in run_dirs]
+    try:
+        configs = [make_config(**o) for o in options_list]
+        res = simulate_batch(configs, run_dirs, resume=True, callback=_batch_stop_check)
+        for out, r in zip(outs, res):
+            out.update(status=r.status, message=r.message or "", step=r.step)
+    except KeyboardInterrupt:
+        for out, run_dir in zip(outs, run_dirs):
+            started = (pathlib.Path(run_dir) / CONFIG).is_file()
+            out.update(status="interrupted" if started else "pending",
+                       message="interrupted; rerun the sweep to continue")
+            summary = pathlib.Path(run_dir) / SUMMARY
+            try:  # a run that finished in the batch before the interrupt stays finished
+                s = json.loads(summary.read_text()) if summary.is_file() else {}
+            except (OSError, ValueError):
+                s = {}
+            if s.get("status") in FINISHED:
+                out.update(status=s["status"], step=s.get("step"), message=s.get("message", ""))
+            elif started:
+                out["step"] = s.get("step")
+    except Exception:  # one by one: each run's own failure (or success) is recorded
+        return [dict(_run_one("simulate", o, d, lock_wait), batch=1) for o, d in zip(options_list, run_dirs)]
+    seconds = time.perf_counter() - t0
+    for out in outs:
+        out["seconds"] = seconds / len(outs)  # the run's share of the batch
+    return outs
+
+
 # ---------------------------------------------------------------------------------------------- the sweep
 @dataclass
 class SweepResult:
@@ -482,6 +552,7 @@ def run_sweep(
     dry_run: bool = False,
     address: str | None = None,
     callback: Callable[[dict, int, int], None] | None = None,
+    batch: bool = True,
 ) -> SweepResult:
     """Run every run of a sweep that is not finished yet; then one report for the whole sweep.
 
@@ -496,6 +567,11 @@ def run_sweep(
     address : Ray cluster address (default: $RAY_ADDRESS, else a local Ray with ``workers`` CPUs). The sweep
         folder must then be on a file system every node sees.
     callback : called as ``callback(entry, done, total)`` after each run ends (entry: its manifest dict)
+    batch : simulate runs of one shape (K, N, widths, bias, loss, SGD or Adam, steps, schedule, snapshot and
+        checkpoint intervals; seeds, lambdas, lr, init and counts may differ) are trained together by the batched
+        engine (:func:`nclab.ufm.batched.simulate_batch`), each worker taking a share of a group as one batch;
+        each run folder is as an unbatched run writes it (objective equal to round-off). The manifest entry's
+        ``batch`` is the number of runs trained together. False: every run on its own.
 
     Returns
     -------
@@ -551,7 +627,12 @@ def run_sweep(
             raise ValueError(f"cannot write the sweep to {out}: {exc.strerror or exc}") from None
 
         todo = [(run, e) for run, e in zip(runs, entries) if e["status"] not in FINISHED]
-        n_workers = max(1, min(workers or _cpu_count(), len(todo) or 1))
+        wanted = workers or _cpu_count()
+        if batch and spec.kind == "simulate":
+            job_runs = [[todo[i] for i in job] for job in batch_groups([run for run, _ in todo], wanted)]
+        else:
+            job_runs = [[t] for t in todo]
+        n_workers = max(1, min(wanted, len(job_runs) or 1))
         manifest["workers"] = n_workers
         finished_before = len(entries) - len(todo)
         done = [finished_before]
@@ -559,7 +640,7 @@ def run_sweep(
         def record(entry: dict, res: dict) -> None:
             entry.pop("traceback", None)
             entry.pop("locked", None)
-            entry.update({k: res[k] for k in ("status", "step", "seconds", "message") if k in res})
+            entry.update({k: res[k] for k in ("status", "step", "seconds", "message", "batch") if k in res})
             for key in ("traceback", "locked"):
                 if res.get(key):
                     entry[key] = res[key]
@@ -569,7 +650,8 @@ def run_sweep(
                 callback(entry, done[0], len(entries))
 
         if todo:
-            jobs = [(spec.kind, run.options, str((out / run.name).resolve()), entry) for run, entry in todo]
+            jobs = [(spec.kind, [run.options for run, _ in job], [str((out / run.name).resolve()) for run, _ in job],
+                     [entry for _, entry in job]) for job in job_runs]
             try:
                 if backend == "local":
                     _run_local(jobs, n_workers, record)
@@ -623,22 +705,24 @@ def _run_local(jobs: list, workers: int, record: Callable) -> None:
     try:
         pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
                                    initargs=(stop, os.getpid()))
-        for kind, options, run_dir, entry in jobs:
-            futures[pool.submit(_run_one, kind, options, run_dir, LOCK_WAIT)] = entry
-            entry["status"] = "running"
+        for kind, options, run_dirs, entries in jobs:
+            if len(entries) == 1:
+                fut = pool.submit(_run_one, kind, options[0], run_dirs[0], LOCK_WAIT)
+            else:
+                fut = pool.submit(_run_batch, options, run_dirs, LOCK_WAIT)
+            futures[fut] = entries
+            for entry in entries:
+                entry["status"] = "running"
         pending = set(futures)
         while pending:
             try:
                 wait(pending, return_when=FIRST_COMPLETED)
                 for f in [f for f in pending if f.done()]:
                     if f.cancelled():
-                        futures[f]["status"] = "pending"
+                        for entry in futures[f]:
+                            entry["status"] = "pending"
                     else:
-                        try:
-                            res = f.result()
-                        except Exception as exc:  # a worker died (BrokenProcessPool), or the result did not pickle
-                            res = {"status": "failed", "message": f"{type(exc).__name__}: {exc}"}
-                        record(futures[f], res)
+                        _record_job(futures[f], f.result, record)
                     pending.discard(f)
             except KeyboardInterrupt:
                 if interrupted:
@@ -661,6 +745,21 @@ def _run_local(jobs: list, workers: int, record: Callable) -> None:
         raise KeyboardInterrupt
 
 
+def _same(x):
+    return x
+
+
+def _record_job(entries: list, result: Callable, record: Callable) -> None:
+    """Record a job's outcome for each of its runs (``result()``: a dict, or a list for a batch)."""
+    try:
+        res = result()
+    except Exception as exc:  # a worker died (BrokenProcessPool), or the result did not pickle
+        res = {"status": "failed", "message": f"{type(exc).__name__}: {exc}"}
+    outcomes = res if isinstance(res, list) else [res] * len(entries)
+    for entry, outcome in zip(entries, outcomes):
+        record(entry, {"batch": len(entries), **outcome})
+
+
 def _run_ray(jobs: list, workers: int, address: str | None, record: Callable) -> None:
     """One Ray task (1 CPU) per run; on Ctrl-C the tasks are cancelled (a run checkpoints on the interrupt)."""
     import ray
@@ -674,31 +773,33 @@ def _run_ray(jobs: list, workers: int, address: str | None, record: Callable) ->
             ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
         started = True
     try:
-        task = ray.remote(num_cpus=1, max_retries=0)(_run_one)
+        one = ray.remote(num_cpus=1, max_retries=0)(_run_one)
+        many = ray.remote(num_cpus=1, max_retries=0)(_run_batch)
         refs = {}
-        for kind, options, run_dir, entry in jobs:
-            gpu = str(options.get("device", "cpu")).startswith("cuda")  # Ray hides GPUs from tasks without one
-            refs[(task.options(num_gpus=1) if gpu else task).remote(kind, options, run_dir, LOCK_WAIT)] = entry
-        for entry in refs.values():
-            entry["status"] = "running"
+        for kind, options, run_dirs, entries in jobs:
+            gpu = str(options[0].get("device", "cpu")).startswith("cuda")  # Ray hides GPUs from tasks without one
+            task = one if len(entries) == 1 else many
+            task = task.options(num_gpus=1) if gpu else task
+            ref = (task.remote(kind, options[0], run_dirs[0], LOCK_WAIT) if len(entries) == 1
+                   else task.remote(options, run_dirs, LOCK_WAIT))
+            refs[ref] = entries
+            for entry in entries:
+                entry["status"] = "running"
         pending = list(refs)
         try:
             while pending:
                 ready, pending = ray.wait(pending, num_returns=1)
-                try:
-                    res = ray.get(ready[0])
-                except Exception as exc:  # the task's worker died
-                    res = {"status": "failed", "message": f"{type(exc).__name__}: {exc}"}
-                record(refs[ready[0]], res)
+                _record_job(refs[ready[0]], functools.partial(ray.get, ready[0]), record)
         except KeyboardInterrupt:
             for ref in pending:
                 ray.cancel(ref)  # a running run gets a KeyboardInterrupt: it checkpoints and returns
             ready, _ = ray.wait(pending, num_returns=len(pending), timeout=60)  # a 2nd Ctrl-C stops waiting
             for ref in ready:
                 try:
-                    record(refs[ref], ray.get(ref))
+                    res = ray.get(ref)
                 except Exception:  # cancelled before it started
-                    pass
+                    continue
+                _record_job(refs[ref], functools.partial(_same, res), record)
             raise
     finally:
         if started:
