@@ -37,13 +37,16 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 GROUPS = {
     "results": (["nclab/results.py"], ["tests/test_results.py", "tests/test_run_folder.py",
                                        "tests/test_tensorboard.py"]),
-    "snapshot": (["nclab/ufm/snapshot.py"], ["tests/test_ufm_snapshot.py", "tests/test_ufm.py"]),
+    "snapshot": (["nclab/ufm/snapshot.py"], ["tests/test_ufm_snapshot.py", "tests/test_ufm.py",
+                                             "tests/test_mutation_snapshot.py"]),
     "tracking": (["nclab/experiments/tracking.py"], ["tests/test_tracking.py"]),
     "theory": (["nclab/theory/*"], ["tests/test_theory_ce.py", "tests/test_theory_mse.py",
-                                    "tests/test_theory_pins.py", "tests/test_fuzz_predict.py"]),
+                                    "tests/test_theory_pins.py", "tests/test_fuzz_predict.py",
+                                    "tests/test_mutation_theory.py"]),
     "metrics": (["nclab/metrics/*"], ["tests/test_metrics_reference.py", "tests/test_metrics_degenerate.py",
                                       "tests/test_metrics_functional.py", "tests/test_metrics_hooks_theory.py",
-                                      "tests/test_fuzz_metrics.py", "tests/test_metrics_dist.py"]),
+                                      "tests/test_fuzz_metrics.py", "tests/test_metrics_dist.py",
+                                      "tests/test_cov_metrics.py"]),
 }
 
 STATUS = ("killed", "survived", "no tests", "timeout", "suspicious", "segfault", "skipped", "caught by type check",

@@ -1,0 +1,171 @@
+"""nclab.ufm.snapshot beyond the other suites (mutation testing, scripts/mutation.py snapshot): every column of a
+ReLU row against a slow numpy forward pass and the definitions (ReluSnapshotter docstring), the degenerate
+rows (zero features, zero layer, overflow), and shared_objective in float64 from float32 inputs."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from nclab.theory import make_problem, predict
+from nclab.ufm.dnc import Reference, References
+from nclab.ufm.snapshot import ReluSnapshotter, Snapshotter, shared_objective
+
+COUNTS, WIDTHS, LAM_W, LAM_H = [2, 3, 2], [4, 4, 3], [0.01, 0.02, 0.03], 0.005
+F_DNC, F_LOW = 0.5, 0.3
+
+
+def _refs(grams):
+    """Reference configurations given by their objectives and layer Grams (what ReluSnapshotter reads)."""
+    def ref(name, f, g):
+        return Reference(name, f, name, np.zeros(0), H1=np.zeros((3, 3)), weights=[], bias=None, layer_grams=g)
+    return References(dnc=ref("dnc", F_DNC, grams), lowrank=ref("lowrank", F_LOW, []))
+
+
+def _rank(a, rtol=1e-3):
+    s = np.linalg.svd(a, compute_uv=False)
+    return int((s > rtol * s[0]).sum()) if s[0] > 0 else 0
+
+
+def _unit(a):
+    with np.errstate(invalid="ignore"):  # a zero matrix has no direction: NaN
+        return a / np.linalg.norm(a)
+
+
+def _nc1(feats, y, K):
+    """tr(Sigma_W Sigma_B^+)/K of features (d, N): the definition with a dense pseudo-inverse."""
+    n = np.bincount(y, minlength=K).astype(float)
+    mu = np.stack([feats[:, y == k].mean(1) for k in range(K)])
+    mc = mu - n @ mu / n.sum()
+    dev = feats - mu[y].T
+    sw = dev @ dev.T / len(y)
+    return float(np.trace(sw @ np.linalg.pinv(mc.T @ mc / K, rcond=1e-10)) / K)
+
+
+def reference_relu_row(W, H, b, grams):
+    y = np.repeat(np.arange(3), COUNTS)
+    N, K = len(y), 3
+    feats = [H]
+    for w in W[:-1]:
+        feats.append(np.maximum(w @ feats[-1], 0.0))
+    Z = W[-1] @ feats[-1] + (0.0 if b is None else b[:, None])
+    loss = 0.5 * np.sum((Z - np.eye(K)[:, y]) ** 2) / N
+    f = loss + sum(0.5 * lam * np.sum(w * w) for lam, w in zip(LAM_W, W)) + 0.5 * LAM_H * np.sum(H * H)
+    row = {"objective": f, "loss": loss, "gap": f - F_LOW, "rel_gap": (f - F_LOW) / F_LOW, "f_dnc": F_DNC,
+           "f_lowrank": F_LOW, "gap_dnc": f - F_DNC, "gap_lowrank": f - F_LOW}
+    for j, (h, w) in enumerate(zip(feats, W)):
+        mu = np.stack([h[:, y == k].mean(1) for k in range(K)])  # (K, d_j)
+        row[f"nc1_L{j + 1}"] = _nc1(h, y, K)
+        row[f"nc2_h_L{j + 1}"] = math.nan if j == 0 else float(np.linalg.norm(_unit(mu @ mu.T) - _unit(grams[j])))
+        row[f"nc3_L{j + 1}"] = float(np.linalg.norm(_unit(w.T @ w) - _unit(mu.T @ mu)))
+        row[f"rank_means_L{j + 1}"] = _rank(mu)
+        row[f"rank_w_L{j + 1}"] = _rank(w)
+    return row
+
+
+@pytest.fixture(scope="module")
+def relu_case():
+    g = np.random.default_rng(11)
+    p = make_problem(counts=COUNTS, depth=3, widths=WIDTHS, lambda_w=LAM_W, lambda_h=LAM_H, bias=True)
+    grams = [None] + [(lambda a: a @ a.T)(g.normal(size=(3, 3))) for _ in range(2)]
+    # W_1 has singular values 1, 0.5, 2e-3, 5e-4: numerical rank 3 at rtol 1e-3 (one value on each side)
+    q1, _ = np.linalg.qr(g.normal(size=(4, 4)))
+    q2, _ = np.linalg.qr(g.normal(size=(4, 4)))
+    W = [q1 @ np.diag([1.0, 0.5, 2e-3, 5e-4]) @ q2, g.normal(size=(3, 4)), g.normal(size=(3, 3))]
+    H = g.normal(size=(4, 7)) + np.repeat(g.normal(size=(4, 3)) * 2, COUNTS, axis=1)
+    b = g.normal(size=3)
+    return p, grams, W, H, b
+
+
+def test_relu_row_matches_the_definitions(relu_case):
+    p, grams, W, H, b = relu_case
+    snap = ReluSnapshotter(p, _refs(grams))
+    row = snap([torch.tensor(w) for w in W], torch.tensor(H), torch.tensor(b))
+    ref = reference_relu_row(W, H, b, grams)
+    assert set(row) == set(ref)
+    assert row["rank_w_L1"] == 3
+    for k, v in ref.items():
+        if math.isnan(v):
+            assert math.isnan(row[k]), k
+        elif k.startswith("rank"):
+            assert row[k] == v, k
+        else:
+            assert row[k] == pytest.approx(v, rel=1e-9, abs=1e-12), k
+
+
+def test_relu_row_float32_inputs_are_measured_in_float64(relu_case):
+    p, grams, W, H, b = relu_case
+    W32, H32, b32 = [w.astype(np.float32) for w in W], H.astype(np.float32), b.astype(np.float32)
+    row = ReluSnapshotter(p, _refs(grams))([torch.tensor(w) for w in W32], torch.tensor(H32), torch.tensor(b32))
+    ref = reference_relu_row([w.astype(float) for w in W32], H32.astype(float), b32.astype(float), grams)
+    assert row["objective"] == pytest.approx(ref["objective"], rel=1e-13)
+    assert row["nc1_L3"] == pytest.approx(ref["nc1_L3"], rel=1e-9)
+
+
+def test_relu_row_degenerate_points(relu_case):
+    p, grams, W, H, b = relu_case
+    snap = ReluSnapshotter(p, _refs(grams))
+    # zero features: no class-mean spread at any layer (NC1 undefined), zero means (alignment undefined)
+    row = snap([torch.tensor(w) for w in W], torch.zeros(4, 7, dtype=torch.float64), torch.tensor(b))
+    for j in (1, 2, 3):
+        assert math.isnan(row[f"nc1_L{j}"]) and math.isnan(row[f"nc3_L{j}"]) and row[f"rank_means_L{j}"] == 0
+    assert math.isnan(row["nc2_h_L2"])  # zero class-mean Gram
+    assert [row[f"rank_w_L{j}"] for j in (1, 2, 3)] == [3, 3, 3]
+    # a zero last layer: W_3 has rank 0 and no alignment; the means above it are untouched
+    ws = [torch.tensor(W[0]), torch.tensor(W[1]), torch.zeros(3, 3, dtype=torch.float64)]
+    row = snap(ws, torch.tensor(H), torch.tensor(b))
+    ref = reference_relu_row(W[:2] + [np.zeros((3, 3))], H, b, grams)
+    assert row["rank_w_L3"] == 0 and math.isnan(row["nc3_L3"])
+    assert row["nc3_L2"] == pytest.approx(ref["nc3_L2"], rel=1e-9)
+    assert row["objective"] == pytest.approx(ref["objective"], rel=1e-12)
+    # no references (imbalanced classes): f_dnc, gaps and nc2_h are NaN, the rest is still measured
+    row = ReluSnapshotter(p, References(dnc=None, lowrank=None, reason="test"))(
+        [torch.tensor(w) for w in W], torch.tensor(H), torch.tensor(b))
+    assert all(math.isnan(row[k]) for k in ("f_dnc", "f_lowrank", "gap", "rel_gap", "gap_dnc", "nc2_h_L2"))
+    assert row["rank_means_L1"] == ref["rank_means_L1"]
+
+
+def test_relu_rel_gap_divides_by_the_best_reference_magnitude(relu_case):
+    p, grams, W, H, b = relu_case
+    refs = _refs(grams)
+    refs.lowrank.objective = -0.25  # a negative best reference: the gap is relative to |f_best|
+    row = ReluSnapshotter(p, refs)([torch.tensor(w) for w in W], torch.tensor(H), torch.tensor(b))
+    assert row["gap"] == pytest.approx(row["objective"] + 0.25, rel=1e-15)
+    assert row["rel_gap"] == pytest.approx(row["gap"] / 0.25, rel=1e-15)
+    refs.lowrank.objective = 0.0  # f_best = 0: the gap itself, scaled by 1e300 (never a division by zero)
+    row = ReluSnapshotter(p, refs)([torch.tensor(w) for w in W], torch.tensor(H), torch.tensor(b))
+    assert row["rel_gap"] == row["objective"] / 1e-300
+
+
+def test_relu_row_at_overflow_keeps_only_the_objective_columns(relu_case):
+    p, grams, W, H, b = relu_case
+    ws = [torch.full((4, 4), 1e200, dtype=torch.float64)] + [torch.tensor(w) for w in W[1:]]
+    row = ReluSnapshotter(p, _refs(grams))(ws, torch.tensor(H), torch.tensor(b))
+    assert row["objective"] == math.inf and row["gap_dnc"] == math.inf
+    assert set(row) == {"objective", "gap", "rel_gap", "loss", "f_dnc", "f_lowrank", "gap_dnc", "gap_lowrank"}
+
+
+# ------------------------------------------------------------------------------------------ linear UFM
+def test_zero_features_leave_balance_h_undefined():
+    pred = predict(counts=[2, 2, 2], depth=2, widths=[3, 3], lambda_w=0.01, lambda_h=0.01)
+    g = np.random.default_rng(2)
+    W = [g.normal(size=(3, 3)), g.normal(size=(3, 3))]
+    row = Snapshotter(pred)([torch.tensor(w) for w in W], torch.zeros(3, 6, dtype=torch.float64))
+    # ||lam_1 W_1^T W_1 - lam_H H H^T|| / ||lam_H H H^T||: the denominator is 0
+    assert math.isnan(row["balance_H"])
+    ref = np.linalg.norm(0.01 * W[1].T @ W[1] - 0.01 * W[0] @ W[0].T) / np.linalg.norm(0.01 * W[0] @ W[0].T)
+    assert row["balance_L1"] == pytest.approx(ref, rel=1e-12)
+
+
+def test_shared_objective_is_float64_from_float32_inputs():
+    pred = predict(counts=[2, 1, 2], depth=2, widths=[3, 4], lambda_w=[0.01, 0.03], lambda_h=0.02)
+    g = np.random.default_rng(5)
+    W = [g.normal(size=(4, 3)).astype(np.float32), g.normal(size=(3, 4)).astype(np.float32)]
+    H = g.normal(size=(3, 5)).astype(np.float32)
+    W64, H64 = [w.astype(float) for w in W], H.astype(float)
+    y = np.array([0, 0, 1, 2, 2])
+    f_ref = (0.5 * np.sum((W64[1] @ W64[0] @ H64 - np.eye(3)[:, y]) ** 2) / 5
+             + 0.5 * (0.01 * np.sum(W64[0] ** 2) + 0.03 * np.sum(W64[1] ** 2) + 0.02 * np.sum(H64 ** 2)))
+    f = shared_objective(pred, [torch.tensor(w) for w in W], torch.tensor(H))
+    assert f == pytest.approx(f_ref, rel=1e-14)
