@@ -107,6 +107,9 @@ def test_run_flag_combinations():
     with pytest.raises(ValueError, match="give --resume or --overwrite, not both"):
         check_run_flags("x", True, True)
     assert refused("train", "--resume", "--overwrite", "--out", "x") == "error: give --resume or --overwrite, not both"
+    assert refused("train", "--resume") == "error: --resume needs --out, the run directory to continue"
+    assert refused("train", "--depths", "") == ("error: --depths must be a comma-separated list of integers, e.g. 3,4; "
+                                               "'' is empty")
 
 
 @pytest.mark.parametrize("s, text", [(float("nan"), "?"), (0.4, "0 s"), (89, "89 s"), (90, "2 min"),
@@ -369,12 +372,6 @@ def test_predict_large_k_table_groups_runs_of_classes():
     assert "(K = 30 classes in 30 runs: one row per state" in alternating
 
 
-def test_predict_ce_at_depth_one_is_proven():
-    out = ok("predict", "-K", "4", "-n", "1", "-M", "1", "--lambda-w", "1e-3", "--lambda-h", "1e-3", "--loss",
-             "ce").output
-    assert "M = 1: the ETF (or zero above gamma_c) is the proven global minimizer (Jensen)." in out
-
-
 def test_predict_counts_file_refusals(tmp_path):
     missing = tmp_path / "none.txt"
     assert refused("predict", "--counts-file", missing) == f"error: --counts-file {missing}: no such file"
@@ -417,7 +414,8 @@ def test_simulate_resume_from_the_folder_with_options_that_agree(tmp_path):
     out = tmp_path / "s"
     first = json.loads(ok("simulate", *UFM, "--out", out, "--json").output)
     assert first["status"] == "complete" and first["step"] == 4
-    for extra in (["--classes", "3"], ["--per-class", "2"], ["--depth", "1"], ["--width", "4"], ["--threads", "1"]):
+    for extra in (["--classes", "3"], ["--per-class", "2"], ["--depth", "1"], ["--width", "4"], ["--threads", "1"],
+                  ["--depth", "1", "--width", "4"], ["--depth", "1", "--lambda-w", "5e-4"]):
         again = json.loads(ok("simulate", "--out", out, "--resume", "--json", "--no-figures", *extra).output)
         assert again["final"] == first["final"] and again["step"] == 4, extra
     msg = refused("simulate", "--out", out, "--resume", "--depth", "2")
@@ -433,6 +431,26 @@ def test_simulate_preset_overrides(tmp_path):
     cfg = json.loads((out / "config.json").read_text())["config"]
     assert cfg["counts"] == [2, 2, 2] and cfg["optimizer"] == "adam" and cfg["lr"] == 1e-3
     assert cfg["milestones"] == [1] and cfg["steps"] == 2
+
+
+def test_simulate_preset_runs_its_depths(tmp_path):
+    """Without --depth a preset runs the depths its help names (1, 3, 6, 9), one folder each."""
+    out = tmp_path / "pd"
+    r = ok("simulate", "--preset", "paper-balanced-of", "--steps", "1", "--snapshot-every", "1", "--width", "4",
+           "--no-figures", "--json", "--out", out)
+    docs = [json.loads(line) for line in r.output.strip().splitlines()]
+    assert [pathlib.Path(d["run_dir"]).name for d in docs] == ["depth-1", "depth-3", "depth-6", "depth-9"]
+    for M in (1, 3, 6, 9):
+        assert json.loads((out / f"depth-{M}" / "config.json").read_text())["config"]["widths"] == [4] * M
+
+
+def test_simulate_restarts_json_names_every_run(tmp_path):
+    out = tmp_path / "rs"
+    r = ok("simulate", *UFM, "--restarts", "2", "--json", "--out", out)
+    docs = [json.loads(line) for line in r.output.strip().splitlines()]  # JSON lines only, no "best of" text
+    assert [pathlib.Path(d["run_dir"]).name for d in docs] == ["seed-0", "seed-1"]
+    best = min(docs, key=lambda d: d["final"]["objective"])
+    assert pathlib.Path(best["run_dir"]).name in (out / "restarts.json").read_text()
 
 
 def test_simulate_default_problem_and_folder(tmp_path, monkeypatch):

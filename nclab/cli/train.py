@@ -133,9 +133,7 @@ def train_cmd(config_file, preset, list_presets, per_class, depths, out, resume,
         opts["per_class"] = per_class
     flags = {k: v for k, v in fields.items() if v is not None}
     opts.update(flags)
-    depth_list = parse_int_list(depths, "--depths")
-    if depth_list is not None and not depth_list:
-        raise ValueError("--depths needs at least one depth, e.g. 1,3,6")
+    depth_list = parse_int_list(depths, "--depths")  # never []: an empty list or item is refused there
     name = opts.get("preset", "train")
     if out is None:
         out = f"runs/{name}-{time.strftime('%Y%m%d-%H%M%S')}"
