@@ -269,3 +269,26 @@ def test_unreadable_run_config_stops_the_plan(tmp_path):
     (tmp_path / "seed=0" / "config.json").write_text("{oops")
     with pytest.raises(ValueError, match=r"seed=0/config.json is unreadable .*; remove the run directory"):
         run_sweep({"base": SIM, "grid": {"seed": [0]}}, tmp_path, dry_run=True)
+
+
+def test_option_names_of_builders_with_and_without_a_dataclass():
+    from nclab.experiments.sweep import _check_names, _option_names
+
+    def fixed(depth, seed=0):
+        return {"depth": depth, "seed": seed}
+
+    def anything(**options) -> dict:
+        return options
+
+    assert _option_names(fixed) == {"depth", "seed"}
+    assert _option_names(anything) is None  # **options of an unknown type: the builder checks its own names
+    _check_names(["whatever"], None, "simulate", "[base]")  # unknown: accepted here, refused (if at all) by it
+    with pytest.raises(ValueError, match=r"unknown simulate parameter 'sed' in \[grid\]; did you mean 'seed'\?"):
+        _check_names(["sed"], {"depth", "seed"}, "simulate", "[grid]")
+
+
+def test_report_builder_returning_nothing_keeps_the_default_path(tmp_path, monkeypatch):
+    import nclab.report
+
+    monkeypatch.setattr(nclab.report, "build_report", lambda dirs, path: None)
+    assert _build_report([tmp_path / "a"], tmp_path) == (tmp_path / "report.html", f"report: {tmp_path}/report.html")
