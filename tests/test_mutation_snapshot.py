@@ -3,6 +3,7 @@ ReLU row against a slow numpy forward pass and the definitions (ReluSnapshotter 
 rows (zero features, zero layer, overflow), and shared_objective in float64 from float32 inputs."""
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -169,3 +170,50 @@ def test_shared_objective_is_float64_from_float32_inputs():
              + 0.5 * (0.01 * np.sum(W64[0] ** 2) + 0.03 * np.sum(W64[1] ** 2) + 0.02 * np.sum(H64 ** 2)))
     f = shared_objective(pred, [torch.tensor(w) for w in W], torch.tensor(H))
     assert f == pytest.approx(f_ref, rel=1e-14)
+
+
+def _spec_sym(g):
+    """Eigenvalues of a symmetric PSD matrix, descending (its singular values)."""
+    return np.sort(np.abs(np.linalg.eigvalsh((g + g.T) / 2)))[::-1]
+
+
+def test_non_unique_grams_are_compared_by_their_spectra():
+    # widths 2 < K = 3 with balanced classes: the rank budget cuts through equal modes, only spectra are unique
+    pred = predict(counts=[2, 2, 2], depth=2, widths=[2, 2], lambda_w=0.01, lambda_h=0.02)
+    assert not pred.gram_unique
+    g = np.random.default_rng(8)
+    W, H = [g.normal(size=(2, 2)), g.normal(size=(3, 2))], g.normal(size=(2, 6))
+    row = Snapshotter(pred)([torch.tensor(w) for w in W], torch.tensor(H))
+    y = np.repeat(np.arange(3), 2)
+    mu = np.stack([H[:, y == k].mean(1) for k in range(3)])  # bias-free: uncentred means (K, d)
+    Wf = W[1] @ W[0]
+    measured = {"WWt": Wf @ Wf.T, "HtH": mu @ mu.T}
+    for key, col in (("WWt", "nc2_w"), ("HtH", "nc2_h")):
+        a, b = _spec_sym(measured[key]), _spec_sym(np.asarray(getattr(pred, key)))
+        assert row[col] == pytest.approx(np.linalg.norm(_unit(a) - _unit(b)), rel=1e-9, abs=1e-12), col
+        assert row[f"err_{key}"] == pytest.approx(np.linalg.norm(a - b) / np.linalg.norm(b), rel=1e-9), key
+    # WH is not symmetric: its singular values are the square roots of the eigenvalues of (WH)^T (WH)
+    wh, whs = Wf @ mu.T, np.asarray(pred.WH)
+    a, b = np.sqrt(_spec_sym(wh.T @ wh)), np.sqrt(_spec_sym(whs.T @ whs))
+    assert row["nc3"] == pytest.approx(np.linalg.norm(_unit(a) - _unit(b)), abs=1e-7)
+    assert row["err_WH"] == pytest.approx(np.linalg.norm(a - b) / np.linalg.norm(b), abs=1e-7)
+    lay = pred.layers[1]  # layer 2: W_2 against partial_gram, the layer-2 means against mean_gram
+    m2 = mu @ W[0].T
+    a, b = _spec_sym(W[1] @ W[1].T), _spec_sym(np.asarray(lay["partial_gram"]))
+    assert row["nc2_w_L2"] == pytest.approx(np.linalg.norm(_unit(a) - _unit(b)), rel=1e-9, abs=1e-12)
+    a, b = _spec_sym(m2 @ m2.T), _spec_sym(np.asarray(lay["mean_gram"]))
+    assert row["nc2_h_L2"] == pytest.approx(np.linalg.norm(_unit(a) - _unit(b)), rel=1e-9, abs=1e-12)
+
+
+def test_rows_raise_no_numpy_warnings_where_products_overflow():
+    # W_1 and H of size 1e60: the objective is finite (~1e120) but W_1 H overflows in the NC statistics
+    pred = predict(counts=[2, 2, 2], depth=2, widths=[3, 3], lambda_w=0.01, lambda_h=0.01)
+    g = np.random.default_rng(0)
+    W = [g.normal(size=(3, 3)) * 1e60, np.zeros((3, 3))]
+    H = g.normal(size=(3, 6)) * 1e60
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        row = Snapshotter(pred)([torch.tensor(w) for w in W], torch.tensor(H))
+    f_ref = 0.5 + 0.5 * 0.01 * (np.sum(W[0] ** 2) + np.sum(H ** 2))  # Z = W_2 W_1 H = 0: data term 1/2
+    assert row["objective"] == pytest.approx(f_ref, rel=1e-12)
+    assert math.isnan(row["nc2_w"])  # the end-to-end classifier is zero
