@@ -231,6 +231,8 @@ def _mse_story(pred) -> tuple[list[str], list[str]]:
 
 def _ce_story(pred) -> tuple[list[str], list[str]]:
     ce, sol, p = pred.ce, pred._ce, pred.problem
+    if not p.balanced and p.M >= 2:  # best found by the rank search (nclab.theory.ce_imbalanced), not certified
+        return _ce_deep_story(pred)
     if not p.balanced:  # M = 1, certified convex solve (nclab.theory.ce_imbalanced)
         merged = [g for g in getattr(sol, "merged", []) or [] if len(g) > 1]
         lines = [f"optimal geometry: {pred.geometry}",
@@ -258,6 +260,30 @@ def _ce_story(pred) -> tuple[list[str], list[str]]:
         "  gamma      = (prod_j lambda_j * n * lambda_H)^(1/(M+1)), n = samples per class",
         "  gamma_c    threshold: the ETF candidate beats zero iff gamma < gamma_c(K, M)",
     ]
+    return lines, syms
+
+
+def _ce_deep_story(pred) -> tuple[list[str], list[str]]:
+    """Imbalanced CE at M >= 2: the best structure found (certified: false), the ranks searched, merges."""
+    ce, p = pred.ce, pred.problem
+    ranks = ce["ranks_searched"]
+    merged = [g for g in ce["merged"] if len(g) > 1]
+    per_rank = ", ".join(f"{r}: {v:.6g}" for r, v in sorted(ce["best_per_rank"].items())[:12])
+    lines = [f"optimal geometry: {pred.geometry} (certified: false)",
+             f"  Imbalanced CE at M = {p.M} reduces to the class logits Z = W Hbar with the penalty (M+1)/2 gamma' "
+             f"sum_i sigma_i(Z D^(1/2))^(2/(M+1)), a Schatten quasi-norm (nonconvex): this is the best structure "
+             f"found by a multi-start search over ranks {_ints(ranks)} (best value per rank: {per_rank}), an upper "
+             "bound on the global minimum, not a certified optimum.",
+             "  Classifier rows merged: " + (f"{merged}." if merged else "none.")]
+    thr = pred.thresholds.get("collapse_count_best_found") if pred.thresholds else None
+    if thr is not None:
+        lines.append(f"  Minority collapse (best found, bisection on the search): the {thr['classes']} classes of the "
+                     f"smallest count n = {thr['count']:g} merge iff n <= {_g(thr['threshold'], 6)} (other counts "
+                     f"fixed); here they are {'merged' if thr['merged_now'] else 'apart'}.")
+    if not ce["etf_is_global"] and pred.objective < ce["etf_objective"]:
+        lines.append(f"  The ETF-like point z (I - 1 1^T/K) has f = {ce['etf_objective']:.6g}; the best found is lower "
+                     f"(f = {pred.objective:.6g}, rank {ce['best_rank']}).")
+    syms = ["  gamma'     = (prod_j lambda_j * lambda_H)^(1/(M+1)); D = diag(n_k)"]
     return lines, syms
 
 
@@ -503,6 +529,7 @@ def predict_cmd(counts, classes, per_class, depth, widths, width, lambda_w, lamb
       nclab predict --counts 200,100,50,50 -M 3 --lambda-w 2e-2 --lambda-h 2e-2 --bias
       nclab predict -K 4 -n 10 --bias --grams
       nclab predict -K 4 -n 10 --loss ce -M 3
+      nclab predict --counts 200,100,50,50 --loss ce -M 3
       nclab predict -K 100000 -n 1
       nclab predict --counts 200,100,50,50 -M 3 --json
     """

@@ -780,35 +780,22 @@ def deep_gamma(problem: Problem) -> float:
     return math.exp(logs / (problem.M + 1))
 
 
-def deep_reduced_objective(problem: Problem, Z: np.ndarray, b: np.ndarray | None) -> float:
-    """g(Z, b) = sum_k pi_k CE(Z e_k + b, k) + (M+1)/2 gamma' sum_i sigma_i(Z D^(1/2))^(2/(M+1)), any M >= 1:
-    the exact minimum of the full objective over the factorizations with class logits Z (NC1 + sec. 1.1)."""
-    n = np.asarray(problem.counts, dtype=np.float64)
-    M = problem.M
-    L = Z if b is None else Z + b[:, None]
-    mx = L.max(axis=0)
-    ce = mx + np.log(np.exp(L - mx).sum(axis=0)) - np.diag(L)
-    s = np.linalg.svd(Z * np.sqrt(n)[None, :], compute_uv=False)
-    return float(n @ ce / n.sum()) + 0.5 * (M + 1) * deep_gamma(problem) * float(np.sum(s ** (2.0 / (M + 1))))
-
-
 #: relative singular-value cutoff of Z D^(1/2) for M >= 2: below it a direction is rounding noise, which the
 #: quasi-norm would still charge (1e-16^(1/2) = 1e-8); the reported point is the compact reconstruction
 _DEEP_SV_RTOL = 1e-9
 
 
-def _deep_clean(problem: Problem, Z: np.ndarray, b, max_rank: int | None = None):
+def _deep_clean(n, M: int, gam: float, Z: np.ndarray, b, max_rank: int | None = None):
     """(value, Z') with Z' the compact-SVD reconstruction of Z D^(1/2) (cutoff _DEEP_SV_RTOL), truncated
     further to its best top-k (k <= max_rank) for g; value = g(Z', b) over the kept singular values (what
     construct_ce_imbalanced_deep attains)."""
-    n = np.asarray(problem.counts, dtype=np.float64)
+    n = np.asarray(n, dtype=np.float64)
     sq = np.sqrt(n)
-    M = problem.M
     U, s, Vt = np.linalg.svd(Z * sq[None, :])
     k_max = int(np.sum(s > _DEEP_SV_RTOL * s[0])) if s.size and s[0] > 0 else 0
     if max_rank is not None:
         k_max = min(k_max, max_rank)
-    pen = 0.5 * (M + 1) * deep_gamma(problem)
+    pen = 0.5 * (M + 1) * gam
     best = None
     for k in range(k_max + 1):
         Zk = ((U[:, :k] * s[:k]) @ Vt[:k]) / sq[None, :]
@@ -870,33 +857,53 @@ class _DeepFactored(_Factored):
                                  "maxcor": 20}).x
 
 
-def solve_ce_imbalanced_deep(problem: Problem, *, restarts: int = 3, seed: int = 0) -> dict:
-    """M >= 2, any counts: a multi-start search of the reduced problem over every rank r <= min(R, K - 1)
-    (factorized A = Z D^(1/2) = F_M ... F_0 with weight gamma' on every factor). The penalty sum sigma^p,
-    p = 2/(M+1) < 1, is not convex: the result is the **best found** (an exact feasible value, i.e. an upper
-    bound on the global minimum), never certified. Starts per rank: the M = 1 certified optimum's A truncated
-    to rank r (when R >= K - 1) and ``restarts`` random points; the best is polished and its exact g reported.
+#: largest K for the M >= 2 search (L-BFGS on dense K x K factors, one run per rank and start)
+DEEP_MAX_K = 128
+#: up to this K every rank 1..min(R, K-1) is searched; above, ranks 1, 2, 3, K/2, K-1 (as the balanced search)
+DEEP_ALL_RANKS_MAX_K = 32
 
-    Returns a dict: objective, certified (False), rank, Z, bias, per_rank (best g per rank), WWt, HtH
-    (balanced factorization), w_norms, h_norms, merged, note.
-    """
-    if not isinstance(problem, Problem) or problem.loss != "ce":
-        raise ValueError("solve_ce_imbalanced_deep needs a Problem with loss 'ce'")
-    K, M, R = problem.K, problem.M, problem.rank_budget
-    gam = deep_gamma(problem)
-    n = np.asarray(problem.counts, dtype=np.float64)
+
+def deep_ranks(K: int, R: int) -> list[int]:
+    """Ranks the M >= 2 search covers: all of 1..min(R, K-1) up to DEEP_ALL_RANKS_MAX_K classes, else a few."""
+    rmax = min(R, K - 1)
+    if K <= DEEP_ALL_RANKS_MAX_K:
+        return list(range(1, rmax + 1))
+    return sorted({r for r in (1, 2, 3, K // 2, K - 1) if 1 <= r <= rmax})
+
+
+def _m1_start(n: np.ndarray, gam: float, bias: bool):
+    """(A = Z D^(1/2), b) of the certified M = 1 optimum with lambda_W = lambda_H = gam (any real counts)."""
+    ng, mg, idx = class_groups(n)
+    with _single_thread_blas():
+        _, res = _solve_grouped(ng, mg, gam, bias)
+    Z = res["a"][np.ix_(idx, idx)] + np.diag(res["alpha"][idx])
+    return Z * np.sqrt(n)[None, :], (None if res["b"] is None else res["b"][idx])
+
+
+def _deep_search(n, M: int, gam: float, bias: bool, ranks, restarts: int, seed: int, m1_start: bool = True):
+    """Best (value, Z, b) of the reduced problem over ``ranks`` for real counts ``n`` (K,), weight ``gam`` per
+    factor, and the best value per rank. Starts per rank: the M = 1 optimum (same gam) truncated to rank r
+    and ``restarts`` random points; the three best are polished at their own rank."""
+    n = np.asarray(n, dtype=np.float64)
+    K = n.size
     sq = np.sqrt(n)
     P = np.eye(K) - 1.0 / K
     rng = np.random.default_rng(seed)
-    starts = []
-    if R >= K - 1:
-        m1 = make_problem_like(problem)
-        s1 = solve_ce_imbalanced(m1)
-        if s1.Z is not None:
-            starts.append((s1.Z * sq[None, :], s1.bias))
-    b_zero = np.log(n / n.sum()) if problem.bias else None
-    zero_val = deep_reduced_objective(problem, np.zeros((K, K)), None if b_zero is None else b_zero - b_zero.mean())
-    found, per_rank = [(zero_val, np.zeros((K, K)), None if b_zero is None else b_zero - b_zero.mean())], {}
+    starts = [_m1_start(n, gam, bias)] if m1_start else []
+    # pairing code (the cross-polytope of the balanced search on count-sorted pairs): the winner of several
+    # small settings that random starts reach only sometimes (e.g. [12, 6, 3, 3], M = 2)
+    order = np.argsort(-n, kind="stable")
+    if K >= 4:
+        A = np.zeros((K, K))
+        for i in range(0, K - 1, 2):
+            d = np.zeros(K)
+            d[order[i]], d[order[i + 1]] = 1.0, -1.0
+            A += np.outer(d, d)
+        starts.append((3.0 * A * sq[None, :], None))
+    b_zero = np.log(n / n.sum()) if bias else None
+    b0 = None if b_zero is None else b_zero - b_zero.mean()
+    zero_val = _deep_value(n, M, gam, np.zeros((K, K)), b0)
+    found, per_rank = [(zero_val, np.zeros((K, K)), b0)], {}
 
     def finish(fac, x, r):
         F, b = fac.unpack(x)
@@ -905,19 +912,18 @@ def solve_ce_imbalanced_deep(problem: Problem, *, restarts: int = 3, seed: int =
             A = f @ A
         Z = P @ (A / sq[None, :])
         b = None if b is None else b - b.mean()
-        v, Zk = _deep_clean(problem, Z, b, r)
+        v, Zk = _deep_clean(n, M, gam, Z, b, r)
         return v, Zk, b
 
     with _single_thread_blas():
-        for r in range(1, min(R, K - 1) + 1):
-            fac = _DeepFactored(n, M, r, gam, problem.bias)
-            x0s = [fac.pack(fac.balanced(A, rng, 1e-3), (b if b is not None else b_zero) if problem.bias else None)
+        for r in ranks:
+            fac = _DeepFactored(n, M, r, gam, bias)
+            x0s = [fac.pack(fac.balanced(A, rng, 1e-3), (b if b is not None else b_zero) if bias else None)
                    for A, b in starts]
             for _ in range(restarts):
                 A0 = rng.standard_normal((K, r)) @ rng.standard_normal((r, K))
                 A0 *= 3.0 * np.sqrt(n.mean()) / max(np.linalg.norm(A0, 2), 1e-300)
-                x0s.append(fac.pack(fac.balanced(A0, rng, 0.05), 0.5 * rng.standard_normal(K) if problem.bias
-                                    else None))
+                x0s.append(fac.pack(fac.balanced(A0, rng, 0.05), 0.5 * rng.standard_normal(K) if bias else None))
             for x0 in x0s:
                 v, Z, b = finish(fac, fac.run(x0), r)
                 per_rank[r] = min(per_rank.get(r, np.inf), v)
@@ -929,11 +935,59 @@ def solve_ce_imbalanced_deep(problem: Problem, *, restarts: int = 3, seed: int =
             k = int(np.sum(sv > _DEEP_SV_RTOL * sv[0])) if sv[0] > 0 else 0
             if k == 0:
                 continue
-            fac = _DeepFactored(n, M, k, gam, problem.bias)
+            fac = _DeepFactored(n, M, k, gam, bias)
             v2, Z2, b2 = finish(fac, fac.run(fac.pack(fac.balanced(Z * sq[None, :]), b), polish=True), k)
             if v2 < best[0]:
                 best = (v2, Z2, b2)
-    val, Z, b = best
+    return best, per_rank, zero_val
+
+
+def _deep_value(n, M, gam, Z, b) -> float:
+    """g(Z, b) for real counts n (see deep_reduced_objective)."""
+    L = Z if b is None else Z + b[:, None]
+    mx = L.max(axis=0)
+    ce = mx + np.log(np.exp(L - mx).sum(axis=0)) - np.diag(L)
+    s = np.linalg.svd(Z * np.sqrt(n)[None, :], compute_uv=False)
+    return float(n @ ce / n.sum()) + 0.5 * (M + 1) * gam * float(np.sum(s ** (2.0 / (M + 1))))
+
+
+def _deep_check(problem) -> Problem:
+    if not isinstance(problem, Problem):
+        raise TypeError(f"problem must be an nclab.theory.Problem (see make_problem), got {type(problem).__name__}")
+    if problem.loss != "ce":
+        raise ValueError(f"solve_ce_imbalanced_deep needs loss 'ce', got {problem.loss!r}")
+    if problem.K > DEEP_MAX_K:
+        raise ValueError(f"the M >= 2 imbalanced CE search handles K <= {DEEP_MAX_K} classes (L-BFGS on dense K x K "
+                         f"factors for every rank searched); K = {problem.K:,} is beyond it")
+    return problem
+
+
+def deep_restarts(K: int) -> int:
+    """Random starts per rank of the M >= 2 search: many for small K, where each run is cheap and the
+    nonconvex landscape has several basins (3 missed the pairing code of [12, 6, 3, 3] at M = 2)."""
+    return 10 if K <= 6 else (6 if K <= 12 else (3 if K <= DEEP_ALL_RANKS_MAX_K else 1))
+
+
+def solve_ce_imbalanced_deep(problem: Problem, *, restarts: int | None = None, seed: int = 0) -> dict:
+    """M >= 2, any counts: a multi-start search of the reduced problem over the ranks of :func:`deep_ranks`
+    (factorized A = Z D^(1/2) = F_M ... F_0 with weight gamma' on every factor). The penalty sum sigma^p,
+    p = 2/(M+1) < 1, is not convex: the result is the **best found** (an exact feasible value, i.e. an upper
+    bound on the global minimum), never certified. Starts per rank: the M = 1 certified optimum's A truncated
+    to rank r (when R >= K - 1) and ``restarts`` random points; the best is polished and its exact g reported.
+
+    Returns a dict: objective, certified (False), rank, Z, bias, per_rank (best g per rank), ranks (searched),
+    restarts, WWt, HtH (balanced factorization), w_norms, h_norms, merged, note, seconds.
+    """
+    _deep_check(problem)
+    t0 = time.perf_counter()
+    K, M, R = problem.K, problem.M, problem.rank_budget
+    gam = deep_gamma(problem)
+    n = np.asarray(problem.counts, dtype=np.float64)
+    sq = np.sqrt(n)
+    ranks = deep_ranks(K, R)
+    restarts = deep_restarts(K) if restarts is None else int(restarts)
+    (val, Z, b), per_rank, zero_val = _deep_search(n, M, gam, problem.bias, ranks, restarts, seed,
+                                                   m1_start=R >= K - 1)
     U, s, Vt = np.linalg.svd(Z * sq[None, :])
     keep = s > _DEEP_SV_RTOL * s[0] if s[0] > 0 else np.zeros(s.size, bool)
     U, s, V = U[:, keep], s[keep], Vt[keep].T
@@ -945,16 +999,16 @@ def solve_ce_imbalanced_deep(problem: Problem, *, restarts: int = 3, seed: int =
     return {"objective": float(val), "certified": False, "rank": int(s.size), "Z": Z, "bias": b,
             "per_rank": {int(k): float(v) for k, v in per_rank.items()}, "objective_zero": float(zero_val),
             "WWt": WWt, "HtH": HtH, "w_norms": wn, "h_norms": hn, "merged": _merged_sets(WWt, wn),
-            "gamma": gam,
-            "note": "M >= 2: nonconvex (Schatten quasi-norm); best value found over all ranks, an upper bound, "
-                    "not certified"}
+            "gamma": gam, "ranks": ranks, "restarts": int(restarts), "seed": int(seed),
+            "seconds": time.perf_counter() - t0,
+            "note": "M >= 2: nonconvex (Schatten quasi-norm); best value found over the ranks searched, an upper "
+                    "bound, not certified"}
 
 
-def make_problem_like(problem: Problem) -> Problem:
-    """The M = 1 problem with the same counts, first width and bias, and lambda_W = lambda_H = gamma' (the
-    weight per factor of the deep problem): its certified optimum is one start of the M >= 2 search."""
-    return Problem(problem.counts, (max(problem.widths[0], problem.K),), (deep_gamma(problem),),
-                   deep_gamma(problem), problem.bias, "ce")
+def deep_reduced_objective(problem: Problem, Z: np.ndarray, b: np.ndarray | None) -> float:
+    """g(Z, b) = sum_k pi_k CE(Z e_k + b, k) + (M+1)/2 gamma' sum_i sigma_i(Z D^(1/2))^(2/(M+1)), any M >= 1:
+    the exact minimum of the full objective over the factorizations with class logits Z (NC1 + sec. 1.1)."""
+    return _deep_value(np.asarray(problem.counts, dtype=np.float64), problem.M, deep_gamma(problem), Z, b)
 
 
 def construct_ce_imbalanced_deep(problem: Problem, result: dict):
@@ -985,3 +1039,95 @@ def construct_ce_imbalanced_deep(problem: Problem, result: dict):
     H = np.repeat(Hbar, np.asarray(problem.counts, dtype=np.int64), axis=1)
     b = None if result["bias"] is None else np.array(result["bias"], dtype=np.float64)
     return weights, H, b
+
+
+def as_ce_solution_deep(problem: Problem, result: dict | None = None, *, seed: int = 0):
+    """The M >= 2 best-found solution as an ``ImbalancedCEPrediction`` with ``certified = False`` (no gap):
+    Grams, per-layer structure and construct() of the balanced factorization of A = Z D^(1/2) = U diag(z) V^T,
+    t = z^(1/(M+1)): W_j = a_j diag(t) (chained), Hbar = a_H diag(t) V^T D^(-1/2), a_j = sqrt(gamma'/lambda_j),
+    a_H = sqrt(gamma'/lambda_H) (construct_ce_imbalanced_deep builds exactly these)."""
+    from nclab.theory.structure import LowRankBasis, ZeroBasis
+
+    _deep_check(problem)
+    if problem.M < 2:
+        raise ValueError("as_ce_solution_deep is the M >= 2 search; M = 1 has the certified as_ce_solution")
+    r0 = solve_ce_imbalanced_deep(problem, seed=seed) if result is None else result
+    K, M = problem.K, problem.M
+    gam = r0["gamma"]
+    sqn = np.sqrt(np.asarray(problem.counts, dtype=np.float64))
+    Z = np.asarray(r0["Z"], dtype=np.float64)
+    U, z, Vt = np.linalg.svd(Z * sqn[None, :])
+    r = int(np.sum(z > _DEEP_SV_RTOL * z[0])) if z[0] > 0 else 0
+    U, z, V = U[:, :r], z[:r], Vt[:r].T
+    t = z ** (1.0 / (M + 1))
+    a = np.sqrt(gam / np.asarray(problem.lambda_w, dtype=np.float64))  # W_j = a_j diag(t)
+    a_h = math.sqrt(gam / problem.lambda_h)
+    sigma = a[:, None] * t[None, :]  # (M, r)
+    reg = 0.5 * gam * float(np.sum(t**2))  # lambda_j/2 ||W_j||^2, the same for every layer and for H
+    Vd = V / sqn[:, None]  # D^(-1/2) V: right side of the class-mean Grams and of Z
+    layers = []
+    for j in range(1, M + 1):
+        beta = a_h * float(np.prod(a[: j - 1]))  # Hbar_j = E diag(beta t^j) V^T D^(-1/2)
+        pi = float(np.prod(a[j - 1:]))  # P_j = W_M..W_j = U diag(pi t^(M-j+1)) E^T
+        nc3 = (U * (pi / beta * t ** (M + 1 - 2 * j))) @ (V * sqn[:, None]).T if r else None
+        layers.append({"sigma": sigma[j - 1].copy(), "mean_gram": (Vd * (beta * t**j) ** 2) @ Vd.T,
+                       "partial_gram": (U * (pi * t ** (M - j + 1)) ** 2) @ U.T, "nc3_scale": nc3, "regularizer": reg})
+    basis = LowRankBasis(U, Vd) if r else ZeroBasis(K)
+    values = {"WWt": float(np.prod(a)) ** 2 * t ** (2 * M), "HtH": a_h**2 * t**2, "WH": z.copy()}
+    WWt, HtH = np.asarray(r0["WWt"]), np.asarray(r0["HtH"])
+    wn, hn = np.asarray(r0["w_norms"]), np.asarray(r0["h_norms"])
+    scale_w, scale_h = max(float(wn.max()), 1e-300), max(float(hn.max()), 1e-300)
+    active = [bool(w > 1e-6 * scale_w or h > 1e-6 * scale_h) for w, h in zip(wn, hn)]
+    ranks = list(r0["ranks"])
+    name = "zero" if r == 0 else f"best found (rank {r}" + (", merged classifier rows)" if r0["merged"] else ")")
+    etf_val = _deep_etf(problem, gam)
+    ranks_text = (f"ranks {ranks[0]}..{ranks[-1]}" if ranks == list(range(ranks[0], ranks[-1] + 1)) and len(ranks) > 2
+                  else f"ranks {ranks}") if ranks else "no rank (R = 0)"
+    notes = [f"M = {M}, imbalanced counts: not certified (the penalty is a Schatten {2 / (M + 1):.3g}-quasi-norm, "
+             f"nonconvex); the best structure found by a multi-start search over {ranks_text} "
+             f"({r0['restarts']} random starts per rank plus the M = 1 optimum), an upper bound on the global "
+             "minimum"]
+    if etf_val[1] > r0["objective"] * (1 + 1e-8) and r < K - 1:
+        notes.append(f"a rank-{r} code beats the best rank-(K-1) ETF-like point (value {etf_val[1]:.10g}): "
+                     "low-rank bias of depth")
+    per_rank = {int(k): float(v) for k, v in r0["per_rank"].items()}
+    cls = _imbalanced_ce_solution_class()
+    return cls(
+        problem=problem, objective=float(r0["objective"]), objective_zero=float(r0["objective_zero"]),
+        gamma=gam, etf_z=etf_val[0], etf_objective=etf_val[1], etf_feasible=problem.rank_budget >= K - 1,
+        etf_gamma_c=None, etf_is_global=bool(abs(etf_val[1] - r0["objective"]) <= 1e-8 * abs(r0["objective"])),
+        etf_proven=False, best_structure=name, best_rank=r,
+        candidates={name: {"objective": float(r0["objective"]), "rank": r, "scale": float(z[0]) if r else 0.0},
+                    "simplex ETF": {"objective": etf_val[1], "rank": K - 1 if etf_val[0] > 0 else 0,
+                                    "scale": etf_val[0]},
+                    "zero": {"objective": float(r0["objective_zero"]), "rank": 0, "scale": 0.0}},
+        search={"run": True, "ranks": ranks, "restarts": r0["restarts"], "seed": r0.get("seed", seed),
+                "best_per_rank": per_rank, "complete": K <= DEEP_ALL_RANKS_MAX_K,
+                "note": f"best found over {ranks_text}, not certified"},
+        Z=Z.copy(), bias=None if r0["bias"] is None else np.array(r0["bias"], dtype=np.float64), WWt=WWt.copy(),
+        HtH=HtH.copy(), WH=Z.copy(), gram_unique=False,
+        uniqueness_note="M >= 2 is nonconvex: the best point found, not proven unique (other points may tie)",
+        active=active, layers=layers, notes=notes, basis=basis, values=values, sigma=sigma, regularizer=reg,
+        certified=False, gap=math.nan, rel_gap=math.nan, lower_bound=math.nan,
+        merged=[list(map(int, g)) for g in r0["merged"]], collapse_count=math.nan, w_norms=wn.copy(),
+        h_norms=hn.copy(), solver={"seconds": float(r0.get("seconds", math.nan)),
+                                   "method": "multi-start L-BFGS over ranks on the factorized reduced problem"},
+    )
+
+
+def _deep_etf(problem: Problem, gam: float) -> tuple[float, float]:
+    """Best Z = z (I - 1 1^T/K), b = 0 (1-D golden search of the exact g): a reference point, never the answer."""
+    from scipy.optimize import minimize_scalar
+
+    n = np.asarray(problem.counts, dtype=np.float64)
+    K, M = problem.K, problem.M
+    P = np.eye(K) - 1.0 / K
+    b = np.zeros(K) if problem.bias else None
+
+    def g(z):
+        return _deep_value(n, M, gam, z * P, b)
+
+    res = minimize_scalar(g, bounds=(0.0, 60.0), method="bounded", options={"xatol": 1e-10})
+    z, v = float(res.x), float(res.fun)
+    v0 = g(0.0)
+    return (0.0, v0) if v0 <= v else (z, v)

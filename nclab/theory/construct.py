@@ -24,8 +24,10 @@ def construct_minimizer(prediction):
     p = prediction.problem
     _check_construct_memory(p)
     if p.loss == "ce" and not p.balanced:
-        from nclab.theory.ce_imbalanced import construct_ce_imbalanced
+        from nclab.theory.ce_imbalanced import construct_ce_imbalanced, construct_ce_imbalanced_deep
 
+        if p.M >= 2:  # the best-found point of the rank search, balanced factors (W_j = a_j diag(t))
+            return construct_ce_imbalanced_deep(p, {"Z": prediction._ce.Z, "bias": prediction._ce.bias})
         return construct_ce_imbalanced(p, prediction._ce)
     if p.loss == "ce":
         from nclab.theory.ce import construct_ce

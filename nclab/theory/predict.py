@@ -175,12 +175,17 @@ class Prediction:
                 "etf_z": ce.etf_z,
                 "candidates": ce.candidates,
             }
-            if hasattr(ce, "certified"):  # imbalanced M = 1 (ce_imbalanced): a certified convex solve
+            if hasattr(ce, "certified") and problem.M == 1:  # imbalanced M = 1: a certified convex solve
                 self.ce.update(certified=bool(ce.certified), duality_gap=float(ce.gap),
                                relative_duality_gap=float(ce.rel_gap), lower_bound=float(ce.lower_bound),
                                merged=[list(map(int, g)) for g in ce.merged],
                                collapse_count=float(ce.collapse_count))
                 self.thresholds = {"collapse_count": float(ce.collapse_count)}
+            elif hasattr(ce, "certified"):  # imbalanced M >= 2: the best structure found by the rank search
+                self.ce.update(certified=False, duality_gap=None, relative_duality_gap=None, lower_bound=None,
+                               merged=[list(map(int, g)) for g in ce.merged], ranks_searched=list(ce.search["ranks"]),
+                               best_per_rank=dict(ce.search["best_per_rank"]))
+                self.thresholds = dict(getattr(ce, "thresholds", None) or {})
 
     # -- structure: every Gram as per-mode values over one basis (structure.py) --
     @cached_property
@@ -439,7 +444,8 @@ def predict(
     lambda_w : float or M floats, weight decay of W_1..W_M (default 5e-4)
     lambda_h : float, feature decay (default 5e-4)
     bias : bool, unregularized last-layer bias (default False)
-    loss : "mse" or "ce" (CE with unequal counts: M = 1, certified duality gap; nclab.theory.ce_imbalanced)
+    loss : "mse" or "ce" (CE with unequal counts: M = 1 certified by a duality gap, M >= 2 the best structure
+        found by a rank search, ``certified: False``; nclab.theory.ce_imbalanced)
     seed : int, seed of the CE low-rank search (MSE is deterministic)
     search : CE only: run the low-rank search (default: for K <= 128, the largest K it handles; beyond it
         the structured candidates are compared in O(K) and True is refused with that reason)
@@ -467,10 +473,13 @@ def predict(
             from nclab.theory.ce_imbalanced import as_ce_solution
 
             return Prediction(problem, ce=as_ce_solution(problem))
-        raise ValueError(
-            "CE with unequal class counts and depth M >= 2 has no certified solver yet (the penalty is a Schatten "
-            "quasi-norm); nclab.theory.ce_imbalanced.solve_ce_imbalanced_deep gives the best structure found"
-        )
+        if search is False:
+            raise ValueError("search=False: CE with unequal counts and M >= 2 has no closed form; its answer is the "
+                             "rank search (search=None or True)")
+        # M >= 2: nonconvex (Schatten quasi-norm); the best structure found by the rank search, not certified
+        from nclab.theory.ce_imbalanced import as_ce_solution_deep
+
+        return Prediction(problem, ce=as_ce_solution_deep(problem, seed=seed))
     from nclab.theory.ce import solve_ce
 
     return Prediction(problem, ce=solve_ce(problem, seed=seed, search=search))
