@@ -50,9 +50,17 @@ class Dist:
         dist.broadcast_object_list(box, src=0, device=self.device if self.device.type == "cuda" else None)
         return box[0]
 
-    def close(self) -> None:
+    def close(self, synchronize: bool = True) -> None:
+        """Leave the process group this process created. ``synchronize`` (the normal end of a run): wait for
+        every process first, since gloo aborts a process ("terminate called without an active exception") whose
+        peer tears the group down while its last collective is still in flight. Not after an error on this
+        process alone: the others may never arrive."""
         if self.created and dist.is_initialized():
-            dist.destroy_process_group()
+            try:
+                if synchronize:
+                    dist.barrier()
+            finally:
+                dist.destroy_process_group()
 
 
 def setup(device: str) -> Dist:

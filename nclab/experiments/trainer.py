@@ -25,6 +25,7 @@ A metrics row (metrics.csv; one at epoch 0, every ``track_every`` epochs and at 
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -515,7 +516,7 @@ def train(
     finally:
         if store is not None:
             store.unlock()
-        d.close()
+        d.close(synchronize=sys.exc_info()[0] is None)  # no exception in flight: every process got here
 
 
 def _result_from_store(cfg: TrainConfig, out, d: Dist) -> TrainResult:
