@@ -30,6 +30,7 @@ def test_a_well_formed_batch_reads_as_images_and_labels(tmp_path):
 
 
 @pytest.mark.parametrize("obj,msg", [
+    ([1, 2], r"not a CIFAR-10 batch \(a pickled list, expected a dict\)"),
     ({b"data": good()[b"data"]}, r"no 'data' and 'labels' entries"),
     ({b"data": good()[b"data"].astype(np.float32), b"labels": [0, 1, 2]}, r"'data' must be uint8 of shape \(n, 3072\)"),
     ({b"data": good()[b"data"], b"labels": [0, 1]}, r"'labels' must be 3 integers, got shape \(2,\)"),

@@ -490,14 +490,9 @@ def layer_metrics_figure(runs: list[runlib.Run], labels: list[str] | None = None
             ax.set_title(f"{LAYER_TITLES[base]}, j = {j}" + (" (gaps: undefined)" if gaps else ""), fontsize=8)
             if i == len(bases) - 1:
                 _x_axis(ax, [(r, lab) for r, lab, _ in pairs], x_names)
-        if any(row_curves.values()):
-            for ax in axes2[i]:
-                if ax.lines:
-                    _log_y(ax)
-                    break
-            else:
-                axes2[i][0].set_yscale("log")
-            _mark_floor(axes2[i][0], floor)
+        # every row has a curve (``bases`` keeps only the metrics some run recorded): log y on its first drawn panel
+        _log_y(next(ax for ax in axes2[i] if ax.lines))
+        _mark_floor(axes2[i][0], floor)
     return _finish(fig, axes, len(bases) * ncols, ncols, title or "NC metrics at every layer j (columns) "
                    "against " + x_names)
 
