@@ -217,3 +217,17 @@ def test_rows_raise_no_numpy_warnings_where_products_overflow():
     f_ref = 0.5 + 0.5 * 0.01 * (np.sum(W[0] ** 2) + np.sum(H ** 2))  # Z = W_2 W_1 H = 0: data term 1/2
     assert row["objective"] == pytest.approx(f_ref, rel=1e-12)
     assert math.isnan(row["nc2_w"])  # the end-to-end classifier is zero
+
+
+def test_zero_ce_prediction_has_no_nc3_scale():
+    # strong decay with CE: the optimum is W = 0, H = 0, which fixes no scale C for nc3_dual (NaN at every layer)
+    pred = predict(counts=[2, 2], depth=2, widths=[2, 2], lambda_w=1.0, lambda_h=1.0, loss="ce")
+    assert pred.geometry == "zero" and all(lay["nc3_scale"] is None for lay in pred.layers)
+    g = np.random.default_rng(4)
+    W, H = [g.normal(size=(2, 2)), g.normal(size=(2, 2))], g.normal(size=(2, 4))
+    row = Snapshotter(pred)([torch.tensor(w) for w in W], torch.tensor(H))
+    assert math.isnan(row["nc3_L1"]) and math.isnan(row["nc3_L2"])
+    Z, y = W[1] @ W[0] @ H, np.array([0, 0, 1, 1])
+    ce = np.mean(np.log(np.exp(Z).sum(0)) - Z[y, np.arange(4)])
+    f = ce + 0.5 * (np.sum(W[0] ** 2) + np.sum(W[1] ** 2) + np.sum(H ** 2))
+    assert row["objective"] == pytest.approx(f, rel=1e-12) and row["loss"] == pytest.approx(ce, rel=1e-10)
