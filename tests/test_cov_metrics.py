@@ -350,3 +350,15 @@ def test_compare_validation_messages():
         compare_to_theory({"layers": [{}]}, x, y, [np.ones((2, 4)), np.ones((3, 2))])
     with pytest.raises(ValueError, match=r"measured shape \(2, 2\) != predicted shape \(3, 3\)"):
         gram_error(np.eye(2), np.eye(3))
+
+
+def test_structured_target_restricted_to_the_classes_with_samples():
+    # class 3 has no samples: the structured Gram is read tile by tile on the kept classes and renormalized there
+    x, y = _data(K=3, D=4, n=4)
+    g = np.random.default_rng(9).normal(size=(4, 4))
+    G = g @ g.T
+    with pytest.warns(UserWarning, match="dropping 1 class"):
+        m = nc_metrics(x, y, num_classes=4, target=DenseGram(G))
+    _, mu, _ = _centred_means(x, y, 3)  # a Gram target compares uncentred means
+    ref = np.linalg.norm(_unit(mu @ mu.T) - _unit(G[:3, :3]))
+    assert m["nc2_h"] == pytest.approx(ref, rel=1e-9)

@@ -14,7 +14,7 @@ import torch
 from nclab.theory import make_problem, predict
 from nclab.ufm.batch_metrics import BatchSnapshotter
 from nclab.ufm.config import SimulateConfig, make_config
-from nclab.ufm.dnc import Reference, _minimize, numerical_rank, references
+from nclab.ufm.dnc import Layout, Reference, References, _minimize, numerical_rank, reduced_problem, references
 from nclab.ufm.model import UFM, ufm_objective
 from nclab.ufm.presets import preset_config, preset_options, run_restarts
 from nclab.ufm.snapshot import ReluSnapshotter, Snapshotter
@@ -131,3 +131,28 @@ def test_batch_of_biased_and_bias_free_runs_is_refused():
     assert with_b.bias_star is not None and without_b.bias_star is None
     with pytest.raises(ValueError, match="runs of one batch must all have a predicted bias or none"):
         BatchSnapshotter([with_b, without_b])
+
+
+def test_layout_and_reference_summaries():
+    lay = Layout(K=7, M=4, t=1, q=2)  # 3 t + s + q = K: s = 2 singles, hidden rank 2 t + s = 4
+    assert (lay.s, lay.hidden_rank) == (2, 4)
+    assert lay.describe() == "1 triple (rank 2 each) + 2 singles + 2 dropped"
+    assert lay.num_scalars(bias=True) == (4 + 1) + (21 + 4 * 2) + 2 + 1
+    assert Layout(K=2, M=3, t=0, q=0).num_scalars(bias=False) == 4 + 2
+    dnc = Reference("dnc", 0.5, "DNC", np.array([1.0, 2.0]), H1=np.eye(2), weights=[np.eye(2)], bias=None,
+                    layer_ranks=[2], weight_ranks=[2])
+    low = Reference("lowrank", 0.25, "low", np.array([3.0]), H1=np.eye(2), weights=[np.eye(2)], bias=None)
+    d = References(dnc=dnc, lowrank=low, candidates=[("low", 0.25)]).to_dict()
+    assert (d["f_dnc"], d["f_lowrank"], d["f_best"], d["lowrank_beats_dnc"]) == (0.5, 0.25, 0.25, True)
+    assert d["dnc"] == {"name": "dnc", "objective": 0.5, "structure": "DNC", "scalars": [1.0, 2.0],
+                        "layer_ranks": [2], "weight_ranks": [2]}
+    assert d["candidates"] == [{"structure": "low", "objective": 0.25}]
+    empty = References(dnc=None, lowrank=None, reason="imbalanced").to_dict()
+    assert empty["dnc"] is None and math.isnan(empty["f_best"]) and not empty["lowrank_beats_dnc"]
+
+
+def test_reduced_problem_keeps_one_sample_per_class():
+    p = make_problem(classes=3, per_class=4, depth=2, widths=[5, 4], lambda_w=[0.01, 0.02], lambda_h=0.003, bias=True)
+    r = reduced_problem(p)
+    assert r.counts == (1, 1, 1) and r.widths == p.widths and r.lambda_w == p.lambda_w
+    assert r.lambda_h == pytest.approx(0.012, rel=1e-15) and r.bias and r.loss == "mse"
