@@ -26,6 +26,7 @@ Inputs that require grad are detached: the statistics never hold an autograd gra
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -49,6 +50,10 @@ from nclab.metrics.functional import DEFAULT_RTOL, GLOBAL_MEANS, exp2, nc1_proje
 
 MOMENTS = ("scatter", "trace", "none")
 SAFE_EXP = 300  # features within 2^+-SAFE_EXP are accumulated unscaled
+NARROW = (torch.float32, torch.float16, torch.bfloat16)
+NARROW_TOP = 128  # |x| < 2^128 in these types
+ONEHOT_MAX_K = 64  # up to this many classes, per-class sums are one-hot GEMMs (index_add_ above)
+SUB_ELEMS = 1 << 18  # rows per step of the GEMM-free passes: 2 MB of float64, stays in a core's cache
 
 
 def _f64_copy(x: torch.Tensor, device, buf: torch.Tensor | None) -> torch.Tensor:
@@ -71,24 +76,65 @@ def ldexp_(t: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def _max_exp(x: torch.Tensor) -> int | None:
-    """Exponent of the largest |entry| (None if all zero); ValueError on NaN/inf."""
-    m = float(x.abs().max()) if x.numel() else 0.0
+    """Exponent of the largest |entry| (None if all zero); ValueError on NaN/inf. One read, no temporary."""
+    if not x.numel():
+        return None
+    lo, hi = torch.aminmax(x)
+    m = max(-float(lo), float(hi))
     if not math.isfinite(m):
         raise ValueError("features contain NaN or inf")
     return math.frexp(m)[1] if m > 0 else None
 
 
+@contextlib.contextmanager
+def _exact_f32():
+    """float32 matmuls at full float32 precision inside (no TF32 / bfloat16 shortcuts a user may have enabled
+    with torch.set_float32_matmul_precision): the one-hot products below must be exact gathers and sums."""
+    prev = torch.get_float32_matmul_precision()
+    if prev == "highest":
+        yield
+        return
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(prev)
+
+
+def _onehot(y: torch.Tensor, K: int, dtype) -> torch.Tensor | None:
+    """(K, B) indicator of the labels, or None when K > ONEHOT_MAX_K (then index_add_ is used instead).
+
+    With few classes a per-class sum is a thin GEMM (2 K B D flops, a few % of H^T H), while index_add_ over a
+    handful of output rows is very slow on CPU (it was 40% of nc_metrics' time at K = 10)."""
+    if K > ONEHOT_MAX_K:
+        return None
+    return torch.zeros(K, y.shape[0], dtype=dtype, device=y.device).scatter_(0, y.unsqueeze(0), 1.0)
+
+
+def _by_class(v: torch.Tensor, y: torch.Tensor, K: int, onehot: torch.Tensor | None) -> torch.Tensor:
+    """Per-class sums of the rows of v (B, ...) -> (K, ...), in v's dtype."""
+    if onehot is not None:
+        return onehot.to(v.dtype) @ v
+    return torch.zeros((K,) + tuple(v.shape[1:]), dtype=v.dtype, device=v.device).index_add_(0, y, v)
+
+
+def _row_sq(x: torch.Tensor) -> torch.Tensor:
+    """Squared row norms (B,) in float64 (one read of x, no (B, D) temporary)."""
+    return torch.linalg.vector_norm(x, dim=1).to(F64).square_()
+
+
 def _class_batch(x: torch.Tensor, y: torch.Tensor, K: int, centre: bool):
     """Counts (K,), means (K, D) of one float64 batch; centres x in place when asked, returns m2 (K,)."""
     nb = torch.bincount(y, minlength=K)  # (K,)
-    sums = torch.zeros(K, x.shape[1], dtype=F64, device=x.device).index_add_(0, y, x)  # (K, D)
+    oh = _onehot(y, K, F64)
+    sums = _by_class(x, y, K, oh)  # (K, D)
     if not torch.isfinite(sums).all():
         raise ValueError("features contain NaN or inf")
     mb = sums / nb.clamp(min=1).unsqueeze(1).to(F64)  # (K, D), 0 for absent classes
     m2 = None
     if centre:
         x.sub_(mb.index_select(0, y))
-        m2 = torch.zeros(K, dtype=F64, device=x.device).index_add_(0, y, (x * x).sum(1))  # (K,)
+        m2 = _by_class(_row_sq(x), y, K, oh)  # (K,)
     return nb, mb, m2
 
 
@@ -131,7 +177,9 @@ class ClassStats:
     def reset(self) -> ClassStats:
         """Forget all data (keeps num_classes, dim, device)."""
         self.counts = self._means = self._m2 = self._scatter = None
-        self.scale_exp, self._top = 0, None  # _top: exponent of the largest |feature| seen (None: only zeros)
+        self._buf = None
+        self.scale_exp, self._top = 0, None  # _top: exponent of the largest |feature| seen, or
+        # an upper bound of it (None: only zeros)
         if self.dim is not None:
             self._alloc(self.dim, self.device or torch.device("cpu"))
         return self
@@ -209,6 +257,13 @@ class ClassStats:
             self._rescale(top)
         self._top = top if self._top is None else max(self._top, top)
 
+    def _work(self, rows: int, dim: int) -> torch.Tensor:
+        """A float64 (rows, dim) buffer kept between updates (a fresh one per batch costs page faults)."""
+        buf = self._buf
+        if buf is None or buf.shape[0] < rows or buf.shape[1] != dim or buf.device != self.device:
+            buf = self._buf = torch.empty(rows, dim, dtype=F64, device=self.device)
+        return buf
+
     def _update(self, x: torch.Tensor, y: torch.Tensor, buf: torch.Tensor | None = None, exp: int = 0) -> None:
         """x: a batch divided by 2^exp (its true values are x 2^exp)."""
         if self.counts is None:
@@ -216,13 +271,24 @@ class ClassStats:
         if self.gemm_dtype is None and self.moments == "scatter" and exp == 0 and self.scale_exp == 0:
             if self._update_shifted(x, y):
                 return
-        x = _f64_copy(x, self.device, buf)  # (B, D), our own float64 copy
-        top = _max_exp(x)
-        self._fit_scale(None if top is None else top + exp)
-        if exp - self.scale_exp:
-            ldexp_(x, exp - self.scale_exp)
-        nb, mb, m2b = _class_batch(x, y.to(self.device), self.num_classes, self.moments != "none")
-        self._merge(nb, mb, m2b, x if self.moments == "scatter" else None, None)
+        y = y.to(self.device)
+        B, D = x.shape
+        # the scatter GEMM wants the whole batch; without it, steps of SUB_ELEMS float64 stay in cache
+        step = B if self.moments == "scatter" else max(1, SUB_ELEMS // D)
+        if buf is None:
+            buf = self._work(min(step, B), D)
+        narrow = x.dtype in NARROW  # |x| < 2^128: after the first non-zero batch no scan for the scale is needed
+        for i in range(0, B, step):
+            xs = _f64_copy(x[i:i + step], self.device, buf)  # (b, D), our own float64 copy
+            if narrow and self._top is not None and self.scale_exp == 0 and exp == 0:
+                top = NARROW_TOP  # an upper bound; NaN and inf are caught on the class sums
+            else:
+                top = _max_exp(xs)
+            self._fit_scale(None if top is None else top + exp)
+            if exp - self.scale_exp:
+                ldexp_(xs, exp - self.scale_exp)
+            nb, mb, m2b = _class_batch(xs, y[i:i + step], self.num_classes, self.moments != "none")
+            self._merge(nb, mb, m2b, xs if self.moments == "scatter" else None, None)
 
     def _update_shifted(self, x: torch.Tensor, y: torch.Tensor) -> bool:
         """The scatter GEMM in the features' own dtype (issue 12): each row is shifted by a float64 reference of
@@ -231,15 +297,17 @@ class ClassStats:
         collapsed regime), and everything else is float64:
             mean_b = c + sum d / n_b,  m2_b = sum ||d||^2 - n_b ||mean_b - c||^2,
             S_b = d^T d - n_b (mean_b - c)(mean_b - c)^T, then Chan's merge.
-        False (nothing done) when the batch needs the rescaled float64 path (entries beyond 2^+-300)."""
+        False (nothing done) when the batch needs the float64 path: entries beyond 2^+-300, or for a float32
+        GEMM beyond 2^[-40, 60] (squares of deviations would leave float32's normal range)."""
         x = x.detach().to(self.device)
         top = _max_exp(x)
-        if top is not None and not -SAFE_EXP <= top <= SAFE_EXP:
+        wdt = x.dtype if x.dtype in (torch.float32, F64) else torch.float32  # half types: float32 GEMM
+        lo, hi = (-40, 60) if wdt == torch.float32 else (-SAFE_EXP, SAFE_EXP)
+        if top is not None and not lo <= top <= hi:
             return False
         self._fit_scale(top)
         if self.scale_exp:
             return False
-        wdt = x.dtype if x.dtype in (torch.float32, F64) else torch.float32  # half types: float32 GEMM
         x = x.to(wdt)
         y = y.to(self.device)
         K, B = self.num_classes, x.shape[0]
@@ -252,25 +320,34 @@ class ClassStats:
             shift[new] = x[first[new]].to(F64)
         c = shift.to(wdt)  # the references as the features' dtype sees them ...
         shift = c.to(F64)  # ... and exactly in float64
-        d = x - c.index_select(0, y)  # (B, D) deviations, features' dtype
-        sd = torch.zeros(K, x.shape[1], dtype=wdt, device=self.device).index_add_(0, y, d).to(F64)
+        oh = _onehot(y, K, wdt)
+        with _exact_f32():
+            # d = x - c_y in one pass: the one-hot product picks c_y exactly (one non-zero term per entry)
+            d = torch.addmm(x, oh.T, c, alpha=-1.0) if oh is not None else x - c.index_select(0, y)  # (B, D)
+            sd = _by_class(d, y, K, oh).to(F64)  # (K, D) sums of deviations (small: float32 is enough)
+            sb = (d.T @ d).to(F64)  # the GEMM, in the features' dtype
         nbf = nb.to(F64)
         delta = sd / nbf.clamp(min=1).unsqueeze(1)  # mean_b - c, (K, D)
         mb = shift + delta
-        rsq = torch.zeros(K, dtype=F64, device=self.device).index_add_(
-            0, y, torch.linalg.vector_norm(d, dim=1, dtype=F64) ** 2)
-        m2b = rsq - nbf * (delta * delta).sum(1)
+        m2b = _by_class(_row_sq(d), y, K, oh) - nbf * (delta * delta).sum(1)
         if not (torch.isfinite(mb).all() and torch.isfinite(m2b).all()):
             raise ValueError("features contain NaN or inf")
-        sb = (d.T @ d).to(F64)  # the GEMM, in the features' dtype
         e = delta[nb > 0] * nbf[nb > 0].sqrt().unsqueeze(1)
         sb.addmm_(e.T, e, alpha=-1.0)
         self._merge(nb, mb, m2b, None, sb)
         return True
 
+    def _gram_add(self, a: torch.Tensor) -> None:
+        """scatter += a^T a, the product in gemm_dtype (float64: addmm_ straight into the statistics)."""
+        if self.gemm_dtype == F64:
+            self._scatter.addmm_(a.T, a)
+        else:
+            a = a.to(self.gemm_dtype)
+            self._scatter += (a.T @ a).to(F64)
+
     def _merge(self, nb, mb, m2b, rows, scatter_b) -> None:
-        """Chan merge of (nb, mb, m2b, scatter) into self; `rows` are centred samples whose A^T A adds
-        to the scatter in the same GEMM as the between-parts correction."""
+        """Chan merge of (nb, mb, m2b, scatter) into self; `rows` are centred samples whose A^T A adds to the
+        scatter (their own GEMM: no concatenated copy of the batch), then the between-parts correction."""
         na, n = self.counts.to(F64), (self.counts + nb).to(F64)
         nb64 = nb.to(F64)
         delta = mb - self._means  # (K, D)
@@ -281,14 +358,10 @@ class ClassStats:
         if self._scatter is not None:
             if scatter_b is not None:
                 self._scatter += scatter_b
+            if rows is not None:
+                self._gram_add(rows)
             both = c > 0
-            corr = delta[both] * c[both].sqrt().unsqueeze(1)  # (K', D)
-            a = corr if rows is None else torch.cat([rows, corr])
-            if self.gemm_dtype == F64:
-                self._scatter.addmm_(a.T, a)
-            else:
-                a = a.to(self.gemm_dtype)
-                self._scatter += (a.T @ a).to(F64)
+            self._gram_add(delta[both] * c[both].sqrt().unsqueeze(1))  # (K', D)
         self.counts += nb
 
     def merge(self, other: ClassStats) -> ClassStats:
@@ -432,6 +505,14 @@ class SecondPass:
                 if b is not None:
                     self.b = torch.as_tensor(np.ldexp(b, -big), device=dev)
             self.rhs = torch.cat([self.w.T, -2 * means.T], 1)  # (D, 2 K_eff): logits and NCC cross terms
+        # few classes: one GEMM per step on the centred rows, [P | W^T | -2 mu^T], plus the (K_eff, 2 K_eff)
+        # table mu_k [W^T | -2 mu^T] added back per sample (x = (x - mu_y) + mu_y); many classes: no K x K table
+        self.small = len(kept) <= ONEHOT_MAX_K
+        if self.small:
+            self.kept_t = torch.as_tensor(kept, device=dev)
+            if self.w is not None:
+                self.offsets = means @ self.rhs  # (K_eff, 2 K_eff)
+                self.rhs = torch.cat([self.projector, self.rhs], 1)  # (D, r + 2 K_eff)
         self.reset()
 
     def reset(self) -> SecondPass:
@@ -448,31 +529,58 @@ class SecondPass:
         return self
 
     def _update(self, x: torch.Tensor, y: torch.Tensor, buf: torch.Tensor | None = None, exp: int = 0) -> None:
-        x = _f64_copy(x, self.stats.device, buf)  # (B, D)
+        """x: a batch divided by 2^exp. Steps of SUB_ELEMS float64 entries: each is copied, centred, normed
+        and projected while it is in cache. Per sample: a (2 K_eff) GEMM row with a classifier, an r-column
+        projection and two reductions -- N D (r + 2 K_eff) multiply-adds in all, no D x D-sized work."""
+        dev, K = self.stats.device, self.stats.num_classes
+        y = y.to(dev)
+        r_all = self.row.index_select(0, y)  # (B,) row among kept classes
+        if (r_all < 0).any():
+            raise ValueError("second pass has labels of classes that had no samples in the first pass")
+        B, D = x.shape
+        step = max(1, SUB_ELEMS // D)
+        if buf is None:
+            buf = torch.empty(min(step, B), D, dtype=F64, device=dev)
+        for i in range(0, B, step):
+            self._step(_f64_copy(x[i:i + step], dev, buf), y[i:i + step], r_all[i:i + step], exp, K)
+        if not (torch.isfinite(self.q).all() and torch.isfinite(self.m2).all()):
+            raise ValueError("features contain NaN or inf")
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor, r: torch.Tensor, exp: int, K: int) -> None:
+        """One cache-sized step: x (b, D) our float64 copy (overwritten), y (b,) labels, r (b,) kept rows."""
         if exp - self.stats.scale_exp:
             ldexp_(x, exp - self.stats.scale_exp)  # the first pass's scale
-        r = self.row.index_select(0, y)  # (B,) row among kept classes
-        if (r < 0).any():
-            raise ValueError("second pass has labels of classes that had no samples in the first pass")
-        if self.w is not None:
-            # logits W h + b and ||h - mu_j||^2 - ||h||^2 = -2 h.mu_j + ||mu_j||^2 on the raw rows: one
-            # (B, 2 K_eff) GEMM per batch, no K x K matrix (the class-mean offsets are never tabulated)
-            Ke = self.means_kept.shape[0]
-            z = x @ self.rhs
+        Ke, rk = self.means_kept.shape[0], self.projector.shape[1]
+        z = None
+        if not self.small:
+            if self.w is not None:  # logits and NCC terms on the raw rows: (b, 2 K_eff), no K x K table
+                z = x @ self.rhs
+            x.sub_(self.means_kept.index_select(0, r))  # centred at the class means, float64
+            zc = x @ self.projector  # (b, r): P^T (h - mu_{y})
+        else:
+            oh = _onehot(r, Ke, F64)  # (K_eff, b)
+            x.addmm_(oh.T, self.means_kept, alpha=-1.0)  # x - mu_r, exactly as a subtraction rounds it
+            if self.w is None:
+                zc = x @ self.projector
+            else:
+                zz = x @ self.rhs  # (b, r + 2 K_eff)
+                zc, z = zz[:, :rk], zz[:, rk:].addmm_(oh.T, self.offsets)
+        if z is not None:
             logits = z[:, :Ke]
             if self.b is not None:
                 logits += self.b
-            ncc = (z[:, Ke:] + self.mu_sq).argmin(1)  # nearest class centre
+            ncc = (z[:, Ke:] + self.mu_sq).argmin(1)  # nearest class centre: argmin -2 h.mu_j + ||mu_j||^2
             am = logits.argmax(1)
             self.n4 += torch.stack([torch.tensor(len(r), device=x.device), (ncc != am).sum(),
                                     (ncc == r).sum(), (am == r).sum()])
-            del z, logits
-        x.sub_(self.means_kept.index_select(0, r))  # centred at the class means, float64
-        self.m2.index_add_(0, y, (x * x).sum(1))
-        zc = x @ self.projector  # (B, r): P^T (h - mu_{y})
-        self.q.index_add_(0, y, (zc * zc).sum(1))
-        if not (torch.isfinite(self.q).all() and torch.isfinite(self.m2).all()):
-            raise ValueError("features contain NaN or inf")
+        parts = torch.stack([_row_sq(x), zc.square().sum(1)], 1)  # (b, 2): ||h - mu||^2, ||P^T (h - mu)||^2
+        if self.small:
+            qm = oh @ parts  # (K_eff, 2)
+            self.m2.index_add_(0, self.kept_t, qm[:, 0])
+            self.q.index_add_(0, self.kept_t, qm[:, 1])
+        else:
+            self.m2.index_add_(0, y, parts[:, 0])
+            self.q.index_add_(0, y, parts[:, 1])
 
     def merge(self, other: SecondPass) -> SecondPass:
         if not isinstance(other, SecondPass):
