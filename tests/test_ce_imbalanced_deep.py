@@ -137,7 +137,8 @@ def test_construct_attains_the_objective_and_the_reported_structure():
 
 
 def test_cli_text_and_json_say_best_found():
-    args = ["predict", "--loss", "ce", "--counts", "200,100,50,50", "-M", "3"]
+    args = ["predict", "--loss", "ce", "--counts", "200,100,50,50", "-M", "3", "--lambda-w", "2e-2", "--lambda-h",
+            "2e-2"]
     res = CliRunner().invoke(cli, args + ["--json"])
     assert res.exit_code == 0, res.output
     doc = json.loads(res.output)
@@ -147,6 +148,9 @@ def test_cli_text_and_json_say_best_found():
     text = CliRunner().invoke(cli, args).output
     assert "certified: false" in text and "ranks 1, 2, 3" in text and "not a certified optimum" in text
     assert f"f* = {doc['objective']:.10g}" in text  # the same search (seeded): the same value in both outputs
+    thr = doc["thresholds"]["minority_count_threshold"]
+    assert thr["certified"] is False and thr["classes"] == [2, 3] and thr["bracket"][0] < thr["bracket"][1]
+    assert "Minority collapse (best found" in text and f"{thr['threshold']:.6g}" in text
 
 
 def test_simulate_cli_ends_at_or_above_the_prediction(tmp_path):
@@ -166,3 +170,44 @@ def test_simulate_cli_ends_at_or_above_the_prediction(tmp_path):
 def test_search_false_is_refused():
     with pytest.raises(ValueError, match="search=False"):
         nclab.predict([6, 3, 2, 2], depth=2, loss="ce", search=False)
+
+
+# ------------------------------------------------------------------ minority collapse with the other counts fixed
+def test_threshold_bisection_matches_the_exact_root_at_m1():
+    """The bisection (on the rank search, the M >= 2 machinery) run at M = 1 lands on the exact root of
+    x = (N_r + m x)^2 lambda^2; hand check: [200, 100, x, x], lambda = 0.02: 0.0016 x^2 - 0.52 x + 36 = 0, x = 100."""
+    from nclab.theory.ce_imbalanced import deep_minority_threshold, minority_threshold_exact
+
+    assert minority_threshold_exact([200, 100, 50, 50], 0.02, 0.02) == pytest.approx(100.0, rel=1e-12)
+    p = make_problem([200, 100, 50, 50], widths=4, lambda_w=5e-3, lambda_h=5e-3, loss="ce")
+    exact = minority_threshold_exact(p.counts, 5e-3, 5e-3)
+    r = deep_minority_threshold(p, rtol=1e-3)
+    assert r["bracket"][0] <= exact * (1 + 1e-3) and exact <= r["bracket"][1] * (1 + 1e-3)
+    doc = nclab.predict(p).thresholds["minority_count_threshold"]
+    assert doc["certified"] is True and doc["threshold"] == pytest.approx(exact, rel=1e-12)
+
+
+def transplant(start, old_counts, new_counts):
+    """The same weights and class means, repeated for other class counts."""
+    ws, H, b = start
+    y = labels_from_counts(old_counts)
+    Hbar = np.stack([H[:, y == k].mean(axis=1) for k in range(len(old_counts))], axis=1)
+    return ws, np.repeat(Hbar, new_counts, axis=1), b
+
+
+def test_deep_minority_collapse_switches_at_the_reported_threshold():
+    """M = 2, [200, 100, n, n], lambda = 0.02: the reported threshold (~41.7) lies between n = 40 (merged rows
+    predicted) and n = 43 (apart). Full-model descent started in the other side's basin (the other prediction's
+    matrices, transplanted) ends strictly above each prediction: merging is worse at 43, splitting worse at 40."""
+    def prob(n):
+        return make_problem([200, 100, n, n], depth=2, widths=4, lambda_w=2e-2, lambda_h=2e-2, loss="ce")
+
+    a40, a43 = nclab.predict(prob(40)), nclab.predict(prob(43))
+    thr = a43.thresholds["minority_count_threshold"]
+    assert thr["certified"] is False and 40 < thr["threshold"] < 43 and thr["merged_now"] is False
+    assert a40.ce["merged"] == [[2, 3]] and a43.ce["merged"] == []
+    merged_at_43 = full_descent(prob(43), noisy(transplant(a40.construct(), [200, 100, 40, 40], [200, 100, 43, 43]),
+                                                1e-3, 0))
+    apart_at_40 = full_descent(prob(40), noisy(transplant(a43.construct(), [200, 100, 43, 43], [200, 100, 40, 40]),
+                                               1e-3, 0))
+    assert merged_at_43 > a43.objective * (1 + 1e-3) and apart_at_40 > a40.objective * (1 + 1e-3)

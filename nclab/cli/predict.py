@@ -241,6 +241,10 @@ def _ce_story(pred) -> tuple[list[str], list[str]]:
                  "  Classes of equal count n merge (equal classifier rows and class means) iff n <= N^2 lambda_W "
                  f"lambda_H = {_g(getattr(sol, 'collapse_count', float('nan')))}: "
                  + (f"merged here: {merged}." if merged else "no class merges here.")]
+        thr = pred.thresholds.get("minority_count_threshold")
+        if thr is not None:
+            lines.append(f"  Minority collapse (exact): for classes {thr['classes']} (count {thr['count']:g}) "
+                         f"{thr['text']}.")
         return lines, ["  D          = diag(n_k); ||.||_* the nuclear norm (sum of singular values)"]
     lines = [f"optimal geometry: {pred.geometry}" + ("" if p.M == 1 else " (best point found; M >= 2 has no proof)")]
     g, gc = sol.gamma, sol.etf_gamma_c
@@ -275,11 +279,11 @@ def _ce_deep_story(pred) -> tuple[list[str], list[str]]:
              f"found by a multi-start search over ranks {_ints(ranks)} (best value per rank: {per_rank}), an upper "
              "bound on the global minimum, not a certified optimum.",
              "  Classifier rows merged: " + (f"{merged}." if merged else "none.")]
-    thr = pred.thresholds.get("collapse_count_best_found") if pred.thresholds else None
+    thr = pred.thresholds.get("minority_count_threshold")
     if thr is not None:
-        lines.append(f"  Minority collapse (best found, bisection on the search): the {thr['classes']} classes of the "
-                     f"smallest count n = {thr['count']:g} merge iff n <= {_g(thr['threshold'], 6)} (other counts "
-                     f"fixed); here they are {'merged' if thr['merged_now'] else 'apart'}.")
+        lines.append(f"  Minority collapse (best found, bisection on the search, not certified): for classes "
+                     f"{thr['classes']} (count {thr['count']:g}) {thr['text']}; here they are "
+                     f"{'merged' if thr['merged_now'] else 'apart'}.")
     if not ce["etf_is_global"] and pred.objective < ce["etf_objective"]:
         lines.append(f"  The ETF-like point z (I - 1 1^T/K) has f = {ce['etf_objective']:.6g}; the best found is lower "
                      f"(f = {pred.objective:.6g}, rank {ce['best_rank']}).")
@@ -529,7 +533,7 @@ def predict_cmd(counts, classes, per_class, depth, widths, width, lambda_w, lamb
       nclab predict --counts 200,100,50,50 -M 3 --lambda-w 2e-2 --lambda-h 2e-2 --bias
       nclab predict -K 4 -n 10 --bias --grams
       nclab predict -K 4 -n 10 --loss ce -M 3
-      nclab predict --counts 200,100,50,50 --loss ce -M 3
+      nclab predict --counts 200,100,50,50 --loss ce -M 3 --lambda-w 2e-2 --lambda-h 2e-2
       nclab predict -K 100000 -n 1
       nclab predict --counts 200,100,50,50 -M 3 --json
     """

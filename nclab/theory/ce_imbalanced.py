@@ -695,6 +695,7 @@ def _imbalanced_ce_solution_class():
         w_norms: np.ndarray = None
         h_norms: np.ndarray = None
         solver: dict = field(default_factory=dict)
+        minority_threshold: dict = None
 
     return ImbalancedCEPrediction
 
@@ -767,8 +768,31 @@ def as_ce_solution(problem: Problem, sol: ImbalancedCESolution | None = None):
         layers=layers, notes=notes, basis=basis, values=values, sigma=sigma, regularizer=reg,
         certified=sol.certified, gap=sol.gap, rel_gap=sol.rel_gap, lower_bound=sol.lower_bound,
         merged=sol.merged, collapse_count=sol.collapse_count, w_norms=sol.w_norms.copy(),
-        h_norms=sol.h_norms.copy(), solver=dict(sol.solver),
+        h_norms=sol.h_norms.copy(), solver=dict(sol.solver), minority_threshold=_exact_threshold_doc(problem, sol),
     )
+
+
+def _threshold_text(doc: dict) -> str:
+    x = doc["threshold"]
+    if math.isinf(x):
+        return "the minority rows merge at every count up to the largest other count"
+    if x == 0:
+        return "the minority rows stay apart down to 1e-6 of the current count"
+    return f"the minority rows merge iff their count is <= {x:.6g} (other counts fixed)"
+
+
+def _exact_threshold_doc(problem: Problem, sol) -> dict | None:
+    """The M = 1 minority threshold with the other counts fixed (exact root), in the M >= 2 report's form."""
+    grp = minority_group(problem.counts)
+    if grp is None:
+        return None
+    members, x0 = grp
+    x = minority_threshold_exact(problem.counts, problem.lambda_w[0], problem.lambda_h)
+    doc = {"threshold": x, "count": x0, "classes": [int(k) for k in members],
+           "merged_now": bool(x0 <= sol.collapse_count), "certified": True,
+           "note": "exact (M = 1): merged iff x <= (N_r + m x)^2 lambda_W lambda_H, N_r the other classes' samples"}
+    doc["text"] = _threshold_text(doc)
+    return doc
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1041,11 +1065,14 @@ def construct_ce_imbalanced_deep(problem: Problem, result: dict):
     return weights, H, b
 
 
-def as_ce_solution_deep(problem: Problem, result: dict | None = None, *, seed: int = 0):
+def as_ce_solution_deep(problem: Problem, result: dict | None = None, *, seed: int = 0,
+                        threshold_rtol: float | None = None):
     """The M >= 2 best-found solution as an ``ImbalancedCEPrediction`` with ``certified = False`` (no gap):
     Grams, per-layer structure and construct() of the balanced factorization of A = Z D^(1/2) = U diag(z) V^T,
     t = z^(1/(M+1)): W_j = a_j diag(t) (chained), Hbar = a_H diag(t) V^T D^(-1/2), a_j = sqrt(gamma'/lambda_j),
-    a_H = sqrt(gamma'/lambda_H) (construct_ce_imbalanced_deep builds exactly these)."""
+    a_H = sqrt(gamma'/lambda_H) (construct_ce_imbalanced_deep builds exactly these). ``threshold_rtol``: width of
+    the minority-collapse bisection (:func:`deep_minority_threshold`, ~10 searches); None (default) leaves it to
+    ``Prediction.thresholds``, which runs it on first access."""
     from nclab.theory.structure import LowRankBasis, ZeroBasis
 
     _deep_check(problem)
@@ -1091,6 +1118,9 @@ def as_ce_solution_deep(problem: Problem, result: dict | None = None, *, seed: i
         notes.append(f"a rank-{r} code beats the best rank-(K-1) ETF-like point (value {etf_val[1]:.10g}): "
                      "low-rank bias of depth")
     per_rank = {int(k): float(v) for k, v in r0["per_rank"].items()}
+    thr = deep_minority_threshold(problem, rtol=threshold_rtol, seed=seed) if threshold_rtol else None
+    if thr is not None:
+        thr["text"] = _threshold_text(thr)
     cls = _imbalanced_ce_solution_class()
     return cls(
         problem=problem, objective=float(r0["objective"]), objective_zero=float(r0["objective_zero"]),
@@ -1112,6 +1142,7 @@ def as_ce_solution_deep(problem: Problem, result: dict | None = None, *, seed: i
         merged=[list(map(int, g)) for g in r0["merged"]], collapse_count=math.nan, w_norms=wn.copy(),
         h_norms=hn.copy(), solver={"seconds": float(r0.get("seconds", math.nan)),
                                    "method": "multi-start L-BFGS over ranks on the factorized reduced problem"},
+        minority_threshold=thr,
     )
 
 
@@ -1131,3 +1162,102 @@ def _deep_etf(problem: Problem, gam: float) -> tuple[float, float]:
     z, v = float(res.x), float(res.fun)
     v0 = g(0.0)
     return (0.0, v0) if v0 <= v else (z, v)
+
+
+# ---------------------------------------------------------------------------------------------
+# minority collapse with the other counts fixed: exact at M = 1, bisection on the search at M >= 2
+# ---------------------------------------------------------------------------------------------
+#: relative distance ||w_i - w_j|| / max_k ||w_k|| below which two classifier rows of the search count as merged
+#: (merged rows of the search differ by ~1e-8; at M >= 2 the rows jump apart by ~1e-1 at the threshold)
+DEEP_MERGE_RTOL = 1e-4
+
+
+def minority_group(counts) -> tuple[np.ndarray, float] | None:
+    """(indices, count) of the minority: the smallest count held by >= 2 classes; None if no count repeats
+    or every class has it (balanced)."""
+    n = np.asarray(counts, dtype=np.float64)
+    ng, mg, idx = class_groups(n)
+    multi = [g for g in range(ng.size) if mg[g] >= 2]
+    if not multi or ng.size < 2:
+        return None
+    g = multi[-1]  # ng is sorted decreasingly
+    return np.flatnonzero(idx == g), float(ng[g])
+
+
+def minority_threshold_exact(counts, lambda_w: float, lambda_h: float) -> float | None:
+    """M = 1: the largest count x of the minority group (m classes; the other counts fixed, N_r in all) at which
+    its rows merge, from the exact criterion x <= (N_r + m x)^2 lambda_W lambda_H: the smaller root of
+    mu^2 m^2 x^2 + (2 mu^2 m N_r - 1) x + mu^2 N_r^2 = 0 (inf: merged at every x). None without a minority."""
+    grp = minority_group(counts)
+    if grp is None:
+        return None
+    members, _ = grp
+    n = np.asarray(counts, dtype=np.float64)
+    m, Nr = float(members.size), float(n.sum() - n[members].sum())
+    mu2 = float(lambda_w) * float(lambda_h)
+    qa, qb, qc = mu2 * m * m, 2 * mu2 * m * Nr - 1.0, mu2 * Nr * Nr
+    disc = qb * qb - 4 * qa * qc
+    if disc < 0 or qb >= 0:
+        return math.inf
+    return 2 * qc / (-qb + math.sqrt(disc))
+
+
+def _rows_merged(n, M: int, Z: np.ndarray, members) -> bool:
+    """Are the classifier rows of ``members`` equal? Rows of W = U diag(t^M) (up to a common factor)."""
+    U, s, _ = np.linalg.svd(Z * np.sqrt(n)[None, :])
+    if not s.size or s[0] <= 0:
+        return True
+    r = int(np.sum(s > _DEEP_SV_RTOL * s[0]))
+    W = U[:, :r] * s[:r] ** (M / (M + 1.0))
+    scale = float(np.max(np.linalg.norm(W, axis=1)))
+    d = W[members] - W[members[0]]
+    return bool(np.max(np.linalg.norm(d, axis=1)) <= DEEP_MERGE_RTOL * scale)
+
+
+def deep_minority_threshold(problem: Problem, *, rtol: float = 1e-3, restarts: int = 2, seed: int = 0) -> dict | None:
+    """Minority collapse, best found (any M; the certified closed form exists only at M = 1): the largest count
+    x of the minority group (:func:`minority_group`; the other counts fixed) at which the search's best point
+    has its classifier rows merged, by bisection in log x to relative width ``rtol`` (one search per step,
+    ``restarts`` random starts per rank). Bracket: from the current count, up to the largest other count (if
+    merged now) or halving down to 1e-6 of it (if not). Assumes one switch in the bracket, as at M = 1.
+
+    Returns None without a minority, else {"threshold", "bracket", "count", "classes", "merged_now", "solves",
+    "certified": False, "note"}; threshold = inf when the rows merge up to the largest other count, 0 when they
+    stay apart down to 1e-6 of the current count.
+    """
+    grp = minority_group(problem.counts)
+    if grp is None:
+        return None
+    members, x0 = grp
+    n = np.asarray(problem.counts, dtype=np.float64)
+    top = float(np.max(np.delete(n, members)))
+    gam = deep_gamma(problem)
+    ranks = deep_ranks(problem.K, problem.rank_budget)
+    solves = 0
+
+    def merged(x):
+        nonlocal solves
+        solves += 1
+        c = n.copy()
+        c[members] = x
+        (_, Z, _), _, _ = _deep_search(c, problem.M, gam, problem.bias, ranks, restarts, seed,
+                                       m1_start=problem.rank_budget >= problem.K - 1)
+        return _rows_merged(c, problem.M, Z, members)
+
+    now = merged(x0)
+    out = {"count": x0, "classes": [int(k) for k in members], "merged_now": now, "certified": False,
+           "note": "best found: bisection on the rank search's merge decision, other counts fixed"}
+    if now:
+        lo, hi = x0, top
+        if hi <= lo or merged(hi):
+            return {**out, "threshold": math.inf, "bracket": [lo, math.inf], "solves": solves}
+    else:
+        hi, lo = x0, 0.5 * x0
+        while not merged(lo):
+            hi, lo = lo, 0.5 * lo
+            if lo < 1e-6 * x0:
+                return {**out, "threshold": 0.0, "bracket": [0.0, hi], "solves": solves}
+    while hi > lo * (1 + rtol):
+        mid = math.sqrt(lo * hi)
+        lo, hi = (mid, hi) if merged(mid) else (lo, mid)
+    return {**out, "threshold": math.sqrt(lo * hi), "bracket": [lo, hi], "solves": solves}

@@ -140,6 +140,7 @@ class Prediction:
             raise TypeError(f"ce must be a CESolution (from solve_ce), got {type(ce).__name__}")
         self.problem = problem
         self._mse, self._ce = mse, ce
+        self._threshold_seed = None  # imbalanced CE, M >= 2: the minority threshold is searched on first access
         if mse is not None:
             self._struct = MSEStructure(mse)
             self._struct.check_finite()
@@ -181,11 +182,35 @@ class Prediction:
                                merged=[list(map(int, g)) for g in ce.merged],
                                collapse_count=float(ce.collapse_count))
                 self.thresholds = {"collapse_count": float(ce.collapse_count)}
+                if getattr(ce, "minority_threshold", None) is not None:
+                    self.thresholds["minority_count_threshold"] = dict(ce.minority_threshold)
             elif hasattr(ce, "certified"):  # imbalanced M >= 2: the best structure found by the rank search
                 self.ce.update(certified=False, duality_gap=None, relative_duality_gap=None, lower_bound=None,
                                merged=[list(map(int, g)) for g in ce.merged], ranks_searched=list(ce.search["ranks"]),
                                best_per_rank=dict(ce.search["best_per_rank"]))
-                self.thresholds = dict(getattr(ce, "thresholds", None) or {})
+                self.thresholds = {}
+                if ce.minority_threshold is not None:
+                    self.thresholds["minority_count_threshold"] = dict(ce.minority_threshold)
+                else:  # best found by bisection on the search (~10 searches): computed when first read
+                    self._threshold_seed = int(ce.search.get("seed", 0))
+
+    @property
+    def thresholds(self) -> dict:
+        """Thresholds of the setting (MSE: a*(M), n_thr, ...; imbalanced CE: ``minority_count_threshold``, exact
+        at M = 1, best found by bisection on the rank search at M >= 2, computed on first access)."""
+        if self._threshold_seed is not None:
+            from nclab.theory.ce_imbalanced import _threshold_text, deep_minority_threshold
+
+            thr = deep_minority_threshold(self.problem, rtol=1e-2, seed=self._threshold_seed)
+            self._threshold_seed = None
+            if thr is not None:
+                thr["text"] = _threshold_text(thr)
+                self._thresholds["minority_count_threshold"] = thr
+        return self._thresholds
+
+    @thresholds.setter
+    def thresholds(self, value: dict) -> None:
+        self._thresholds = value
 
     # -- structure: every Gram as per-mode values over one basis (structure.py) --
     @cached_property
@@ -411,7 +436,7 @@ class Prediction:
         if self._ce is not None:
             # CE-only fields (etf_objective, etf_is_global, best_structure, search, notes, ...); the
             # shared ones (objective, Grams, layers, bias, active) are already above, from this object.
-            shared = set(out) | {"problem", "Z", "WWt", "HtH", "WH", "layers"}
+            shared = set(out) | {"problem", "Z", "WWt", "HtH", "WH", "layers", "minority_threshold"}
             out.update({k: v for k, v in self._ce.to_dict().items() if k not in shared})
         return out
 
