@@ -87,6 +87,29 @@ def test_sgd_per_run_seeds_lambdas_lrs(tmp_path, method):
     compare(*run_both(cfgs, tmp_path, method=method))
 
 
+def test_cache_chunks_give_the_unbatched_runs(tmp_path, monkeypatch):
+    """SGD steps swept over the batch in chunks of 2 runs (the cache blocking of large batches, forced here on a
+    small one), with runs leaving the batch (stop, divergence) so the chunks are rebuilt: each run as alone."""
+    made = []
+    real = BatchUFM._chunks
+
+    def chunks(self):
+        out = real(self)
+        made.append([c.B for c in out])
+        return out
+
+    monkeypatch.setattr(BatchUFM, "chunk", 2)
+    monkeypatch.setattr(BatchUFM, "_chunks", chunks)
+    uniform = [make_config(**{**BASE, "lambda_w": 1e-2 * (1 + s)}, seed=s, lr=0.5) for s in range(4)]
+    uniform[1] = uniform[1].replace(stop_rel_gap=1e-3)
+    mixed = [make_config(**BASE, seed=s, lr=0.3 + 0.1 * s) for s in range(2)] + [make_config(**BASE, seed=9, lr=5.0)]
+    for i, (cfgs, method) in enumerate(((uniform, "reduced"), (mixed, "direct"))):
+        batch, ref = run_both(cfgs, tmp_path / str(i), method=method)
+        compare(batch, ref)
+    assert [[2, 2], [2, 1], [2, 1], [2]] == made[:2] + made[-2:]  # 4 runs, one stops; 3 runs, one diverges
+    assert batch[-1].status == "diverged"
+
+
 def test_bias_and_imbalanced_counts_of_one_n(tmp_path):
     cfgs = [make_config(**{**BASE, "classes": None, "per_class": None, "depth": 3}, counts=c, seed=s, bias=b)
             for s, (c, b) in enumerate([([8, 4, 3], False), ([5, 5, 5], False), ([3, 4, 8], False)])]

@@ -21,6 +21,7 @@ Snapshots are batched too (:mod:`nclab.ufm.batch_metrics`): the same metrics row
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import time
@@ -218,6 +219,7 @@ class BatchUFM:
         kw = dict(dtype=self.dtype, device=self.device)
         B, K, M, dims = self.B, self.K, self.M, self.dims
         self.pv, self.gv = self._views(self.flat), self._views(self.grad)
+        self.bv = self._views(self.buf) if hasattr(self, "buf") else None
         self.Q = [torch.empty(B, K, dims[j], **kw) for j in range(M - 1)] + [self.pv[M - 1]]
         self.R = [torch.empty(B, K, dims[j], **kw) for j in range(M)]
         self.eye = torch.eye(K, **kw)
@@ -227,6 +229,34 @@ class BatchUFM:
             self.Gm = torch.empty(B, K, K, **kw)
             self.GmD = torch.empty(B, K, K, **kw)
             self.QP = torch.empty(B, K, self.X.shape[1], **kw)
+        self.chunks = self._chunks()
+
+    # cache blocking: SGD steps sweep the batch in chunks whose parameters, gradient and momentum (3x the
+    # parameters) fit in about this many bytes, each chunk taking all steps up to the next snapshot while its
+    # state stays in the CPU's cache (the whole batch, e.g. 64 paper runs = 20 MB, streams from memory each step)
+    CHUNK_BYTES = 2 << 20
+    chunk = 0  # runs per chunk (0: from CHUNK_BYTES)
+
+    def _chunks(self) -> list:
+        """Shallow copies of this engine over consecutive runs (every per-run tensor a view, no copies)."""
+        per_run = 3 * sum(self.sizes) * self.flat.element_size()
+        size = self.chunk or max(1, self.CHUNK_BYTES // per_run)
+        if size >= self.B or self.device.type != "cpu":
+            return [self]
+        out = []
+        for s in range(0, self.B, size):
+            e = min(self.B, s + size)
+            c = copy.copy(self)
+            c.B = e - s
+            for name in ("pv", "gv", "bv", "Q", "R", "decay"):
+                v = getattr(self, name)
+                setattr(c, name, None if v is None else [None if t is None else t[s:e] for t in v])
+            for name in ("Z", "Gm", "GmD", "QP", "Y", "counts", "lam_w", "lam_h", "lr", "mom", "X"):
+                v = getattr(self, name, None)
+                if v is not None:
+                    setattr(c, name, v[s:e])
+            out.append(c)
+        return out
 
     def select(self, keep: Sequence[int]) -> None:
         """Keep only the runs ``keep`` (indices into the current batch), in that order."""
@@ -322,26 +352,36 @@ class BatchUFM:
         """n optimizer steps from ``step``; ``factor(s)`` the schedule's lr multiplier (None: constant)."""
         cfg = self.cfgs[0]
         if cfg.optimizer == "sgd":
-            flat, grad, buf = self.flat, self.grad, self.buf
-            if self.uniform:
-                mu, lr = float(self.mom[0]), float(self.lr[0])
-                for i in range(n):
-                    self.gradient_()
-                    torch.add(grad, buf, alpha=mu, out=buf)
-                    flat.add_(buf, alpha=-(lr if factor is None else lr * factor(step + i)))
-                return
-            bv, gv, pv = self._views(buf), self.gv, self.pv
-            mu = self.mom.view(-1, 1, 1)
-            neg = -self.lr.view(-1, 1, 1)
-            shaped = [(mu if len(s) == 2 else mu[:, :, 0]) for s in self.shapes]
+            for c in self.chunks:
+                c._sgd(n, step, factor, whole=c is self)
+            return
+        self._adam(n, step, factor)
+
+    def _sgd(self, n: int, step: int, factor: Callable[[int], float] | None, whole: bool) -> None:
+        """n SGD steps of the runs of this engine (or chunk); ``whole``: the update runs over the flat buffers."""
+        if self.uniform:
+            mu, lr = float(self.mom[0]), float(self.lr[0])
+            pairs = [(self.grad, self.buf, self.flat)] if whole else list(zip(self.gv, self.bv, self.pv))
             for i in range(n):
                 self.gradient_()
-                lr_i = neg if factor is None else neg * factor(step + i)
-                for k, s in enumerate(self.shapes):
-                    m_k, l_k = (shaped[k], lr_i) if len(s) == 2 else (shaped[k], lr_i[:, :, 0])
-                    torch.addcmul(gv[k], bv[k], m_k, out=bv[k])
-                    pv[k].addcmul_(bv[k], l_k)
+                a = -(lr if factor is None else lr * factor(step + i))
+                for g, b, p in pairs:
+                    torch.add(g, b, alpha=mu, out=b)
+                    p.add_(b, alpha=a)
             return
+        bv, gv, pv = self.bv, self.gv, self.pv
+        mu = self.mom.view(-1, 1, 1)
+        neg = -self.lr.view(-1, 1, 1)
+        shaped = [(mu if len(s) == 2 else mu[:, :, 0]) for s in self.shapes]
+        for i in range(n):
+            self.gradient_()
+            lr_i = neg if factor is None else neg * factor(step + i)
+            for k, s in enumerate(self.shapes):
+                m_k, l_k = (shaped[k], lr_i) if len(s) == 2 else (shaped[k], lr_i[:, :, 0])
+                torch.addcmul(gv[k], bv[k], m_k, out=bv[k])
+                pv[k].addcmul_(bv[k], l_k)
+
+    def _adam(self, n: int, step: int, factor: Callable[[int], float] | None) -> None:
         b1, b2, eps = ADAM["beta1"], ADAM["beta2"], ADAM["eps"]
         m1, m2, flat, grad = self.m1, self.m2, self.flat, self.grad
         den = torch.empty_like(flat)
