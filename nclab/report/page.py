@@ -31,6 +31,7 @@ import time
 import numpy as np
 
 from nclab.report import figures as figlib
+from nclab.report import phase as phaselib
 from nclab.report import runs as runlib
 from nclab.results import atomic_write_bytes
 
@@ -250,6 +251,13 @@ def figure_jobs(runs: list[runlib.Run], phase_diagram: bool, labels: list[str] |
         jobs.append(("phase", "Minority-collapse phase diagram from nclab.predict (bias-free MSE, "
                      "lambda_W = lambda_H = lambda), the runs' depths; markers: runs on this setting",
                      lambda: figlib.phase_figure(**figlib.phase_setup(runs))))
+        ce_setup = phaselib.ce_phase_setup(runs)  # runs with CE: the CE diagram next to the MSE one
+        if ce_setup is not None:
+            jobs.append(("phase-ce", "Minority-collapse phase diagram under cross-entropy (lambda_W = lambda_H = "
+                         "lambda): M = 1 exact from the certified threshold (rows merge iff n <= N^2 lambda^2, zero "
+                         "iff the zero point's gradient has spectral norm <= lambda); M >= 2 from the rank search "
+                         "(best found, not certified); markers: runs on this setting",
+                         lambda s=ce_setup: phaselib.ce_phase_figure(**s)))
     kinds = list(dict.fromkeys(r.kind for r in runs))
     for kind in kinds:
         group = [r for r in runs if r.kind == kind]
