@@ -163,14 +163,17 @@ def test_measure_json_has_the_new_metrics(tmp_path):
     np.testing.assert_allclose(doc["per_class"]["unc3"], dual, rtol=1e-9)
 
 
+LARGE_K = 1200  # > 4 tiles of 256: the tiled pairwise path across processes
+
+
 def _worker(rank, port, out):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
     try:
-        H, y, W = data(3000, 6, [3] * 3000, 0.2, seed=4)
+        H, y, W = data(LARGE_K, 6, [3] * LARGE_K, 0.2, seed=4)
         half = len(y) // 2
         lo, hi = (0, half) if rank == 0 else (half, len(y))
-        stats = ClassStats(3000, dim=6).update(H[lo:hi], y[lo:hi]).all_reduce()
+        stats = ClassStats(LARGE_K, dim=6).update(H[lo:hi], y[lo:hi]).all_reduce()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             m = stats.compute(W, tile=256)
@@ -185,8 +188,8 @@ def test_distributed_reduction_at_large_K(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     mp.spawn(_worker, args=(port, str(tmp_path)), nprocs=2, join=True)
-    H, y, W = data(3000, 6, [3] * 3000, 0.2, seed=4)
-    ref = ClassStats(3000).update(H, y).compute(W)
+    H, y, W = data(LARGE_K, 6, [3] * LARGE_K, 0.2, seed=4)
+    ref = ClassStats(LARGE_K).update(H, y).compute(W)
     for r in (0, 1):
         got = torch.load(tmp_path / f"rank{r}.pt")
         for k, v in ref.values.items():
