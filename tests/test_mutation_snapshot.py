@@ -37,7 +37,7 @@ def _unit(a):
 def _nc1(feats, y, K):
     """tr(Sigma_W Sigma_B^+)/K of features (d, N): the definition with a dense pseudo-inverse."""
     n = np.bincount(y, minlength=K).astype(float)
-    mu = np.stack([feats[:, y == k].mean(1) for k in range(K)])
+    mu = np.stack([feats[:, y == k].mean(1) for k in range(K)])  # (K, d)
     mc = mu - n @ mu / n.sum()
     dev = feats - mu[y].T
     sw = dev @ dev.T / len(y)
@@ -69,7 +69,8 @@ def reference_relu_row(W, H, b, grams):
 def relu_case():
     g = np.random.default_rng(11)
     p = make_problem(counts=COUNTS, depth=3, widths=WIDTHS, lambda_w=LAM_W, lambda_h=LAM_H, bias=True)
-    grams = [None] + [(lambda a: a @ a.T)(g.normal(size=(3, 3))) for _ in range(2)]
+    # a DNC Gram at every layer, layer 1 included: nc2_h_L1 is NaN all the same (DNC does not fix it there)
+    grams = [(lambda a: a @ a.T)(g.normal(size=(3, 3))) for _ in range(3)]
     # W_1 has singular values 1, 0.5, 2e-3, 5e-4: numerical rank 3 at rtol 1e-3 (one value on each side)
     q1, _ = np.linalg.qr(g.normal(size=(4, 4)))
     q2, _ = np.linalg.qr(g.normal(size=(4, 4)))
@@ -231,3 +232,14 @@ def test_zero_ce_prediction_has_no_nc3_scale():
     ce = np.mean(np.log(np.exp(Z).sum(0)) - Z[y, np.arange(4)])
     f = ce + 0.5 * (np.sum(W[0] ** 2) + np.sum(W[1] ** 2) + np.sum(H ** 2))
     assert row["objective"] == pytest.approx(f, rel=1e-12) and row["loss"] == pytest.approx(ce, rel=1e-10)
+
+
+def test_relu_row_of_two_classes_has_nc1():
+    # K = 2: the centred class means have rank 1, enough for NC1
+    p = make_problem(counts=[2, 3], depth=2, widths=[3, 3], lambda_w=0.01, lambda_h=0.01)
+    g = np.random.default_rng(6)
+    W, H = [g.normal(size=(3, 3)), g.normal(size=(2, 3))], g.normal(size=(3, 5)) + np.repeat([[2, -2]] * 3, [2, 3], 1)
+    row = ReluSnapshotter(p, References(dnc=None, lowrank=None))([torch.tensor(w) for w in W], torch.tensor(H))
+    y = np.array([0, 0, 1, 1, 1])
+    assert row["nc1_L1"] == pytest.approx(_nc1(H, y, 2), rel=1e-9)
+    assert row["nc1_L2"] == pytest.approx(_nc1(np.maximum(W[0] @ H, 0), y, 2), rel=1e-9)
