@@ -278,6 +278,8 @@ class ClassStats:
         if buf is None:
             buf = self._work(min(step, B), D)
         narrow = x.dtype in NARROW  # |x| < 2^128: after the first non-zero batch no scan for the scale is needed
+        if self.moments == "none" and B > step and (not narrow or exp == 0):
+            return self._update_sums(x, y, buf, exp, step)
         for i in range(0, B, step):
             xs = _f64_copy(x[i:i + step], self.device, buf)  # (b, D), our own float64 copy
             if narrow and self._top is not None and self.scale_exp == 0 and exp == 0:
@@ -290,6 +292,30 @@ class ClassStats:
             nb, mb, m2b = _class_batch(xs, y[i:i + step], self.num_classes, self.moments != "none")
             self._merge(nb, mb, m2b, xs if self.moments == "scatter" else None, None)
 
+    def _update_sums(self, x: torch.Tensor, y: torch.Tensor, buf: torch.Tensor, exp: int, step: int) -> None:
+        """Counts and means only (the first of nc_metrics' two passes): float64 class sums accumulated over
+        cache-sized steps (one-hot GEMMs into one (K, D) accumulator), one scale decision and one merge."""
+        if x.dtype in NARROW and self._top is not None and self.scale_exp == 0:
+            top = NARROW_TOP  # a bound; NaN and inf are caught on the sums
+        else:
+            top = _max_exp(x.detach())
+        self._fit_scale(None if top is None else top + exp)
+        K, (B, D) = self.num_classes, x.shape
+        oh = _onehot(y, K, F64)  # (K, B) or None
+        sums = torch.zeros(K, D, dtype=F64, device=self.device)
+        for i in range(0, B, step):
+            xs = _f64_copy(x[i:i + step], self.device, buf)
+            if oh is not None:
+                sums.addmm_(oh[:, i:i + step], xs)
+            else:
+                sums.index_add_(0, y[i:i + step], xs)
+        if exp - self.scale_exp:
+            ldexp_(sums, exp - self.scale_exp)  # exact: the same power of two for every term
+        if not torch.isfinite(sums).all():
+            raise ValueError("features contain NaN or inf")
+        nb = torch.bincount(y, minlength=K)
+        self._merge(nb, sums / nb.clamp(min=1).unsqueeze(1).to(F64), None, None, None)
+
     def _update_shifted(self, x: torch.Tensor, y: torch.Tensor) -> bool:
         """The scatter GEMM in the features' own dtype (issue 12): each row is shifted by a float64 reference of
         its class rounded to the features' dtype -- the current class mean, or for a class seen for the first
@@ -298,13 +324,15 @@ class ClassStats:
             mean_b = c + sum d / n_b,  m2_b = sum ||d||^2 - n_b ||mean_b - c||^2,
             S_b = d^T d - n_b (mean_b - c)(mean_b - c)^T, then Chan's merge.
         False (nothing done) when the batch needs the float64 path: entries beyond 2^+-300, or for a float32
-        GEMM beyond 2^[-40, 60] (squares of deviations would leave float32's normal range)."""
+        GEMM squared deviations that overflow or fall below 2^-100 (checked on the product's diagonal)."""
         x = x.detach().to(self.device)
-        top = _max_exp(x)
         wdt = x.dtype if x.dtype in (torch.float32, F64) else torch.float32  # half types: float32 GEMM
-        lo, hi = (-40, 60) if wdt == torch.float32 else (-SAFE_EXP, SAFE_EXP)
-        if top is not None and not lo <= top <= hi:
-            return False
+        if x.dtype in NARROW and self._top is not None and self.scale_exp == 0:
+            top = NARROW_TOP  # a bound, no scan: the float32 squares are checked on the GEMM's diagonal
+        else:
+            top = _max_exp(x)
+            if top is not None and not -SAFE_EXP <= top <= SAFE_EXP:
+                return False
         self._fit_scale(top)
         if self.scale_exp:
             return False
@@ -325,7 +353,11 @@ class ClassStats:
             # d = x - c_y in one pass: the one-hot product picks c_y exactly (one non-zero term per entry)
             d = torch.addmm(x, oh.T, c, alpha=-1.0) if oh is not None else x - c.index_select(0, y)  # (B, D)
             sd = _by_class(d, y, K, oh).to(F64)  # (K, D) sums of deviations (small: float32 is enough)
-            sb = (d.T @ d).to(F64)  # the GEMM, in the features' dtype
+            sb = d.T @ d  # the GEMM, in the features' dtype
+        top_sq = float(sb.diagonal().max())  # largest column sum of squares (inf/NaN: overflow or bad input)
+        if wdt == torch.float32 and not (top_sq == 0 or 2.0 ** -100 <= top_sq < math.inf):
+            return False  # overflowed, NaN/inf, or so small that float32 squares lose precision: float64 path
+        sb = sb.to(F64)
         nbf = nb.to(F64)
         delta = sd / nbf.clamp(min=1).unsqueeze(1)  # mean_b - c, (K, D)
         mb = shift + delta
@@ -529,58 +561,57 @@ class SecondPass:
         return self
 
     def _update(self, x: torch.Tensor, y: torch.Tensor, buf: torch.Tensor | None = None, exp: int = 0) -> None:
-        """x: a batch divided by 2^exp. Steps of SUB_ELEMS float64 entries: each is copied, centred, normed
-        and projected while it is in cache. Per sample: a (2 K_eff) GEMM row with a classifier, an r-column
-        projection and two reductions -- N D (r + 2 K_eff) multiply-adds in all, no D x D-sized work."""
-        dev, K = self.stats.device, self.stats.num_classes
+        """x: a batch divided by 2^exp. Steps of SUB_ELEMS float64 entries: each is copied, centred, projected
+        and normed while it is in cache; per-sample results (B x (r + 2 K_eff) numbers) are reduced once per
+        batch. N D (r + 2 K_eff) multiply-adds in all, nothing D x D-sized."""
+        dev = self.stats.device
         y = y.to(dev)
-        r_all = self.row.index_select(0, y)  # (B,) row among kept classes
-        if (r_all < 0).any():
+        r = self.row.index_select(0, y)  # (B,) row among kept classes
+        if (r < 0).any():
             raise ValueError("second pass has labels of classes that had no samples in the first pass")
-        B, D = x.shape
+        (B, D), Ke, rk = x.shape, self.means_kept.shape[0], self.projector.shape[1]
         step = max(1, SUB_ELEMS // D)
         if buf is None:
             buf = torch.empty(min(step, B), D, dtype=F64, device=dev)
+        oh = _onehot(r, Ke, F64) if self.small else None  # (K_eff, B)
+        rhs = self.projector if self.w is None or not self.small else self.rhs
+        zz = torch.empty(B, rhs.shape[1], dtype=F64, device=dev)  # P^T (h - mu) [| logits and NCC terms]
+        z_raw = torch.empty(B, 2 * Ke, dtype=F64, device=dev) if self.w is not None and not self.small else None
+        sq = torch.empty(2, B, dtype=F64, device=dev)  # ||h - mu||, ||P^T (h - mu)||
         for i in range(0, B, step):
-            self._step(_f64_copy(x[i:i + step], dev, buf), y[i:i + step], r_all[i:i + step], exp, K)
-        if not (torch.isfinite(self.q).all() and torch.isfinite(self.m2).all()):
-            raise ValueError("features contain NaN or inf")
-
-    def _step(self, x: torch.Tensor, y: torch.Tensor, r: torch.Tensor, exp: int, K: int) -> None:
-        """One cache-sized step: x (b, D) our float64 copy (overwritten), y (b,) labels, r (b,) kept rows."""
-        if exp - self.stats.scale_exp:
-            ldexp_(x, exp - self.stats.scale_exp)  # the first pass's scale
-        Ke, rk = self.means_kept.shape[0], self.projector.shape[1]
-        z = None
-        if not self.small:
-            if self.w is not None:  # logits and NCC terms on the raw rows: (b, 2 K_eff), no K x K table
-                z = x @ self.rhs
-            x.sub_(self.means_kept.index_select(0, r))  # centred at the class means, float64
-            zc = x @ self.projector  # (b, r): P^T (h - mu_{y})
-        else:
-            oh = _onehot(r, Ke, F64)  # (K_eff, b)
-            x.addmm_(oh.T, self.means_kept, alpha=-1.0)  # x - mu_r, exactly as a subtraction rounds it
-            if self.w is None:
-                zc = x @ self.projector
+            j = min(i + step, B)
+            xs = _f64_copy(x[i:j], dev, buf)
+            if exp - self.stats.scale_exp:
+                ldexp_(xs, exp - self.stats.scale_exp)  # the first pass's scale
+            if oh is not None:
+                xs.addmm_(oh[:, i:j].T, self.means_kept, alpha=-1.0)  # x - mu_r, exactly as subtraction rounds
             else:
-                zz = x @ self.rhs  # (b, r + 2 K_eff)
-                zc, z = zz[:, :rk], zz[:, rk:].addmm_(oh.T, self.offsets)
-        if z is not None:
+                if z_raw is not None:  # many classes: logits and NCC terms on the raw rows, no K x K table
+                    torch.mm(xs, self.rhs, out=z_raw[i:j])
+                xs.sub_(self.means_kept.index_select(0, r[i:j]))
+            torch.mm(xs, rhs, out=zz[i:j])
+            torch.linalg.vector_norm(xs, dim=1, out=sq[0, i:j])
+            torch.linalg.vector_norm(zz[i:j, :rk], dim=1, out=sq[1, i:j])
+        sq.square_()
+        if oh is not None:
+            qm = oh @ sq.T  # (K_eff, 2)
+            self.m2.index_add_(0, self.kept_t, qm[:, 0])
+            self.q.index_add_(0, self.kept_t, qm[:, 1])
+        else:
+            self.m2.index_add_(0, y, sq[0])
+            self.q.index_add_(0, y, sq[1])
+        if self.w is not None:
+            # few classes: x = (x - mu_r) + mu_r, so the raw rows' terms are the centred ones plus table row r
+            z = z_raw if z_raw is not None else zz[:, rk:].addmm_(oh.T, self.offsets)
             logits = z[:, :Ke]
             if self.b is not None:
                 logits += self.b
             ncc = (z[:, Ke:] + self.mu_sq).argmin(1)  # nearest class centre: argmin -2 h.mu_j + ||mu_j||^2
             am = logits.argmax(1)
-            self.n4 += torch.stack([torch.tensor(len(r), device=x.device), (ncc != am).sum(),
-                                    (ncc == r).sum(), (am == r).sum()])
-        parts = torch.stack([_row_sq(x), zc.square().sum(1)], 1)  # (b, 2): ||h - mu||^2, ||P^T (h - mu)||^2
-        if self.small:
-            qm = oh @ parts  # (K_eff, 2)
-            self.m2.index_add_(0, self.kept_t, qm[:, 0])
-            self.q.index_add_(0, self.kept_t, qm[:, 1])
-        else:
-            self.m2.index_add_(0, y, parts[:, 0])
-            self.q.index_add_(0, y, parts[:, 1])
+            self.n4 += torch.stack([torch.tensor(B, device=dev), (ncc != am).sum(), (ncc == r).sum(),
+                                    (am == r).sum()])
+        if not (torch.isfinite(self.q).all() and torch.isfinite(self.m2).all()):
+            raise ValueError("features contain NaN or inf")
 
     def merge(self, other: SecondPass) -> SecondPass:
         if not isinstance(other, SecondPass):
