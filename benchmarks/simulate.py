@@ -53,6 +53,45 @@ def bare_loop(cfg, steps: int) -> float:
         return time.perf_counter() - t0
 
 
+def step_rates(cfgs, steps: int = 200) -> str:
+    """Where a batched SGD step stands: its FLOP rate (the reduced form's products) against plain batched matmuls
+    of the same shapes and a plain elementwise update over the same parameters, timed here, one thread."""
+    from nclab.ufm.batched import BatchUFM
+    from nclab.ufm.trainer import Trainer
+
+    with torch_threads(1), torch.no_grad():
+        eng = BatchUFM([Trainer(c) for c in cfgs])
+        B, K, M, d = eng.B, eng.K, eng.M, eng.dims[0]
+        r = eng.X.shape[1] if eng.X is not None else eng.N  # P's columns (reduced) or N (direct)
+        macs = 3 * (M - 1) * K * d * d + 3 * K * d * r + 3 * K * K * d  # per run and step, equal widths
+        eng.advance(20, 0, None)
+        t0 = time.perf_counter()
+        eng.advance(steps, 0, None)
+        t_step = (time.perf_counter() - t0) / steps
+        kw = dict(dtype=eng.dtype)
+        a, w, o = torch.randn(B, K, d, **kw), torch.randn(B, d, d, **kw), torch.empty(B, K, d, **kw)
+        q, big = torch.randn(B, d, K, **kw), torch.empty(B, d, d, **kw)
+        flat, buf = eng.flat.clone(), eng.flat.clone()
+
+        def best(f, n=50):
+            f()
+            t0 = time.perf_counter()
+            for _ in range(n):
+                f()
+            return (time.perf_counter() - t0) / n
+
+        t_bmm = best(lambda: torch.bmm(a, w, out=o))
+        t_outer = best(lambda: torch.bmm(q, a, out=big))
+        t_axpy = best(lambda: flat.add_(buf, alpha=1e-30))
+    gflops = 2 * macs * B / t_step / 1e9
+    gb = 3 * flat.numel() * flat.element_size() / t_axpy / 1e9
+    mm = 2 * B * K * d * d / 1e9
+    return (f"batched step ({B} runs, {len(eng.chunks)} cache chunks, 1 thread): {t_step * 1e6 / B:.1f} us per "
+            f"run-step, {gflops:.1f} GFLOP/s | plain bmm ({B},{K},{d})x({B},{d},{d}) {mm / t_bmm:.1f} GFLOP/s, "
+            f"outer ({B},{d},{K})x({B},{K},{d}) {mm / t_outer:.1f} GFLOP/s, p += a*q over all parameters "
+            f"{gb:.1f} GB/s ({t_axpy * 1e6 / B:.1f} us per run)")
+
+
 def batched(args) -> bool:
     """The batched case against sequential nclab.simulate calls, in this process; True when >= 20x."""
     B, M = args.batch, args.batch_depth
@@ -73,6 +112,7 @@ def batched(args) -> bool:
     snaps = sum(r.snapshot_seconds for r in res)
     statuses = sorted({r.status for r in res})
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(step_rates(cfgs))
     print(f"batched M={M}: {B} runs x {args.steps} steps ({args.dtype}, snapshots every 100, run folders) in "
           f"{t_batch:.1f} s (training {train:.1f} s, snapshots {snaps:.1f} s, rest: set-up and files) = "
           f"{t_batch / B:.2f} s/run | sequential nclab.simulate {t_seq / B:.2f} s/run (mean of {k}) -> "

@@ -297,8 +297,22 @@ class BatchUFM:
                 out.mul_(alpha)
             out.addcmul_(param, lam_col)
 
-    def gradient_(self) -> None:
-        M, Ws, Q, R, gv, inv_n = self.M, self.pv[: self.M], self.Q, self.R, self.gv, self.inv_n
+    def _emit(self, out, param, k, lam_vec, a, b, alpha=1.0, mu=None):
+        """out = lam * param + alpha * a @ b per run (block k); with ``mu``: out = mu * out + that (SGD's momentum
+        buffer takes the gradient straight from the GEMM: no gradient tensor, one pass fewer over the block)."""
+        if mu is None:
+            self._decayed(out, param, self.decay[k], lam_vec, a, b, alpha)
+            return
+        out.baddbmm_(a, b, beta=mu, alpha=alpha)
+        if self.lam_uniform:
+            out.add_(param, alpha=float(lam_vec[0]))
+        else:
+            out.addcmul_(param, self.decay[k])
+
+    def gradient_(self, mu: float | None = None) -> None:
+        """The gradient of every run into ``grad``; with ``mu``: buf = mu * buf + gradient instead."""
+        M, Ws, Q, R, inv_n = self.M, self.pv[: self.M], self.Q, self.R, self.inv_n
+        gv = self.gv if mu is None else self.bv
         for j in range(M - 2, -1, -1):
             torch.bmm(Q[j + 1], Ws[j], out=Q[j])
         Q0 = Q[0]
@@ -319,10 +333,13 @@ class BatchUFM:
             G = Z
             torch.bmm(G, H.transpose(1, 2), out=R[0])
             R[0].mul_(inv_n)
-            self._decayed(gv[M], H, self.decay[M], self.lam_h, Q0.transpose(1, 2), G, alpha=inv_n)
+            self._emit(gv[M], H, M, self.lam_h, Q0.transpose(1, 2), G, inv_n, mu)
             if b is not None:
-                torch.sum(G, dim=2, out=gv[M + 1])
-                gv[M + 1].mul_(inv_n)
+                if mu is None:
+                    torch.sum(G, dim=2, out=gv[M + 1])
+                    gv[M + 1].mul_(inv_n)
+                else:
+                    gv[M + 1].mul_(mu).add_(G.sum(dim=2), alpha=inv_n)
         else:
             A, P = self.pv[M], self.pv[M + 1]
             Gm, GmD, QP = self.Gm, self.GmD, self.QP
@@ -334,15 +351,25 @@ class BatchUFM:
             torch.mul(Gm, self.counts[:, None, :], out=GmD)
             torch.bmm(GmD, A.transpose(1, 2), out=R[0])
             R[0].baddbmm_(QP, P.transpose(1, 2)).mul_(inv_n)
-            self._decayed(gv[M], A, self.decay[M], self.lam_h, Q0.transpose(1, 2), Gm, alpha=inv_n)
-            self._decayed(gv[M + 1], P, self.decay[M + 1], self.lam_h, Q0.transpose(1, 2), QP, alpha=inv_n)
+            self._emit(gv[M], A, M, self.lam_h, Q0.transpose(1, 2), Gm, inv_n, mu)
+            self._emit(gv[M + 1], P, M + 1, self.lam_h, Q0.transpose(1, 2), QP, inv_n, mu)
             if b is not None:
-                torch.mul(torch.bmm(Gm, self.counts[:, :, None])[:, :, 0], inv_n, out=gv[M + 2])
+                gb = torch.bmm(Gm, self.counts[:, :, None])[:, :, 0]
+                if mu is None:
+                    torch.mul(gb, inv_n, out=gv[M + 2])
+                else:
+                    gv[M + 2].mul_(mu).add_(gb, alpha=inv_n)
         for j in range(1, M):
             torch.bmm(R[j - 1], Ws[j - 1].transpose(1, 2), out=R[j])
         for j in range(M - 1):
-            self._decayed(gW[j], Ws[j], self.decay[j], self.lam_w[:, j], Q[j + 1].transpose(1, 2), R[j])
-        if self.lam_uniform:
+            self._emit(gW[j], Ws[j], j, self.lam_w[:, j], Q[j + 1].transpose(1, 2), R[j], 1.0, mu)
+        if mu is not None:
+            gW[M - 1].mul_(mu).add_(R[M - 1])
+            if self.lam_uniform:
+                gW[M - 1].add_(Ws[M - 1], alpha=float(self.lam_w[0, M - 1]))
+            else:
+                gW[M - 1].addcmul_(Ws[M - 1], self.decay[M - 1])
+        elif self.lam_uniform:
             torch.add(R[M - 1], Ws[M - 1], alpha=float(self.lam_w[0, M - 1]), out=gW[M - 1])
         else:
             torch.addcmul(R[M - 1], Ws[M - 1], self.decay[M - 1], out=gW[M - 1])
@@ -359,14 +386,13 @@ class BatchUFM:
 
     def _sgd(self, n: int, step: int, factor: Callable[[int], float] | None, whole: bool) -> None:
         """n SGD steps of the runs of this engine (or chunk); ``whole``: the update runs over the flat buffers."""
-        if self.uniform:
+        if self.uniform:  # buf = mu buf + gradient (from the GEMMs), p -= lr buf
             mu, lr = float(self.mom[0]), float(self.lr[0])
-            pairs = [(self.grad, self.buf, self.flat)] if whole else list(zip(self.gv, self.bv, self.pv))
+            pairs = [(self.buf, self.flat)] if whole else list(zip(self.bv, self.pv))
             for i in range(n):
-                self.gradient_()
+                self.gradient_(mu)
                 a = -(lr if factor is None else lr * factor(step + i))
-                for g, b, p in pairs:
-                    torch.add(g, b, alpha=mu, out=b)
+                for b, p in pairs:
                     p.add_(b, alpha=a)
             return
         bv, gv, pv = self.bv, self.gv, self.pv
