@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from nclab.theory import labels_from_counts, predict, ufm_objective, ufm_objective_torch
-from nclab.theory.resources import format_bytes
-from nclab.theory.scalar import F, a_star, larger_root, x_star
+from nclab.theory import labels_from_counts, make_problem, predict, ufm_objective, ufm_objective_torch
+from nclab.theory.resources import available_memory, format_bytes
+from nclab.theory.scalar import F, a_star, larger_root, solve_modes_log, x_star
 
 W2 = [torch.ones(3, 2, dtype=torch.float64), torch.ones(2, 3, dtype=torch.float64)]
 H2 = torch.ones(2, 4, dtype=torch.float64)
@@ -121,3 +121,37 @@ def test_format_bytes(n, text):
 def test_layer_shapes_follow_the_widths():
     p = predict(counts=[2, 2], depth=3, widths=[4, 5, 3], lambda_w=0.01, lambda_h=0.01)
     assert [lay["shape"] for lay in p.layers] == [[5, 4], [3, 5], [2, 3]]
+
+
+@pytest.mark.parametrize("M", [2, 3])
+def test_solve_modes_log_flags_the_tie_at_the_threshold(M):
+    la = np.log(np.array([a_star(M), 0.9 * a_star(M), 1.1 * a_star(M)]))
+    lx, fmin, tie = solve_modes_log(la, M)
+    assert tie.tolist() == [True, False, False]
+    assert fmin[2] == 1.0 and lx[2] == -np.inf  # beyond a*: zero is the minimizer, F(0) = 1
+    x = np.exp(lx[1])  # below a*: a nonzero x with F_a(x) = 1/(1 + x^M) + M a x < 1
+    assert fmin[1] == pytest.approx(1 / (1 + x**M) + M * 0.9 * a_star(M) * x, rel=1e-12) and fmin[1] < 1
+    _raises(ValueError, "log a must be a number or +inf (a > 0)", solve_modes_log, np.array([0.0, np.nan]), M)
+
+
+def test_problem_to_dict_names_every_setting():
+    p = make_problem(counts=[3, 2], depth=2, widths=[4, 3], lambda_w=[0.1, 0.2], lambda_h=0.05, bias=True)
+    assert p.to_dict() == {"counts": [3, 2], "widths": [4, 3], "lambda_w": [0.1, 0.2], "lambda_h": 0.05,
+                           "bias": True, "loss": "mse"}
+
+
+@pytest.mark.parametrize("text, expected", [("2G", 2 * 2**30), ("512 KiB", 512 * 1024), ("1.5m", 3 * 2**19),
+                                            ("4096", 4096)])
+def test_memory_limit_env(monkeypatch, text, expected):
+    monkeypatch.setenv("NCLAB_MEMORY_LIMIT", text)
+    assert available_memory() == expected
+
+
+@pytest.mark.parametrize("text, msg", [
+    ("lots", "NCLAB_MEMORY_LIMIT must be a number of bytes (e.g. 2G), got 'lots'"),
+    ("0", "NCLAB_MEMORY_LIMIT must be a positive number of bytes, got '0'"),
+    ("inf", "NCLAB_MEMORY_LIMIT must be a positive number of bytes, got 'inf'"),
+])
+def test_memory_limit_env_messages(monkeypatch, text, msg):
+    monkeypatch.setenv("NCLAB_MEMORY_LIMIT", text)
+    _raises(ValueError, msg, available_memory)
