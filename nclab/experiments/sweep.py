@@ -26,6 +26,12 @@ Output folder::
 Every run's config is built before anything runs, so a bad option fails at once, naming its run. Runs whose
 summary says they finished (complete, converged, diverged) are skipped; any other run is started with
 ``resume=True``, so re-running an interrupted sweep completes it. A failing run is recorded, not fatal.
+
+Simulate runs of one shape (:func:`nclab.ufm.batched.batch_key`: K, N, widths, bias, loss, SGD or Adam, steps,
+schedule, intervals; seeds, lambdas, lr, init and counts may differ) are batched: each worker trains its share of
+such a group as one :func:`nclab.ufm.batched.simulate_batch` (``batch=False`` / ``--no-batch``: one by one). Every
+run folder is as an unbatched run writes it (metrics equal to round-off); ``sweep.json`` records ``batch``, the
+number of runs trained together.
 """
 
 from __future__ import annotations

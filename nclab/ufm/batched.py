@@ -17,6 +17,11 @@ Two exact formulations of the same iterates (method="auto" picks the faster one)
   Every product is K x d x d instead of K x d x N, and H is formed only for checkpoints and the end.
 
 Snapshots are batched too (:mod:`nclab.ufm.batch_metrics`): the same metrics row as the per-run Snapshotter.
+
+Speed (SGD): the step is bound by passes over the runs' d x d blocks and small-op overhead, not by FLOPs, so (1) the
+batch is swept in cache-sized chunks (:attr:`BatchUFM.CHUNK_BYTES`), each taking every step up to the next
+snapshot, and (2) with one lr and momentum the gradient's GEMMs accumulate straight into the momentum buffer
+(buf = mu buf + Q^T R + lambda W), then p -= lr buf: two passes per block instead of four.
 """
 
 from __future__ import annotations
