@@ -155,3 +155,21 @@ def test_memory_limit_env(monkeypatch, text, expected):
 def test_memory_limit_env_messages(monkeypatch, text, msg):
     monkeypatch.setenv("NCLAB_MEMORY_LIMIT", text)
     _raises(ValueError, msg, available_memory)
+
+
+def test_depth_message():
+    _raises(ValueError, "depth M must be a positive integer, got 0", a_star, 0)
+
+
+@pytest.mark.parametrize("loss", ["mse", "ce"])
+def test_relu_objective_applies_relu_between_layers_only(loss):
+    g = np.random.default_rng(2)
+    W = [g.normal(size=(4, 3)), g.normal(size=(3, 4)), g.normal(size=(2, 3))]
+    H, y = g.normal(size=(3, 5)), np.array([0, 1, 1, 0, 1])
+    Z = W[2] @ np.maximum(W[1] @ np.maximum(W[0] @ H, 0), 0)  # no ReLU on the logits
+    data = (0.5 * np.sum((Z - np.eye(2)[:, y]) ** 2) / 5 if loss == "mse"
+            else np.mean(np.log(np.exp(Z).sum(0)) - Z[y, np.arange(5)]))
+    f = data + 0.5 * (0.1 * sum(np.sum(w * w) for w in W) + 0.2 * np.sum(H * H))
+    val = ufm_objective_torch([torch.tensor(w) for w in W], torch.tensor(H), torch.tensor(y), 0.1, 0.2, None, loss,
+                              activation="relu")
+    assert float(val) == pytest.approx(f, rel=1e-13)
