@@ -3,6 +3,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(__file__))  # test helpers (descent.py) importable as modules
 
+import pytest  # noqa: E402
 from hypothesis import settings  # noqa: E402
 
 # CI runs the same examples every time (a fuzz failure is then a real regression, not a new draw); run
@@ -33,6 +34,7 @@ def _coverage_totals(cov) -> dict[str, list[int]]:
     return parts
 
 
+@pytest.hookimpl(trylast=True)  # after pytest-cov's own table
 def pytest_terminal_summary(terminalreporter, config):
     """After pytest-cov has combined its data (`--cov`): line and branch coverage of nclab, per subpackage and
     overall, as separate figures (coverage.py's own "Cover" column mixes the two)."""
