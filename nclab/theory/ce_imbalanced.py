@@ -302,7 +302,7 @@ class _Grouped:
         return primal, dual, gnorm, s
 
 
-def _solve_grouped(n, m, mu, bias, *, tol=GAP_RTOL, seed=0, max_newton=40, snap=True):
+def _solve_grouped(n, m, mu, bias, *, tol=GAP_RTOL, seed=0, max_newton=40, snap=True, lbfgs_iters=300):
     """L-BFGS on the Burer-Monteiro form, then Newton-CG steps (Hessian-vector products by central differences
     of the exact gradient) until the certified relative gap is below ``tol`` or stops improving.
 
@@ -313,7 +313,8 @@ def _solve_grouped(n, m, mu, bias, *, tol=GAP_RTOL, seed=0, max_newton=40, snap=
     rng = np.random.default_rng(seed)
     x = prob.start(rng)
     res = minimize(prob.fg, x, jac=True, method="L-BFGS-B",
-                   options={"maxiter": 300, "maxfun": 600, "ftol": 0.0, "gtol": 1e-8, "maxcor": 10})
+                   options={"maxiter": lbfgs_iters, "maxfun": 2 * lbfgs_iters, "ftol": 0.0, "gtol": 1e-8,
+                            "maxcor": 10})
     iters = int(res.nit)
     x = _refactor(prob, *prob.center(*prob.point(res.x)))
 
