@@ -140,3 +140,16 @@ def test_batch_groups_by_shape_and_split_over_workers(workers, want):
         dict(activation="relu"),  # the ReLU UFM: one by one
     ])
     assert batch_groups(runs, workers) == want
+
+
+def test_a_locked_run_of_a_batch_is_recorded_and_the_others_finish(tmp_path):
+    """A run folder another process holds stops the batch from starting: the runs go one by one, the locked one
+    is recorded as failed (locked) after the lock wait, the others complete as unbatched runs."""
+    from nclab.results import RunLock
+
+    runs = expand_sweep(load_sweep_text(tmp_path, SMALL))
+    dirs = [str(tmp_path / "o" / r.name) for r in runs]
+    with RunLock(tmp_path / "o" / runs[2].name):
+        got = sweep_mod._run_batch([r.options for r in runs], dirs, lock_wait=0.2)
+    assert [(o["status"], o["batch"]) for o in got] == [("complete", 1)] * 2 + [("failed", 1)] + [("complete", 1)]
+    assert got[2]["locked"] and "in use by another nclab process" in got[2]["message"]
