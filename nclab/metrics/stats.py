@@ -355,8 +355,8 @@ class ClassStats:
             sd = _by_class(d, y, K, oh).to(F64)  # (K, D) sums of deviations (small: float32 is enough)
             sb = d.T @ d  # the GEMM, in the features' dtype
         top_sq = float(sb.diagonal().max())  # largest column sum of squares (inf/NaN: overflow or bad input)
-        if wdt == torch.float32 and not (top_sq == 0 or 2.0 ** -100 <= top_sq < math.inf):
-            return False  # overflowed, NaN/inf, or so small that float32 squares lose precision: float64 path
+        if wdt == torch.float32 and not (2.0 ** -100 <= top_sq < math.inf or (top_sq == 0 and not d.any())):
+            return False  # overflowed, NaN/inf, or squares that lose precision or underflow: float64 path
         sb = sb.to(F64)
         nbf = nb.to(F64)
         delta = sd / nbf.clamp(min=1).unsqueeze(1)  # mean_b - c, (K, D)

@@ -1,0 +1,190 @@
+"""Fast paths of nclab.metrics (issue 12) against slow float64 references written out here.
+
+Few classes use one-hot GEMMs for per-class sums and centring, many classes (> ONEHOT_MAX_K) index_add_;
+nc_metrics works in cache-sized steps; gemm_dtype=None runs the scatter GEMM in float32 on deviations from
+float64 references and falls back to float64 when float32 squares would overflow or lose precision.
+"""
+
+import numpy as np
+import pytest
+import torch
+
+from nclab.metrics import ClassStats, nc_metrics
+from nclab.metrics import stats as stats_mod
+
+
+def slow_stats(H, y, K):
+    """counts, means, m2, scatter by explicit loops over classes, float64."""
+    H = np.asarray(H, dtype=np.float64)
+    D = H.shape[1]
+    counts, means, m2, S = np.zeros(K), np.zeros((K, D)), np.zeros(K), np.zeros((D, D))
+    for k in range(K):
+        Hk = H[y == k]
+        counts[k] = len(Hk)
+        if len(Hk):
+            means[k] = Hk.mean(0)
+            dk = Hk - means[k]
+            m2[k] = (dk * dk).sum()
+            S += dk.T @ dk
+    return counts, means, m2, S
+
+
+def slow_nc(H, y, W=None, b=None):
+    """NC1 = tr(Sigma_W Sigma_B^+)/K (pinv), nc1_trace, and NC4 / accuracies by explicit argmin/argmax."""
+    H = np.asarray(H, dtype=np.float64)
+    kept = np.unique(y)
+    K = len(kept)
+    n, means, m2, S = slow_stats(H, y, int(y.max()) + 1)
+    n, means, m2 = n[kept], means[kept], m2[kept]
+    mu_g = (n / n.sum()) @ means
+    Mc = means - mu_g
+    Sb = Mc.T @ Mc / K
+    out = {"nc1": np.trace(S / len(y) @ np.linalg.pinv(Sb, rcond=1e-10)) / K,
+           "nc1_trace": (m2.sum() / len(y)) / np.trace(Sb)}
+    if W is not None:
+        ncc = kept[np.argmin(((H[:, None, :] - means[None]) ** 2).sum(2), 1)]
+        am = kept[np.argmax(H @ W[kept].T + b[kept], 1)]
+        out.update(nc4=np.mean(ncc != am), accuracy=np.mean(am == y), ncc_accuracy=np.mean(ncc == y))
+    return out
+
+
+def data(K, D, n, rng, noise=0.3, offset=2.0):
+    means = rng.standard_normal((K, D)) + offset
+    y = rng.integers(0, K, n)
+    return means[y] + noise * rng.standard_normal((n, D)), y
+
+
+@pytest.mark.parametrize("K", [5, stats_mod.ONEHOT_MAX_K + 6])  # one-hot GEMMs / index_add_
+@pytest.mark.parametrize("moments", ["scatter", "trace", "none"])
+def test_streamed_statistics_equal_the_class_loops(K, moments, monkeypatch):
+    monkeypatch.setattr(stats_mod, "SUB_ELEMS", 1024)  # small cache-sized steps: several per batch
+    rng = np.random.default_rng(K)
+    D = 12
+    H, y = data(K, D, 40 * K, rng)
+    y[y == 3] = 2  # an empty class
+    # batches larger than one cache-sized step, so the none/trace paths take several steps per update
+    step = stats_mod.SUB_ELEMS // D
+    s = ClassStats(K, moments=moments)
+    for lo in range(0, len(y), step + 7):
+        s.update(H[lo:lo + step + 7], y[lo:lo + step + 7])
+    counts, means, m2, S = slow_stats(H, y, K)
+    np.testing.assert_array_equal(s.counts.numpy(), counts)
+    np.testing.assert_allclose(s.means.numpy(), means, rtol=1e-13, atol=1e-13)
+    if moments != "none":
+        np.testing.assert_allclose(s.m2.numpy(), m2, rtol=1e-11)
+    if moments == "scatter":
+        np.testing.assert_allclose(s.scatter.numpy(), S, rtol=1e-10, atol=1e-11 * np.abs(S).max())
+
+
+@pytest.mark.parametrize("K", [6, stats_mod.ONEHOT_MAX_K + 4])  # one GEMM + K x K table / raw-row logits
+def test_nc_metrics_in_several_steps_match_the_slow_reference(K, monkeypatch):
+    monkeypatch.setattr(stats_mod, "SUB_ELEMS", 1024)  # small cache-sized steps: several per batch
+    rng = np.random.default_rng(1)
+    D = 16
+    step = stats_mod.SUB_ELEMS // D
+    H, _ = data(K, D, 5 * step + 23, rng, noise=1.0)  # several steps in one chunk of nc_metrics
+    y = rng.permutation(np.arange(len(H)) % K)  # every class present (K_eff = K)
+    H = H + 3 * rng.standard_normal((K, D))[y]
+    W, b = rng.standard_normal((K, D)), rng.standard_normal(K)
+    ref = slow_nc(H, y, W, b)
+    m = nc_metrics(torch.from_numpy(H), y, W, b, num_classes=K)
+    for k, v in ref.items():
+        assert m[k] == pytest.approx(v, rel=1e-9, abs=1e-15), k
+    assert sum(m.per_class["nc1"]) == pytest.approx(ref["nc1"], rel=1e-9)
+
+
+def test_second_pass_float32_features_keep_the_collapsed_regime():
+    """nc_metrics on float32 features with noise 1e-5 (centring in float64 after the one-hot gather)."""
+    rng = np.random.default_rng(2)
+    K, D = 8, 256
+    mu = rng.standard_normal((K, D)) / np.sqrt(D)
+    y = rng.permutation(np.repeat(np.arange(K), 300))
+    H32 = (mu[y] + 1e-5 * rng.standard_normal((len(y), D))).astype(np.float32)
+    ref = slow_nc(H32, y)
+    m = nc_metrics(torch.from_numpy(H32), y)
+    assert m["nc1"] == pytest.approx(ref["nc1"], rel=1e-6)
+    assert m["nc1_trace"] == pytest.approx(ref["nc1_trace"], rel=1e-6)
+
+
+@pytest.mark.parametrize("scale", [1e-30, 1e25])
+def test_float32_gemm_falls_back_where_squares_leave_float32(scale):
+    """Deviations whose squares underflow (1e-30: 1e-60) or overflow (1e25: 1e50) float32 go to the float64
+    path: the statistics equal the class loops (a float32 GEMM would give zeros or inf)."""
+    rng = np.random.default_rng(3)
+    H, y = data(4, 6, 400, rng)
+    H32 = (H * scale).astype(np.float32)
+    s = ClassStats(4, gemm_dtype=None)
+    for lo in range(0, len(y), 100):
+        s.update(torch.from_numpy(H32[lo:lo + 100]), y[lo:lo + 100])
+    _, means, m2, S = slow_stats(H32, y, 4)
+    np.testing.assert_allclose(s.means.numpy(), means, rtol=1e-12)
+    np.testing.assert_allclose(s.m2.numpy(), m2, rtol=1e-10)
+    np.testing.assert_allclose(s.scatter.numpy(), S, rtol=1e-9, atol=1e-10 * np.abs(S).max())
+
+
+def test_float32_gemm_rejects_nan_after_the_first_batch():
+    """Later float32 batches are not scanned for their exponent: NaN must still be refused."""
+    rng = np.random.default_rng(4)
+    H, y = data(3, 5, 60, rng)
+    H32 = torch.from_numpy(H.astype(np.float32))
+    for gemm in (None, torch.float64):
+        s = ClassStats(3, gemm_dtype=gemm).update(H32[:30], y[:30])
+        bad = H32[30:].clone()
+        bad[4, 2] = float("nan")
+        with pytest.raises(ValueError, match="NaN or inf"):
+            s.update(bad, y[30:])
+    s = ClassStats(3, moments="none").update(H32[:30], y[:30])
+    bad[4, 2] = float("inf")
+    with pytest.raises(ValueError, match="NaN or inf"):
+        s.update(bad, y[30:])
+
+
+def test_reduced_matmul_precision_is_overridden_and_restored(monkeypatch):
+    """With torch.set_float32_matmul_precision('medium') (TF32 / bfloat16 matmuls allowed on GPUs and some
+    CPUs) the one-hot gather of the float32 path runs at 'highest' precision (an inexact gather would break
+    the collapsed regime); the user's setting is restored afterwards, and NC1 stays within 1e-6 of float64."""
+    rng = np.random.default_rng(5)
+    K, D = 6, 64
+    mu = rng.standard_normal((K, D)) / np.sqrt(D)
+    y = rng.permutation(np.repeat(np.arange(K), 200))
+    H32 = (mu[y] + 1e-5 * rng.standard_normal((len(y), D))).astype(np.float32)
+    ref = slow_nc(H32, y)
+    seen, addmm = [], torch.addmm
+
+    def spy(*args, **kw):
+        seen.append(torch.get_float32_matmul_precision())
+        return addmm(*args, **kw)
+
+    monkeypatch.setattr(torch, "addmm", spy)
+    prev = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("medium")
+    try:
+        s = ClassStats(K, gemm_dtype=None)
+        for lo in range(0, len(y), 250):
+            s.update(torch.from_numpy(H32[lo:lo + 250]), y[lo:lo + 250])
+        assert torch.get_float32_matmul_precision() == "medium"
+    finally:
+        torch.set_float32_matmul_precision(prev)
+    assert len(seen) == 5 and set(seen) == {"highest"}
+    assert s.compute()["nc1"] == pytest.approx(ref["nc1"], rel=1e-6)
+
+
+def test_collapsed_regime_at_d_2048_every_path():
+    """D = 2048, float32 features with noise 1e-5 around means of norm ~1: the default stream, the float32 GEMM
+    stream (batches of 200) and nc_metrics give NC1 within 1e-6 of a float64 reference (class loops, NC1 from
+    the SVD of the centred means: tr(Sigma_W Sigma_B^+)/K = sum_i v_i^T Sigma_W v_i / s_i^2)."""
+    rng = np.random.default_rng(6)
+    K, D, n = 10, 2048, 40
+    mu = rng.standard_normal((K, D)) / np.sqrt(D)
+    y = rng.permutation(np.repeat(np.arange(K), n))
+    H32 = (mu[y] + 1e-5 * rng.standard_normal((K * n, D))).astype(np.float32)
+    counts, means, _, S = slow_stats(H32, y, K)
+    _, s, vt = np.linalg.svd(means - (counts / counts.sum()) @ means, full_matrices=False)
+    v = vt[: K - 1]
+    ref = float(np.einsum("id,de,ie->i", v, S / (K * n), v) @ (1 / s[: K - 1] ** 2))
+    for gemm in (torch.float64, None):
+        st = ClassStats(K, D, gemm_dtype=gemm)
+        for lo in range(0, K * n, 200):
+            st.update(torch.from_numpy(H32[lo:lo + 200]), y[lo:lo + 200])
+        assert st.compute()["nc1"] == pytest.approx(ref, rel=1e-6), gemm
+    assert nc_metrics(torch.from_numpy(H32), y)["nc1"] == pytest.approx(ref, rel=1e-6)
