@@ -230,3 +230,19 @@ def test_reduced_form_needs_mse_sgd():
         simulate_batch([make_config(**BASE)] * 2, ["x", "x"])
     p = predict(make_problem([5, 5, 5], widths=[6, 6], lambda_w=1e-2, lambda_h=1e-2))
     assert Snapshotter(p).unique
+
+
+def test_threads_follow_the_work_of_one_op(monkeypatch):
+    """With 2 idle cores: chunked CPU SGD of the paper config (2 runs of 34,052 float64 parameters per 2 MB chunk:
+    64 x 400 x 4 x 2 = 204,800 < 2e6) keeps 1 thread; Adam ops span the batch (x 64 = 6.6e6) and a large SGD run
+    (512 x 5,000 x 10 per op) use 2; --threads wins."""
+    import nclab.environment
+    from nclab.ufm.batched import _threads
+    from nclab.ufm.presets import preset_config
+
+    monkeypatch.setattr(nclab.environment, "idle_cores", lambda: 2)
+    paper = preset_config("paper-balanced-of", 3)
+    assert _threads(paper, 64) == 1
+    assert _threads(paper.replace(optimizer="adam", lr=1e-3), 64) == 2
+    assert _threads(make_config(classes=10, per_class=500, widths=512, depth=3), 8) == 2
+    assert _threads(paper.replace(threads=3), 64) == 3

@@ -689,10 +689,17 @@ def _finish(r: _Run) -> None:
 
 
 def _threads(cfg: SimulateConfig, B: int) -> int:
+    """Threads for a batch: the single-run rule (:func:`nclab.ufm.trainer.auto_threads`) applied to the work of
+    one op, which for CPU SGD spans one cache chunk of runs, not the whole batch (the chunks' small ops are
+    overhead-bound, where a second thread only adds synchronization)."""
     from nclab.environment import choose_threads
 
-    work = max(cfg.widths) * sum(cfg.counts) * len(cfg.counts) * B
-    return choose_threads(cfg.threads, work, small=2_000_000)
+    K, N, widths = len(cfg.counts), sum(cfg.counts), list(cfg.widths)
+    runs = B
+    if cfg.optimizer == "sgd" and cfg.device == "cpu":
+        params = widths[0] * N + sum(a * b for a, b in zip(widths[1:] + [K], widths)) + K
+        runs = min(B, max(1, BatchUFM.CHUNK_BYTES // (3 * params * (8 if cfg.dtype == "float64" else 4))))
+    return choose_threads(cfg.threads, max(widths) * N * K * runs, small=2_000_000)
 
 
 # ---------------------------------------------------------------------------------------------- public API
