@@ -243,3 +243,16 @@ def test_relu_row_of_two_classes_has_nc1():
     y = np.array([0, 0, 1, 1, 1])
     assert row["nc1_L1"] == pytest.approx(_nc1(H, y, 2), rel=1e-9)
     assert row["nc1_L2"] == pytest.approx(_nc1(np.maximum(W[0] @ H, 0), y, 2), rel=1e-9)
+
+
+def test_nc1_of_deep_layers_is_scale_invariant_down_to_tiny_weights():
+    # W_1, W_2 of size 1e-160: the layer-3 features (~1e-320) leave float64's normal range, NC1 (scale-invariant)
+    # is still that of the unscaled layers (the NC1 projections use unit-norm W_j)
+    pred = predict(counts=[2, 2, 2], depth=3, widths=[3, 3, 3], lambda_w=0.01, lambda_h=0.01)
+    g = np.random.default_rng(3)
+    W, H = [g.normal(size=(3, 3)) for _ in range(3)], g.normal(size=(3, 6))
+    ws = [torch.tensor(W[0] * 1e-160), torch.tensor(W[1] * 1e-160), torch.tensor(W[2])]
+    row = Snapshotter(pred)(ws, torch.tensor(H))
+    y = np.repeat(np.arange(3), 2)
+    assert row["nc1_L2"] == pytest.approx(_nc1(W[0] @ H, y, 3), rel=1e-9)
+    assert row["nc1_L3"] == pytest.approx(_nc1(W[1] @ W[0] @ H, y, 3), rel=1e-9)
