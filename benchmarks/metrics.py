@@ -261,6 +261,7 @@ def main():
     ap.add_argument("--scale", action="store_true", help="only the issue-14 cases (K = 8,192 and 32,768)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--repeat", type=int, default=7, help="rotations of the interleaved timings in [1]")
+    ap.add_argument("--no-stream", action="store_true", help="skip [2], the 1M-sample stream (minutes)")
     ap.add_argument("--device", default="cpu", help="where features and statistics live (cpu, cuda)")
     ap.add_argument("--gemm", choices=["float64", "float32"], default="float64",
                     help="dtype of the stream's per-batch scatter product (statistics stay float64)")
@@ -305,6 +306,9 @@ def main():
           f"(timed on {r['public_subset']} samples, extrapolated to N)  speed-up x{r['speedup']:.0f}")
     ok1 = ok
 
+    if a.no_stream:
+        print(f"\noverall [1]: {'PASS' if ok1 else 'FAIL'}")
+        return
     N2, D2, K2, B2 = (50_000, 512, 100, 4096) if a.quick else (1_000_000, 2048, 1000, 8192)
     print(f"\n[2] stream K={K2} D={D2} N={N2} in batches of {B2} ({a.gemm} scatter GEMM), separate process")
     out = subprocess.run([sys.executable, os.path.abspath(__file__), "--stream-child", str(N2), str(D2), str(K2),

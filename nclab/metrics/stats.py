@@ -53,7 +53,7 @@ SAFE_EXP = 300  # features within 2^+-SAFE_EXP are accumulated unscaled
 NARROW = (torch.float32, torch.float16, torch.bfloat16)
 NARROW_TOP = 128  # |x| < 2^128 in these types
 ONEHOT_MAX_K = 64  # up to this many classes, per-class sums are one-hot GEMMs (index_add_ above)
-SUB_ELEMS = 1 << 18  # rows per step of the GEMM-free passes: 2 MB of float64, stays in a core's cache
+SUB_ELEMS = 1 << 18  # entries per step of the GEMM-free passes: 2 MB of float64, stays in cache
 
 
 def _f64_copy(x: torch.Tensor, device, buf: torch.Tensor | None) -> torch.Tensor:
@@ -133,7 +133,10 @@ def _class_batch(x: torch.Tensor, y: torch.Tensor, K: int, centre: bool):
     mb = sums / nb.clamp(min=1).unsqueeze(1).to(F64)  # (K, D), 0 for absent classes
     m2 = None
     if centre:
-        x.sub_(mb.index_select(0, y))
+        if oh is not None:
+            x.addmm_(oh.T, mb, alpha=-1.0)  # x - mb_y in one pass, rounded as the subtraction is
+        else:
+            x.sub_(mb.index_select(0, y))
         m2 = _by_class(_row_sq(x), y, K, oh)  # (K,)
     return nb, mb, m2
 
@@ -155,14 +158,17 @@ class ClassStats:
         error in the scatter), or None: the features' own dtype (float32 for half types) with no float64
         copy of the batch -- rows are shifted by their class's current float64 mean rounded to that dtype
         (a class's first sample when it is new), so the GEMM sees only within-class deviations; means, m2 and
-        the corrections stay float64 (issue 12: ~3x faster than the default on float32 features; NC1 within
-        1e-6 relative of float64 in the collapsed regime, scatter ~3e-7 relative otherwise).
+        the corrections stay float64 (issue 12: about half the default's time on float32 features, ~1.4x one
+        float32 H^T H; NC1 within 1e-6 relative of float64 in the collapsed regime, scatter ~3e-7 relative
+        otherwise). Not the default: streams of float32 batches would no longer equal one float64 pass to
+        1e-10 (tests/test_metrics_dist.py, test_metrics_reference.py hold the default to that).
 
     Attributes: counts (K,) int64, means (K, D) float64, m2 (K,) float64, scatter (D, D) float64 (the
     sum, not divided by N), num_samples, all in the features' units; scale_exp (0 unless features beyond
     2^+-300 were seen: the statistics are then stored divided by 2^scale_exp, resp. its square; `scaled()`
     gives them so, for scale-invariant metrics that must not overflow).
-    Sizes that cannot fit (K D + D^2 float64 numbers) are refused before allocating.
+    Sizes that cannot fit (K D + D^2 float64 numbers) are refused before allocating. One float64 batch buffer
+    is kept between updates (reset() drops it).
     """
 
     def __init__(self, num_classes: int, dim: int | None = None, *, moments: str = "scatter", device=None,
