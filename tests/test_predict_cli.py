@@ -81,7 +81,7 @@ def test_python_api_matches_cli_options():
         (["--depth", "2", "--lambda-w", "1e-3,1e-3,1e-3"], "lambda_w"),
         (["--widths", "4,0"], "width"),
         (["--width", "3", "--widths", "3,3"], "not both"),
-        (["--counts", "3,2", "--loss", "ce", "-M", "2"], "no certified solver"),
+        (["--counts", ",".join(map(str, range(1, 131))), "--loss", "ce", "-M", "2"], "K <= 128"),
         (["--counts", "3,2", "--classes", "2"], "not both"),
     ],
 )
