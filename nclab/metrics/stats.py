@@ -53,6 +53,7 @@ SAFE_EXP = 300  # features within 2^+-SAFE_EXP are accumulated unscaled
 NARROW = (torch.float32, torch.float16, torch.bfloat16)
 NARROW_TOP = 128  # |x| < 2^128 in these types
 ONEHOT_MAX_K = 64  # up to this many classes, per-class sums are one-hot GEMMs (index_add_ above)
+KEEP_BUF = 1 << 23  # float64 entries (64 MB) of batch buffer kept between updates
 SUB_ELEMS = 1 << 18  # entries per step of the GEMM-free passes: 2 MB of float64, stays in cache
 
 
@@ -168,7 +169,7 @@ class ClassStats:
     2^+-300 were seen: the statistics are then stored divided by 2^scale_exp, resp. its square; `scaled()`
     gives them so, for scale-invariant metrics that must not overflow).
     Sizes that cannot fit (K D + D^2 float64 numbers) are refused before allocating. One float64 batch buffer
-    is kept between updates (reset() drops it).
+    of at most 64 MB is kept between updates (reset() drops it).
     """
 
     def __init__(self, num_classes: int, dim: int | None = None, *, moments: str = "scatter", device=None,
@@ -264,10 +265,12 @@ class ClassStats:
         self._top = top if self._top is None else max(self._top, top)
 
     def _work(self, rows: int, dim: int) -> torch.Tensor:
-        """A float64 (rows, dim) buffer kept between updates (a fresh one per batch costs page faults)."""
+        """A float64 (rows, dim) buffer, kept between updates up to KEEP_BUF entries (a fresh one per batch costs
+        page faults; a larger one would stay allocated next to the statistics)."""
         buf = self._buf
         if buf is None or buf.shape[0] < rows or buf.shape[1] != dim or buf.device != self.device:
-            buf = self._buf = torch.empty(rows, dim, dtype=F64, device=self.device)
+            buf = torch.empty(rows, dim, dtype=F64, device=self.device)
+            self._buf = buf if rows * dim <= KEEP_BUF else None
         return buf
 
     def _update(self, x: torch.Tensor, y: torch.Tensor, buf: torch.Tensor | None = None, exp: int = 0) -> None:
