@@ -27,8 +27,9 @@ import time
 import numpy as np
 from scipy.optimize import minimize
 
-from nclab.theory.ce_imbalanced import _single_thread_blas, solve_ce_imbalanced
+from nclab.theory.ce_imbalanced import solve_ce_imbalanced
 from nclab.theory.problem import make_problem
+from nclab.theory.resources import single_thread_blas
 
 LAM = 5e-4
 
@@ -98,7 +99,7 @@ def main() -> None:
             t = time.perf_counter()
             s = solve_ce_imbalanced(p)
             times.append(time.perf_counter() - t)
-        with _single_thread_blas():  # the same BLAS setting for the generic method
+        with single_thread_blas():  # the same BLAS setting for the generic method
             gval, gtime, git = generic(p)
             full = generic(p, sample_level=True) if K <= 10 else None
         row = {

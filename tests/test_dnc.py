@@ -79,9 +79,8 @@ def test_no_lowrank_gain_at_small_depth():
 
 
 def test_references_for_ce_and_bias_are_explicit_configurations():
-    # depth 2 keeps the CE reference search a few seconds (depth 4: about 4x longer, the same code paths)
     for loss, bias in (("ce", False), ("mse", True)):
-        p = _relu_problem(3, 2, loss=loss, bias=bias)
+        p = _relu_problem(3, 4, loss=loss, bias=bias)
         refs = references(p)
         assert np.isfinite(refs.f_dnc) and np.isfinite(refs.f_lowrank)
         for ref in (refs.dnc, refs.lowrank):

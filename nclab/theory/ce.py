@@ -44,6 +44,7 @@ import numpy as np
 from scipy.optimize import brentq, minimize
 
 from nclab.theory.problem import MAX_INT, Problem, check_int
+from nclab.theory.resources import single_thread_blas
 from nclab.theory.structure import LowRankBasis, ProjectorBasis, ZeroBasis
 
 #: relative tolerance under which two objective values count as equal (ties, "ETF is global")
@@ -756,7 +757,8 @@ def solve_ce(problem: Problem, *, seed: int = 0, restarts: int | None = None, se
             note = f"K > {_LARGE_K}: search shrunk to ranks {ranks} with {restarts} random start(s) each"
             notes.append(note)
         starts = [(Z, b) for (_, Z, b, _, _) in points.values()]
-        per_rank, sbest = _search(problem, gamma, ranks, restarts, seed, starts)
+        with single_thread_blas():  # thousands of small products: BLAS threads only spin (9x slower under load)
+            per_rank, sbest = _search(problem, gamma, ranks, restarts, seed, starts)
     search = {
         "ranks": ranks,
         "restarts": restarts,

@@ -63,6 +63,7 @@ from scipy.special import xlogy
 
 from nclab.theory.ce import _Factored
 from nclab.theory.problem import Problem
+from nclab.theory.resources import single_thread_blas
 
 #: default target of the relative duality gap
 GAP_RTOL = 1e-10
@@ -72,57 +73,6 @@ MERGE_RTOL = 1e-6
 DENSE_MAX_K = 2048
 #: largest number of distinct class counts (the solver runs on G x G factors: about 1 s at G = 100)
 MAX_DISTINCT_COUNTS = 512
-
-
-# ---------------------------------------------------------------------------------------------
-# BLAS threads: the solver multiplies small matrices thousands of times; on a loaded machine OpenBLAS's
-# threads spin against each other (K = 100 took 25 s instead of 0.7 s on 2 shared cores), so the
-# solver runs single-threaded and restores the previous setting (what threadpoolctl does, without it)
-# ---------------------------------------------------------------------------------------------
-_BLAS_SYMBOLS = (("scipy_openblas_set_num_threads64_", "scipy_openblas_get_num_threads64_"),
-                 ("scipy_openblas_set_num_threads", "scipy_openblas_get_num_threads"),
-                 ("openblas_set_num_threads64_", "openblas_get_num_threads64_"),
-                 ("openblas_set_num_threads", "openblas_get_num_threads"))
-
-
-def _blas_controls() -> list:
-    out = []
-    try:
-        import ctypes
-
-        with open("/proc/self/maps") as fh:
-            paths = sorted({ln.split()[-1] for ln in fh if "openblas" in ln.lower() and ln.split()[-1].startswith("/")})
-        for path in paths:
-            lib = ctypes.CDLL(path)
-            for setter, getter in _BLAS_SYMBOLS:
-                if hasattr(lib, setter) and hasattr(lib, getter):
-                    out.append((getattr(lib, setter), getattr(lib, getter)))
-                    break
-    except (OSError, ValueError, AttributeError):
-        return []
-    return out
-
-
-class _single_thread_blas:
-    """Context manager: OpenBLAS (numpy's and scipy's) on one thread inside, the previous counts restored."""
-
-    def __enter__(self):
-        self.saved = []
-        for setter, getter in _blas_controls():
-            try:
-                self.saved.append((setter, int(getter())))
-                setter(1)
-            except (OSError, ValueError, TypeError):
-                pass
-        return self
-
-    def __exit__(self, *exc):
-        for setter, n in self.saved:
-            try:
-                setter(n)
-            except (OSError, ValueError, TypeError):
-                pass
-        return False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -513,7 +463,7 @@ def solve_ce_imbalanced(problem: Problem, *, tol: float = GAP_RTOL, seed: int = 
     if n.size > MAX_DISTINCT_COUNTS:
         raise ValueError(f"{n.size:,} distinct class counts: the certified solver handles at most "
                          f"{MAX_DISTINCT_COUNTS} (it works on G x G factors, G = distinct counts)")
-    with _single_thread_blas():
+    with single_thread_blas():
         prob, res = _solve_grouped(n, m, mu, problem.bias, tol=tol, seed=seed)
     K, N = problem.K, problem.N
     a, alpha, b = res["a"], res["alpha"], res["b"]
@@ -629,7 +579,7 @@ def solve_grouped_counts(counts, sizes, lambda_w: float, lambda_h: float, bias: 
     if n.ndim != 1 or n.shape != m.shape or n.size < 1 or np.any(n <= 0) or np.any(m < 1) or m.sum() < 2:
         raise ValueError("counts and sizes must be equal-length lists of positive numbers (at least 2 classes)")
     mu = math.sqrt(float(lambda_w) * float(lambda_h))
-    with _single_thread_blas():
+    with single_thread_blas():
         _, res = _solve_grouped(n, m, mu, bool(bias), tol=tol, seed=seed, snap=snap)
     res["rel_gap"] = res["gap"] / max(abs(res["primal"]), 1e-300)
     scale = max(float(np.max(np.abs(res["alpha"]))), float(np.max(np.abs(res["a"]))), 1e-300)
@@ -909,7 +859,7 @@ def deep_ranks(K: int, R: int) -> list[int]:
 def _m1_start(n: np.ndarray, gam: float, bias: bool):
     """(A = Z D^(1/2), b) of the certified M = 1 optimum with lambda_W = lambda_H = gam (any real counts)."""
     ng, mg, idx = class_groups(n)
-    with _single_thread_blas():
+    with single_thread_blas():
         _, res = _solve_grouped(ng, mg, gam, bias)
     Z = res["a"][np.ix_(idx, idx)] + np.diag(res["alpha"][idx])
     return Z * np.sqrt(n)[None, :], (None if res["b"] is None else res["b"][idx])
@@ -950,7 +900,7 @@ def _deep_search(n, M: int, gam: float, bias: bool, ranks, restarts: int, seed: 
         v, Zk = _deep_clean(n, M, gam, Z, b, r)
         return v, Zk, b
 
-    with _single_thread_blas():
+    with single_thread_blas():
         for r in ranks:
             fac = _DeepFactored(n, M, r, gam, bias)
             x0s = [fac.pack(fac.balanced(A, rng, 1e-3), (b if b is not None else b_zero) if bias else None)

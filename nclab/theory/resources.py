@@ -1,4 +1,5 @@
-"""Memory budget: refuse a computation that cannot fit *before* allocating it, with the memory it needs.
+"""Machine resources: a memory budget that refuses a computation that cannot fit *before* allocating it (with the
+memory it needs), and BLAS threads for solvers of many small products (:class:`single_thread_blas`).
 
 The budget is 80 % of the memory available now (``MemAvailable`` of /proc/meminfo, a cgroup limit where
 one is set, else the physical memory reported by ``os.sysconf``). ``NCLAB_MEMORY_LIMIT`` (bytes, or
@@ -78,3 +79,52 @@ def check_memory(nbytes: float, what: str, advice: str = "") -> None:
             f"{what} would need about {format_bytes(nbytes)} of memory, more than the {format_bytes(budget)} "
             f"this machine can give ({FRACTION:.0%} of the available memory)" + (f"; {advice}" if advice else "")
         )
+
+
+# BLAS threads: the CE solvers multiply small matrices thousands of times; on a loaded machine OpenBLAS's
+# threads spin against each other (K = 100 took 25 s instead of 0.7 s on 2 shared cores), so the
+# solvers run single-threaded and restores the previous setting (what threadpoolctl does, without it)
+_BLAS_SYMBOLS = (("scipy_openblas_set_num_threads64_", "scipy_openblas_get_num_threads64_"),
+                 ("scipy_openblas_set_num_threads", "scipy_openblas_get_num_threads"),
+                 ("openblas_set_num_threads64_", "openblas_get_num_threads64_"),
+                 ("openblas_set_num_threads", "openblas_get_num_threads"))
+
+
+def _blas_controls() -> list:
+    out = []
+    try:
+        import ctypes
+
+        with open("/proc/self/maps") as fh:
+            paths = sorted({ln.split()[-1] for ln in fh if "openblas" in ln.lower() and ln.split()[-1].startswith("/")})
+        for path in paths:
+            lib = ctypes.CDLL(path)
+            for setter, getter in _BLAS_SYMBOLS:
+                if hasattr(lib, setter) and hasattr(lib, getter):
+                    out.append((getattr(lib, setter), getattr(lib, getter)))
+                    break
+    except (OSError, ValueError, AttributeError):
+        return []
+    return out
+
+
+class single_thread_blas:
+    """Context manager: OpenBLAS (numpy's and scipy's) on one thread inside, the previous counts restored."""
+
+    def __enter__(self):
+        self.saved = []
+        for setter, getter in _blas_controls():
+            try:
+                self.saved.append((setter, int(getter())))
+                setter(1)
+            except (OSError, ValueError, TypeError):
+                pass
+        return self
+
+    def __exit__(self, *exc):
+        for setter, n in self.saved:
+            try:
+                setter(n)
+            except (OSError, ValueError, TypeError):
+                pass
+        return False
