@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from nclab.theory import labels_from_counts, make_problem, predict, ufm_objective, ufm_objective_torch
-from nclab.theory.resources import available_memory, format_bytes
+from nclab.theory.problem import check_int
+from nclab.theory.resources import available_memory, check_memory, format_bytes
 from nclab.theory.scalar import F, a_star, larger_root, solve_modes_log, x_star
 
 W2 = [torch.ones(3, 2, dtype=torch.float64), torch.ones(2, 3, dtype=torch.float64)]
@@ -141,7 +142,7 @@ def test_problem_to_dict_names_every_setting():
 
 
 @pytest.mark.parametrize("text, expected", [("2G", 2 * 2**30), ("512 KiB", 512 * 1024), ("1.5m", 3 * 2**19),
-                                            ("4096", 4096)])
+                                            ("4096", 4096), ("1", 1)])
 def test_memory_limit_env(monkeypatch, text, expected):
     monkeypatch.setenv("NCLAB_MEMORY_LIMIT", text)
     assert available_memory() == expected
@@ -173,3 +174,29 @@ def test_relu_objective_applies_relu_between_layers_only(loss):
     val = ufm_objective_torch([torch.tensor(w) for w in W], torch.tensor(H), torch.tensor(y), 0.1, 0.2, None, loss,
                               activation="relu")
     assert float(val) == pytest.approx(f, rel=1e-13)
+
+
+@pytest.mark.parametrize("kw, text", [
+    ({}, "give the class counts, or both the number of classes and the samples per class"),
+    ({"classes": "x", "per_class": 2}, "the number of classes must be a positive integer, got 'x'"),
+    ({"classes": 1, "per_class": 2}, "need at least K = 2 classes, got 1"),
+    ({"counts": [[1], [2, 3]]}, "counts must be one number or a flat list of numbers, got [[1], [2, 3]]"),
+    ({"counts": [2, 2], "widths": [0, 2], "depth": 2}, "every width must be a positive integer, got 0"),
+    ({"counts": [2, 2], "widths": [True, 2], "depth": 2}, "every width must be a positive integer, got True"),
+    ({"counts": [2, 2], "loss": "hinge"}, "loss must be 'mse' or 'ce', got 'hinge'"),
+])
+def test_make_problem_messages(kw, text):
+    _raises(ValueError, text, make_problem, **kw)
+
+
+def test_make_problem_reads_float_counts_and_default_widths():
+    assert make_problem(counts=[2.0, 3.0]).counts == (2, 3)  # integral floats: the slow, per-count path
+    p = make_problem(counts=[2, 2], depth=2)  # no widths: every layer gets the default width
+    assert len(p.widths) == 2 and len(set(p.widths)) == 1 and p.widths[0] >= 2
+    _raises(ValueError, "foo must be a positive integer, got 'x'", check_int, "x", "foo")
+
+
+def test_check_memory_message_without_advice(monkeypatch):
+    monkeypatch.setenv("NCLAB_MEMORY_LIMIT", "1K")
+    _raises(ValueError, "the thing would need about 977 KiB of memory, more than the 819 bytes this machine can give "
+            "(80% of the available memory)", check_memory, 1e6, "the thing")
