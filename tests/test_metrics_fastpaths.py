@@ -188,3 +188,19 @@ def test_collapsed_regime_at_d_2048_every_path():
             st.update(torch.from_numpy(H32[lo:lo + 200]), y[lo:lo + 200])
         assert st.compute()["nc1"] == pytest.approx(ref, rel=1e-6), gemm
     assert nc_metrics(torch.from_numpy(H32), y)["nc1"] == pytest.approx(ref, rel=1e-6)
+
+
+@pytest.mark.parametrize("K", [4, stats_mod.ONEHOT_MAX_K + 2])
+def test_steps_of_huge_and_tiny_features_are_rescaled_before_summing(K, monkeypatch):
+    """nc_metrics over several steps of float64 features near 2^1021 (class sums of the raw entries would
+    overflow) and near 2^-1000: the same NC1 as the unit-scale features (NC1 is scale-invariant)."""
+    monkeypatch.setattr(stats_mod, "SUB_ELEMS", 256)
+    rng = np.random.default_rng(7)
+    H, _ = data(K, 8, 40 * K, rng)
+    y = rng.permutation(np.arange(len(H)) % K)
+    H = H + 3 * rng.standard_normal((K, 8))[y]
+    ref = slow_nc(H, y)
+    for e in (1018, -1000):
+        m = nc_metrics(np.ldexp(H, e), y)
+        for k, v in ref.items():
+            assert m[k] == pytest.approx(v, rel=1e-9), (e, k)

@@ -314,12 +314,12 @@ class ClassStats:
         sums = torch.zeros(K, D, dtype=F64, device=self.device)
         for i in range(0, B, step):
             xs = _f64_copy(x[i:i + step], self.device, buf)
+            if exp - self.scale_exp:
+                ldexp_(xs, exp - self.scale_exp)  # before summing: sums of entries near 2^1023 must not overflow
             if oh is not None:
                 sums.addmm_(oh[:, i:i + step], xs)
             else:
                 sums.index_add_(0, y[i:i + step], xs)
-        if exp - self.scale_exp:
-            ldexp_(sums, exp - self.scale_exp)  # exact: the same power of two for every term
         if not torch.isfinite(sums).all():
             raise ValueError("features contain NaN or inf")
         nb = torch.bincount(y, minlength=K)
