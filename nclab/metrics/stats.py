@@ -52,7 +52,7 @@ MOMENTS = ("scatter", "trace", "none")
 SAFE_EXP = 300  # features within 2^+-SAFE_EXP are accumulated unscaled
 NARROW = (torch.float32, torch.float16, torch.bfloat16)
 NARROW_TOP = 128  # |x| < 2^128 in these types
-ONEHOT_MAX_K = 64  # up to this many classes, per-class sums are one-hot GEMMs (index_add_ above)
+ONEHOT_MAX_K = 16  # up to this many classes, per-class sums are one-hot GEMMs (2 K B D flops; index_add_ above)
 KEEP_BUF = 1 << 23  # float64 entries (64 MB) of batch buffer kept between updates
 SUB_ELEMS = 1 << 18  # entries per step of the GEMM-free passes: 2 MB of float64, stays in cache
 
@@ -105,8 +105,9 @@ def _exact_f32():
 def _onehot(y: torch.Tensor, K: int, dtype) -> torch.Tensor | None:
     """(K, B) indicator of the labels, or None when K > ONEHOT_MAX_K (then index_add_ is used instead).
 
-    With few classes a per-class sum is a thin GEMM (2 K B D flops, a few % of H^T H), while index_add_ over a
-    handful of output rows is very slow on CPU (it was 40% of nc_metrics' time at K = 10)."""
+    With few classes a per-class sum is a thin GEMM (2 K B D flops, a few % of H^T H). index_add_ into a handful
+    of rows is fast on one thread but collapses with several threads on a busy CPU (measured here: 60 ms vs
+    1 ms for 4,096 x 512 at K = 10; it was 40% of nc_metrics' time); above 16 classes the GEMM costs more."""
     if K > ONEHOT_MAX_K:
         return None
     return torch.zeros(K, y.shape[0], dtype=dtype, device=y.device).scatter_(0, y.unsqueeze(0), 1.0)
