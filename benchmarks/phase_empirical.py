@@ -31,32 +31,65 @@ from nclab.report.figures import save_figure
 from nclab.report.phase import STATE_NAMES
 
 
+def distinct_sizes(count: int, top: int = 200) -> np.ndarray:
+    """``count`` distinct integers, as log-spaced in [1, top] as rounding allows (rounding a plain geomspace
+    repeats 1 and 2, which would count the same runs twice)."""
+    k = count
+    while True:
+        sizes = np.unique(np.geomspace(1, top, k).round().astype(int))
+        if sizes.size >= count:
+            return sizes
+        k += 1
+
+
+def grid_objective(grid: dict, k: int) -> float:
+    return float(grid["objectives"].ravel()[k])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--loss", choices=("mse", "ce"), default="mse")
     ap.add_argument("--depth", type=int, default=None, help="M (default 3 for MSE, 1 for CE)")
     ap.add_argument("--lambdas", type=int, default=20, help="grid points in lambda (log-spaced in [1e-4, 1e-1])")
-    ap.add_argument("--sizes", type=int, default=20, help="minority sizes (log-spaced in [1, 200])")
+    ap.add_argument("--sizes", type=int, default=20, help="distinct minority sizes (log-spaced in [1, 200])")
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--lr", type=float, default=None, help="default: 0.1 (MSE), 4 (CE)")
     ap.add_argument("--width", type=int, default=16)
     ap.add_argument("--out", default="phase-empirical")
     ap.add_argument("--target", type=float, default=120.0, help="seconds for the whole grid")
+    ap.add_argument("--sequential", type=int, default=10,
+                    help="baseline: this many grid points (middle size, every other lambda) run one by one with "
+                         "nclab.ufm.simulate in the same process (0: skip)")
     args = ap.parse_args()
     depth = args.depth if args.depth is not None else (3 if args.loss == "mse" else 1)
     if depth < 1:
         ap.error(f"--depth must be >= 1, got {depth}")
-    if args.lambdas < 1 or args.sizes < 1 or args.steps < 1:
-        ap.error("--lambdas, --sizes and --steps must be >= 1")
+    if args.lambdas < 1 or not 1 <= args.sizes <= 200 or args.steps < 1:
+        ap.error("--lambdas and --steps must be >= 1, --sizes in [1, 200]")
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"machine: {platform.platform()}, {os.cpu_count()} cpus, load average {load:.1f}")
     lambdas = np.geomspace(1e-4, 1e-1, args.lambdas)
-    sizes = np.geomspace(1, 200, args.sizes).round().astype(int)
+    sizes = distinct_sizes(args.sizes)
     t0 = time.perf_counter()
     opts = {} if args.lr is None else {"lr": args.lr}
     grid = empirical_phase_grid(depth=depth, lambdas=lambdas, sizes=sizes, steps=args.steps, width=args.width,
                                 loss=args.loss, **opts)
     total = time.perf_counter() - t0
+    if args.sequential > 0:
+        from nclab.ufm.trainer import simulate
+
+        L = len(lambdas)
+        row = len(grid["sizes"]) // 2
+        picks = [row * L + j for j in np.linspace(0, L - 1, min(args.sequential, L)).round().astype(int)]
+        t1 = time.perf_counter()
+        for k in picks:
+            seq = simulate(grid["configs"][k])
+            if abs(seq.final["objective"] - grid_objective(grid, k)) > 1e-9 * abs(seq.final["objective"]):
+                print(f"  note: sequential objective {seq.final['objective']:.12g} differs from the batched run's")
+        per = (time.perf_counter() - t1) / len(picks)
+        print(f"baseline, same process: {len(picks)} of these points one by one (nclab.ufm.simulate, prediction "
+              f"included) {per * 1e3:.0f} ms/point -> {per * grid['runs']:.0f} s for the grid; batched "
+              f"{total / grid['runs'] * 1e3:.0f} ms/point ({per * grid['runs'] / total:.1f}x)")
     t1 = time.perf_counter()
     cmp = compare_with_theory(grid)
     theory_s = time.perf_counter() - t1
@@ -72,6 +105,12 @@ def main() -> None:
     q = ", ".join(f"q{int(k * 100)} {v:.2g}" for k, v in cmp["gap_quantiles"].items())
     print(f"relative gap to the predicted objective: {q}; outcomes {cmp['outcomes']}")
     names = {**STATE_NAMES, -1: "diverged"}
+    kinds: dict = {}
+    for p in cmp["disagree"]:
+        kinds.setdefault((names[p["theory"]], names[p["run"]]), []).append(p["from_boundary"])
+    for (th, run), steps in sorted(kinds.items()):
+        print(f"disagreements theory '{th}' -> run '{run}': {len(steps)} point(s), {min(steps)}-{max(steps)} grid "
+              f"step(s) from the theory's boundary")
     for p in cmp["disagree"]:
         print(f"  disagree: n={p['n']:4d} lambda={p['lambda']:.3g} theory '{names[p['theory']]}', run "
               f"'{names[p['run']]}' ({p['from_boundary']} grid step(s) from the theory's boundary; rel gap "

@@ -63,8 +63,9 @@ def empirical_phase_grid(majority=DEFAULT_MAJORITY, minority_classes: int = 2, d
     -------
     dict with lambdas (L,), sizes (S,), states (S, L) int (NOT_COLLAPSED / MINORITY_COLLAPSED / TRIVIAL /
     UNKNOWN), w_norms (S, L, K) the trained classifier row norms, rel_gaps (S, L) to the predicted objective
-    (NaN where none), outcomes (S, L) str (:data:`OUTCOMES`), statuses (S, L), seconds (wall time of the runs
-    and their predictions), runs (S * L), loss, depth, majority, minority_classes, rtol, trivial; CE adds
+    (NaN where none), objectives (S, L) the final objectives, outcomes (S, L) str (:data:`OUTCOMES`), statuses
+    (S, L), seconds (wall time of the runs and their predictions), runs (S * L), configs (the S * L
+    SimulateConfigs, row-major), loss, depth, majority, minority_classes, rtol, trivial, steps; CE adds
     merge_distance (S, L): max over minority rows of ||w_j - w_first|| / max_k ||w_k|| (NaN when W = 0)
     """
     if loss not in ("mse", "ce"):
@@ -111,8 +112,10 @@ def empirical_phase_grid(majority=DEFAULT_MAJORITY, minority_classes: int = 2, d
     return {"lambdas": lambdas, "sizes": sizes, "states": states.reshape(S, L), "w_norms": w.reshape(S, L, K),
             "seconds": seconds, "runs": len(cfgs), "depth": depth, "majority": list(majority), "loss": loss,
             "minority_classes": minority_classes, "statuses": np.array([r.status for r in results]).reshape(S, L),
-            "rel_gaps": gaps.reshape(S, L), "outcomes": outcomes.reshape(S, L), "rtol": rtol, "trivial": trivial,
-            "steps": opts["steps"], **extra}
+            "rel_gaps": gaps.reshape(S, L),
+            "objectives": np.array([_number(r.final.get("objective")) for r in results]).reshape(S, L),
+            "outcomes": outcomes.reshape(S, L), "rtol": rtol, "trivial": trivial,
+            "steps": opts["steps"], "configs": cfgs, **extra}
 
 
 def _number(v) -> float:
