@@ -30,7 +30,9 @@ def _worker(rank, port, out):
     try:
         H, y, W, b = _data()
         lo, hi = (0, 150) if rank == 0 else (150, len(y))
-        stats = ClassStats(5, dim=H.shape[1])
+        # float64 products: the reduction over processes is then exact to float64 round-off (the default
+        # product in the features' float32 would differ by the batches' float32 rounding, ~1e-7)
+        stats = ClassStats(5, dim=H.shape[1], gemm_dtype=torch.float64)
         for i in range(lo, hi, 40):
             j = min(i + 40, hi)
             stats.update(torch.from_numpy(H[i:j]), y[i:j])
@@ -60,7 +62,7 @@ def test_two_gloo_processes_equal_one(tmp_path):
     H, y, W, b = _data()
     with pytest.warns(UserWarning):
         ref = nc_metrics(torch.from_numpy(H), y, W, b, num_classes=5)
-    full = ClassStats(5).update(torch.from_numpy(H), y)
+    full = ClassStats(5, gemm_dtype=torch.float64).update(torch.from_numpy(H), y)
     for r in (0, 1):
         got = torch.load(tmp_path / f"rank{r}.pt")
         torch.testing.assert_close(got["means"], full.means, rtol=1e-12, atol=1e-12)

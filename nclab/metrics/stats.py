@@ -155,15 +155,15 @@ class ClassStats:
         per-class NC1 and NC4), "trace" (only per-class m2: trace metrics and CDNV; NC1 needs a
         SecondPass), "none" (counts and means only).
     device : where the statistics live (default: the first batch's device).
-    gemm_dtype : dtype of the per-batch scatter product, torch.float64 (default, exact to float64
-        round-off) or torch.float32 (about 2x faster on CPU; still centres in float64, ~1e-7 relative
-        error in the scatter), or None: the features' own dtype (float32 for half types) with no float64
-        copy of the batch -- rows are shifted by their class's current float64 mean rounded to that dtype
-        (a class's first sample when it is new), so the GEMM sees only within-class deviations; means, m2 and
-        the corrections stay float64 (issue 12: about half the default's time on float32 features, ~1.4x one
-        float32 H^T H; NC1 within 1e-6 relative of float64 in the collapsed regime, scatter ~3e-7 relative
-        otherwise). Not the default: streams of float32 batches would no longer equal one float64 pass to
-        1e-10 (tests/test_metrics_dist.py, test_metrics_reference.py hold the default to that).
+    gemm_dtype : dtype of the per-batch scatter product. None (default): the features' own dtype (float32
+        for half types) with no float64 copy of the batch -- rows are shifted by their class's current float64
+        mean rounded to that dtype (a class's first sample when it is new), so the GEMM sees only within-class
+        deviations; means, m2 and the corrections stay float64 (issue 12: ~1.4x one float32 H^T H on float32
+        features, about half the time of a float64 product; NC1 within 1e-6 relative of float64 in the
+        collapsed regime, scatter ~3e-7 relative otherwise: the precision the float32 features carry anyway).
+        Float64 features are exact to float64 round-off either way. torch.float64: the product in float64
+        for every input (streams of float32 batches then equal one float64 pass to 1e-10); torch.float32:
+        centred in float64, product in float32.
 
     Attributes: counts (K,) int64, means (K, D) float64, m2 (K,) float64, scatter (D, D) float64 (the
     sum, not divided by N), num_samples, all in the features' units; scale_exp (0 unless features beyond
@@ -174,7 +174,7 @@ class ClassStats:
     """
 
     def __init__(self, num_classes: int, dim: int | None = None, *, moments: str = "scatter", device=None,
-                 gemm_dtype: torch.dtype | None = F64):
+                 gemm_dtype: torch.dtype | None = None):
         self.moments = check_choice(moments, "moments", MOMENTS)
         self.num_classes = check_num_classes(num_classes)
         self.gemm_dtype = None if gemm_dtype is None else check_gemm_dtype(gemm_dtype)
