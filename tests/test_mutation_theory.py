@@ -194,6 +194,7 @@ def test_make_problem_reads_float_counts_and_default_widths():
     p = make_problem(counts=[2, 2], depth=2)  # no widths: every layer gets the default width
     assert len(p.widths) == 2 and len(set(p.widths)) == 1 and p.widths[0] >= 2
     _raises(ValueError, "foo must be a positive integer, got 'x'", check_int, "x", "foo")
+    _raises(ValueError, "foo must be an integer >= 0, got 2.5", check_int, 2.5, "foo", 0)
 
 
 def test_check_memory_message_without_advice(monkeypatch):
