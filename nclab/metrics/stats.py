@@ -161,7 +161,7 @@ class ClassStats:
         deviations; means, m2 and the corrections stay float64 (issue 12: ~1.4x one float32 H^T H on float32
         features, about half the time of a float64 product; NC1 within 1e-6 relative of float64 in the
         collapsed regime, scatter ~3e-7 relative otherwise: the precision the float32 features carry anyway).
-        Float64 features are exact to float64 round-off either way. torch.float64: the product in float64
+        Float64 features take the float64 path (the same bits as torch.float64). torch.float64: the product in float64
         for every input (streams of float32 batches then equal one float64 pass to 1e-10); torch.float32:
         centred in float64, product in float32.
 
@@ -278,7 +278,10 @@ class ClassStats:
         """x: a batch divided by 2^exp (its true values are x 2^exp)."""
         if self.counts is None:
             self._alloc(x.shape[1], self.device or x.device)
-        if self.gemm_dtype is None and self.moments == "scatter" and exp == 0 and self.scale_exp == 0:
+        # float64 features take the exact path below (the same bits as gemm_dtype=torch.float64): only narrower
+        # features gain from a product in their own dtype
+        if (self.gemm_dtype is None and x.dtype != F64 and self.moments == "scatter" and exp == 0
+                and self.scale_exp == 0):
             if self._update_shifted(x, y):
                 return
         y = y.to(self.device)
