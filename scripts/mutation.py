@@ -46,7 +46,7 @@ GROUPS = {
     "metrics": (["nclab/metrics/*"], ["tests/test_metrics_reference.py", "tests/test_metrics_degenerate.py",
                                       "tests/test_metrics_functional.py", "tests/test_metrics_hooks_theory.py",
                                       "tests/test_fuzz_metrics.py", "tests/test_metrics_dist.py",
-                                      "tests/test_cov_metrics.py"]),
+                                      "tests/test_cov_metrics.py", "tests/test_metrics_fastpaths.py"]),
 }
 
 STATUS = ("killed", "survived", "no tests", "timeout", "suspicious", "segfault", "skipped", "caught by type check",
