@@ -200,3 +200,20 @@ def test_extreme_decays_give_finite_answers(lam, which, depth):
     assert all(v is not None and np.isfinite(v) for v in d["classes"]["w_norm"] + d["classes"]["h_norm"])
     text = run("--counts", "200,100,50,50", "-M", depth, which, lam).output
     assert " nan" not in text and " inf" not in text
+
+
+@pytest.mark.parametrize("args,header", [
+    (["-K", "4", "-n", "1"], "(closed form; theory.md)"),
+    (["-K", "4", "-n", "1", "--loss", "ce"], "global minimizer of the deep linear UFM (proven at M = 1"),
+    (["--counts", "5,3", "--loss", "ce"], "global minimizer of the deep linear UFM (certified convex solve"),
+    (["-K", "4", "-n", "1", "--loss", "ce", "-M", "3"], "best point found for the deep linear UFM (search, not cert"),
+    (["--counts", "5,3", "--loss", "ce", "-M", "2"], "best point found for the deep linear UFM (search, not cert"),
+])
+def test_first_line_says_what_the_answer_is_worth(args, header):
+    """A closed form, a certified solve, a proof, or only the best point a search found: never "closed form"
+    for a numerical search."""
+    r = CliRunner().invoke(cli, ["predict", *args, "--lambda-w", "1e-3", "--lambda-h", "1e-3"])
+    assert r.exit_code == 0, r.output
+    first = r.output.splitlines()[0]
+    assert header in first, first
+    assert ("closed form" in first) == ("--loss" not in args)

@@ -377,10 +377,22 @@ def _grams_text(pred) -> list[str]:
     return out
 
 
+def _header(pred) -> str:
+    """What the answer is: a closed form, a certified solve, or the best point a search found."""
+    ce = pred.ce
+    if ce is None:
+        return "global minimizer of the deep linear UFM (closed form; theory.md)"
+    if ce.get("certified"):
+        return "global minimizer of the deep linear UFM (certified convex solve; docs/ce.md)"
+    if ce.get("etf_proven"):
+        return "global minimizer of the deep linear UFM (proven at M = 1; theory.md)"
+    return "best point found for the deep linear UFM (search, not certified; theory.md, docs/ce.md)"
+
+
 def format_summary(pred, grams: bool = False) -> str:
     """The text of ``nclab predict``: setting, geometry in words, objective, class table, symbols."""
     p = pred.problem
-    lines = ["nclab predict: global minimizer of the deep linear UFM (closed form; theory.md)"]
+    lines = [f"nclab predict: {_header(pred)}"]
     lines += _setting(p)
     lines.append("")
     story, syms = _mse_story(pred) if pred._mse is not None else _ce_story(pred)
