@@ -91,7 +91,8 @@ def _summary_line(r) -> str:
               help="Hand-written gradient (fast) or autograd of the shared objective.")
 @click.option("--snapshot-every", type=int, default=100, show_default=True, help="Metrics row every k steps.")
 @click.option("--checkpoint-every", type=int, default=0, show_default=True,
-              help="Checkpoint every k steps (0: every 10 snapshots).")
+              help="Checkpoint every k steps (0: every 10 snapshots, at most once per "
+                   "NCLAB_CHECKPOINT_SECONDS, default 10 s).")
 @click.option("--stop-rel-gap", type=float, default=0.0, show_default=True,
               help="Stop once the relative gap to f* is below this (0: run all steps).")
 @click.option("--threads", type=int, default=0, show_default=True,

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from nclab.ufm.batch_metrics import BatchSnapshotter, unsafe
-from nclab.ufm.config import SimulateConfig
+from nclab.ufm.config import SimulateConfig, auto_checkpoint_seconds
 from nclab.ufm.trainer import (
     DEFAULTS,
     FINISHED,
@@ -572,6 +572,8 @@ def _train_group(runs: list[_Run], method: str, progress: bool, callback) -> Non
     cfg = trainers[0].cfg
     every = cfg.snapshot_every
     ckpt_every = cfg.checkpoint_every or 10 * every
+    min_gap = 0.0 if cfg.checkpoint_every else auto_checkpoint_seconds()
+    last_ckpt = time.monotonic()
     factor = _lr_factor(cfg)
     with torch_threads(_threads(cfg, len(runs))), torch.no_grad():
         engine = BatchUFM(trainers, method=method)
@@ -652,10 +654,11 @@ def _train_group(runs: list[_Run], method: str, progress: bool, callback) -> Non
                     bar.set_postfix(running=len(keep), refresh=False)
                     bar.refresh()
                 shrink(keep)
-                if step % ckpt_every == 0 and step < cfg.steps:
+                if step % ckpt_every == 0 and step < cfg.steps and time.monotonic() - last_ckpt >= min_gap:
                     for i, r in enumerate(active):
                         _load_into(r.trainer, engine, i, step)
                         r.trainer.checkpoint()
+                    last_ckpt = time.monotonic()
                 if sigint.set:
                     raise KeyboardInterrupt
         except KeyboardInterrupt:
@@ -740,6 +743,7 @@ def simulate_batch(
     from nclab.ufm.trainer import simulate
 
     configs = list(configs)
+    auto_checkpoint_seconds()  # a bad NCLAB_CHECKPOINT_SECONDS is refused before anything is written
     for c in configs:
         if not isinstance(c, SimulateConfig):
             raise ValueError(f"every config must be a SimulateConfig, got {type(c).__name__}")

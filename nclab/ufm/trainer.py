@@ -28,7 +28,7 @@ from nclab.results import (
     open_run,
     resume_rows,
 )
-from nclab.ufm.config import SimulateConfig, make_config
+from nclab.ufm.config import SimulateConfig, auto_checkpoint_seconds, make_config
 from nclab.ufm.model import UFM
 from nclab.ufm.snapshot import Snapshotter
 
@@ -321,6 +321,8 @@ class Trainer:
         cfg = self.cfg
         every = cfg.snapshot_every
         ckpt_every = cfg.checkpoint_every or 10 * every
+        min_gap = 0.0 if cfg.checkpoint_every else auto_checkpoint_seconds()
+        last_ckpt = time.monotonic()
         bar = None
         if self.progress:
             from tqdm.auto import tqdm
@@ -355,8 +357,10 @@ class Trainer:
                         self.status = "converged"
                         self.message = f"reached relative gap {self.rows[-1]['rel_gap']:.3g} at step {self.step}"
                         break
-                    if self.step % ckpt_every == 0 and self.step < cfg.steps:
+                    if (self.step % ckpt_every == 0 and self.step < cfg.steps
+                            and time.monotonic() - last_ckpt >= min_gap):
                         self.checkpoint()
+                        last_ckpt = time.monotonic()
                     if sigint.set:
                         raise KeyboardInterrupt
             except KeyboardInterrupt:
@@ -501,6 +505,7 @@ def simulate(
         raise ValueError(f"config must be a SimulateConfig, got {type(config).__name__}")
     if prediction is not None and prediction.problem != config.problem:
         raise ValueError("the given prediction is for another problem than the config's")
+    auto_checkpoint_seconds()  # a bad NCLAB_CHECKPOINT_SECONDS is refused before anything is written
     pred = prediction if prediction is not None else predict(config.problem)
     store = None
     ckpt = None
