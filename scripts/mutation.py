@@ -46,7 +46,9 @@ GROUPS = {
     "metrics": (["nclab/metrics/*"], ["tests/test_metrics_reference.py", "tests/test_metrics_degenerate.py",
                                       "tests/test_metrics_functional.py", "tests/test_metrics_hooks_theory.py",
                                       "tests/test_fuzz_metrics.py", "tests/test_metrics_dist.py",
-                                      "tests/test_cov_metrics.py", "tests/test_metrics_fastpaths.py"]),
+                                      "tests/test_cov_metrics.py", "tests/test_metrics_fastpaths.py",
+                                      # pairwise.py, io.py and report.py are tested here, at large K and by measure
+                                      "tests/test_scale_metrics.py", "tests/test_measure_cli.py"]),
 }
 
 STATUS = ("killed", "survived", "no tests", "timeout", "suspicious", "segfault", "skipped", "caught by type check",
