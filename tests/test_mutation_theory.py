@@ -201,3 +201,11 @@ def test_check_memory_message_without_advice(monkeypatch):
     monkeypatch.setenv("NCLAB_MEMORY_LIMIT", "1K")
     _raises(ValueError, "the thing would need about 977 KiB of memory, more than the 819 bytes this machine can give "
             "(80% of the available memory)", check_memory, 1e6, "the thing")
+
+
+@pytest.mark.parametrize("counts", [[True, 2], [3, False], (2, np.True_)])
+def test_a_bool_is_not_a_class_count(counts):
+    """numpy's array of [True, 2] is [1, 2]; the count check must see the bool before that."""
+    with pytest.raises(ValueError, match="every class count must be a positive integer"):
+        make_problem(counts=counts)
+    assert list(make_problem(counts=np.array([1, 2])).counts) == [1, 2]  # integer arrays keep the fast path

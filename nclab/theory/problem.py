@@ -128,7 +128,9 @@ def _count_list(values: list) -> list[int]:
         arr = np.asarray(values)
     except (ValueError, TypeError, OverflowError):
         arr = None
-    if arr is not None and arr.ndim == 1 and arr.dtype.kind in "iu" and arr.size:
+    # numpy turns [True, 2] into [1, 2]: a bool among Python values goes to the per-value check, which refuses it
+    has_bool = not isinstance(values, np.ndarray) and any(isinstance(v, (bool, np.bool_)) for v in values)
+    if arr is not None and arr.ndim == 1 and arr.dtype.kind in "iu" and arr.size and not has_bool:
         if int(arr.min()) >= 1 and int(arr.max()) <= MAX_INT:
             return arr.astype(np.int64).tolist()
     return [_positive_int(c, "every class count") for c in values]
