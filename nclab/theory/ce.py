@@ -392,6 +392,9 @@ def _rank1_code(K: int):
 class _Factored:
     """g with Z = F[M] ... F[0] (F[0]: r x K, F[1..M-1]: r x r, F[M]: K x r) and (gamma/2) sum ||F_i||^2."""
 
+    #: L-BFGS iterations of an exploring (not polishing) run
+    explore_maxiter = 500
+
     def __init__(self, K: int, M: int, r: int, gamma: float, bias: bool):
         self.K, self.M, self.r, self.gamma, self.bias = K, M, r, gamma, bias
         self.shapes = [(r, K)] + [(r, r)] * (M - 1) + [(K, r)]
@@ -449,7 +452,7 @@ class _Factored:
 
     def run(self, x0, *, polish=False):
         """L-BFGS-B: loose tolerances to explore, tight ones (float64 resolution) to polish."""
-        ftol, gtol, maxiter = (1e-16, 1e-13, 20000) if polish else (1e-11, 1e-7, 500)
+        ftol, gtol, maxiter = (1e-16, 1e-13, 20000) if polish else (1e-11, 1e-7, self.explore_maxiter)
         res = minimize(
             self.fg,
             x0,

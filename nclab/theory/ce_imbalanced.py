@@ -795,12 +795,14 @@ def _deep_clean(n, M: int, gam: float, Z: np.ndarray, b, max_rank: int | None = 
 
 class _DeepFactored(_Factored):
     """Weighted CE with A = Z D^(1/2) = F[M] ... F[0] (F[0]: r x K, F[M]: K x r), (gamma'/2) sum ||F_i||^2: the
-    balanced search's factorization (ce._Factored: shapes, pack, unpack) with class weights n_k / N."""
+    balanced search's factorization (ce._Factored: shapes, pack, unpack, balanced starts, L-BFGS runs) with class
+    weights n_k / N."""
+
+    explore_maxiter = 1000  # the weighted problem needs longer exploring runs than the balanced one
 
     def __init__(self, counts, M: int, r: int, gam: float, bias: bool):
         n = np.asarray(counts, dtype=np.float64)
         super().__init__(n.size, M, r, gam, bias)
-        self.gam = gam
         self.sq, self.pi = np.sqrt(n), n / n.sum()
 
     def fg(self, x):
@@ -821,25 +823,10 @@ class _DeepFactored(_Factored):
         Acc = None
         for i in range(len(F) - 1, -1, -1):
             left = D if Acc is None else Acc.T @ D
-            grads[i] = left @ (self.eye if i == 0 else pre[i - 1].T) + self.gam * F[i]
+            grads[i] = left @ (self.eye if i == 0 else pre[i - 1].T) + self.gamma * F[i]
             Acc = F[i] if Acc is None else Acc @ F[i]
-        val += 0.5 * self.gam * sum(float(np.sum(f * f)) for f in F)
+        val += 0.5 * self.gamma * sum(float(np.sum(f * f)) for f in F)
         return val, np.concatenate([g.ravel() for g in grads] + ([DL.sum(axis=1)] if self.bias else []))
-
-    def balanced(self, A, rng=None, noise=0.0):
-        U, s, Vt = np.linalg.svd(A)
-        r, M = self.r, self.M
-        s = s[:r] ** (1.0 / (M + 1))
-        F = [s[:, None] * Vt[:r]] + [np.diag(s) for _ in range(M - 1)] + [U[:, :r] * s]
-        if rng is not None and noise > 0:
-            F = [f + noise * rng.standard_normal(f.shape) for f in F]
-        return F
-
-    def run(self, x0, polish=False):
-        ftol, gtol, maxiter = (1e-16, 1e-13, 20000) if polish else (1e-11, 1e-7, 1000)
-        return minimize(self.fg, x0, jac=True, method="L-BFGS-B",
-                        options={"maxiter": maxiter, "maxfun": 2 * maxiter, "ftol": ftol, "gtol": gtol,
-                                 "maxcor": 20}).x
 
 
 #: largest K for the M >= 2 search (L-BFGS on dense K x K factors, one run per rank and start)
