@@ -41,6 +41,7 @@ from nclab.ufm.trainer import (
     DEFAULTS,
     FINISHED,
     KIND,
+    CheckpointSchedule,
     SimulationResult,
     Trainer,
     _result_from_store,
@@ -571,9 +572,7 @@ def _train_group(runs: list[_Run], method: str, progress: bool, callback) -> Non
     trainers = [r.trainer for r in runs]
     cfg = trainers[0].cfg
     every = cfg.snapshot_every
-    ckpt_every = cfg.checkpoint_every or 10 * every
-    min_gap = 0.0 if cfg.checkpoint_every else auto_checkpoint_seconds()
-    last_ckpt = time.monotonic()
+    schedule = CheckpointSchedule(cfg)
     factor = _lr_factor(cfg)
     with torch_threads(_threads(cfg, len(runs))), torch.no_grad():
         engine = BatchUFM(trainers, method=method)
@@ -654,11 +653,10 @@ def _train_group(runs: list[_Run], method: str, progress: bool, callback) -> Non
                     bar.set_postfix(running=len(keep), refresh=False)
                     bar.refresh()
                 shrink(keep)
-                if step % ckpt_every == 0 and step < cfg.steps and time.monotonic() - last_ckpt >= min_gap:
+                if schedule.due(step):
                     for i, r in enumerate(active):
                         _load_into(r.trainer, engine, i, step)
                         r.trainer.checkpoint()
-                    last_ckpt = time.monotonic()
                 if sigint.set:
                     raise KeyboardInterrupt
         except KeyboardInterrupt:
@@ -673,9 +671,7 @@ def _train_group(runs: list[_Run], method: str, progress: bool, callback) -> Non
                     _load_into(tr, engine, i, step)
                 else:
                     _load_into(tr, engine, i, good_step, state=last_good)
-                tr.status = "interrupted"
-                tr.message = f"interrupted at step {step}; run again with resume to continue"
-                tr.checkpoint()
+                tr.interrupted()
             raise
         finally:
             if bar is not None:

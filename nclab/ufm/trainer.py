@@ -75,6 +75,24 @@ def auto_threads(cfg: SimulateConfig) -> int:
     return choose_threads(cfg.threads, work, small=2_000_000)
 
 
+class CheckpointSchedule:
+    """When a run (or a batch of runs) checkpoints before its end: every ``checkpoint_every`` steps, or with 0
+    every 10 snapshots but at most once per :func:`auto_checkpoint_seconds` (never at the last step: the end
+    checkpoints anyway)."""
+
+    def __init__(self, cfg: SimulateConfig):
+        self.every = cfg.checkpoint_every or 10 * cfg.snapshot_every
+        self.min_gap = 0.0 if cfg.checkpoint_every else auto_checkpoint_seconds()
+        self.steps = cfg.steps
+        self.last = time.monotonic()
+
+    def due(self, step: int) -> bool:
+        if step % self.every or step >= self.steps or time.monotonic() - self.last < self.min_gap:
+            return False
+        self.last = time.monotonic()
+        return True
+
+
 def _check_memory(problem, itemsize: int) -> None:
     """Refuse, before allocating, a UFM whose parameters and work buffers cannot fit (with the bytes needed)."""
     from nclab.theory.resources import check_memory
@@ -320,9 +338,7 @@ class Trainer:
         """Advance to ``config.steps`` (or convergence / divergence / interrupt)."""
         cfg = self.cfg
         every = cfg.snapshot_every
-        ckpt_every = cfg.checkpoint_every or 10 * every
-        min_gap = 0.0 if cfg.checkpoint_every else auto_checkpoint_seconds()
-        last_ckpt = time.monotonic()
+        schedule = CheckpointSchedule(cfg)
         bar = None
         if self.progress:
             from tqdm.auto import tqdm
@@ -357,22 +373,24 @@ class Trainer:
                         self.status = "converged"
                         self.message = f"reached relative gap {self.rows[-1]['rel_gap']:.3g} at step {self.step}"
                         break
-                    if (self.step % ckpt_every == 0 and self.step < cfg.steps
-                            and time.monotonic() - last_ckpt >= min_gap):
+                    if schedule.due(self.step):
                         self.checkpoint()
-                        last_ckpt = time.monotonic()
                     if sigint.set:
                         raise KeyboardInterrupt
             except KeyboardInterrupt:
                 # raised at a step boundary (callback or the Ctrl-C flag): the state is consistent
-                self.status = "interrupted"
-                self.message = f"interrupted at step {self.step}; run again with resume to continue"
-                self.checkpoint()
+                self.interrupted()
                 raise
             finally:
                 if bar is not None:
                     bar.close()
         self.finish()
+
+    def interrupted(self) -> None:
+        """Ctrl-C (or a callback) stopped the run at a consistent state: say so and checkpoint it."""
+        self.status = "interrupted"
+        self.message = f"interrupted at step {self.step}; run again with resume to continue"
+        self.checkpoint()
 
     def finish(self) -> None:
         """The run ended (all steps, converged or diverged): its final status, diagnosis and checkpoint."""
