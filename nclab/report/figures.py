@@ -656,6 +656,24 @@ def gram_figure(run: runlib.Run, title: str = "") -> Figure | None:
 
 
 @_styled
+def style_phase_axes(ax, n, title: str) -> None:
+    """Axes of a minority-collapse phase panel (MSE or CE): log lambda against log minority size n."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter, ScalarFormatter
+
+
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_ylim(n.min(), n.max())
+    ax.set_yticks([t for t in (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000) if n.min() <= t <= n.max()])
+    ax.yaxis.set_major_formatter(ScalarFormatter())
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.xaxis.set_major_formatter(FuncFormatter(_power_label))  # plain text: no mathtext parser
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("lambda (= lambda_W = lambda_H)")
+    ax.set_title(title)
+    ax.grid(False)
+
+
 def phase_figure(depths=phase.DEFAULT_DEPTHS, majority=phase.DEFAULT_MAJORITY, minority_classes: int = 2, *,
                  lambdas=None, sizes=None, marks=()) -> Figure:
     """Minority-collapse phase diagram: minority class size n against lambda (= lambda_W = lambda_H),
@@ -666,7 +684,6 @@ def phase_figure(depths=phase.DEFAULT_DEPTHS, majority=phase.DEFAULT_MAJORITY, m
     """
     from matplotlib.colors import ListedColormap
     from matplotlib.patches import Patch
-    from matplotlib.ticker import FuncFormatter, NullFormatter, ScalarFormatter
 
     palette = ["#9ecae1", "#fd8d3c", "#bdbdbd"]  # not collapsed, minority collapsed, trivial
     cmap = ListedColormap(palette)
@@ -680,17 +697,7 @@ def phase_figure(depths=phase.DEFAULT_DEPTHS, majority=phase.DEFAULT_MAJORITY, m
                 continue
             face = "k" if collapsed else "none"
             ax.plot([m_lam], [m_n], marker="x" if collapsed is None else "o", ms=7, mec="k", mfc=face, ls="none")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_ylim(n.min(), n.max())
-        ax.set_yticks([t for t in (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000) if n.min() <= t <= n.max()])
-        ax.yaxis.set_major_formatter(ScalarFormatter())
-        ax.yaxis.set_minor_formatter(NullFormatter())
-        ax.xaxis.set_major_formatter(FuncFormatter(_power_label))  # plain text: no mathtext parser
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set_xlabel("lambda (= lambda_W = lambda_H)")
-        ax.set_title(f"M = {M}")
-        ax.grid(False)
+        style_phase_axes(ax, n, f"M = {M}")
     axes[0].set_ylabel(f"minority class size n ({minority_classes} classes)")
     handles = [Patch(color=c, label=phase.STATE_NAMES[s]) for s, c in enumerate(palette)]
     if marks:

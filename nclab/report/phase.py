@@ -217,7 +217,6 @@ def ce_phase_figure(depths=(1,), majority=DEFAULT_MAJORITY, minority_classes: in
     ``marks``: (depth, lambda, n, label) of runs drawn on top."""
     from matplotlib.colors import ListedColormap
     from matplotlib.patches import Patch
-    from matplotlib.ticker import FuncFormatter, NullFormatter, ScalarFormatter
 
     from nclab.report import figures as figlib
 
@@ -232,17 +231,7 @@ def ce_phase_figure(depths=(1,), majority=DEFAULT_MAJORITY, minority_classes: in
         for m_depth, m_lam, m_n, _ in marks:
             if m_depth == M:
                 ax.plot([m_lam], [m_n], marker="o", ms=7, mec="k", mfc="none", ls="none")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_ylim(n.min(), n.max())
-        ax.set_yticks([t for t in (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000) if n.min() <= t <= n.max()])
-        ax.yaxis.set_major_formatter(ScalarFormatter())
-        ax.yaxis.set_minor_formatter(NullFormatter())
-        ax.xaxis.set_major_formatter(FuncFormatter(figlib._power_label))
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set_xlabel("lambda (= lambda_W = lambda_H)")
-        ax.set_title(f"M = {M}" + (" (exact)" if M == 1 else " (best found)"))
-        ax.grid(False)
+        figlib.style_phase_axes(ax, n, f"M = {M}" + (" (exact)" if M == 1 else " (best found)"))
     axes[0].set_ylabel(f"minority class size n ({minority_classes} classes)")
     handles = [Patch(color=c, label=CE_STATE_NAMES[s]) for s, c in enumerate(palette)]
     if marks:
