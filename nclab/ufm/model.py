@@ -172,14 +172,7 @@ class UFM:
             torch.mm(Q[0], self.H, out=Z)  # (K, N) logits
         else:
             torch.addmm(self.bias[:, None], Q[0], self.H, out=Z)
-        if p.loss == "mse":
-            torch.sub(Z, self.Y, out=G)  # N * dL/dZ
-            data = 0.5 * self.inv_n * torch.dot(G.view(-1), G.view(-1)) if with_loss else None
-        else:
-            logp = torch.log_softmax(Z, dim=0)
-            data = -self.inv_n * (logp * self.Y).sum() if with_loss else None
-            torch.exp(logp, out=G)
-            G.sub_(self.Y)
+        data = self._residual_(with_loss)  # G = N * dL/dZ
         # S = G H^T / N, then R[j] = R[j-1] W_j^T
         torch.addmm(R[0], G, self.H.T, beta=0, alpha=self.inv_n, out=R[0])
         for j in range(1, M):
@@ -195,6 +188,19 @@ class UFM:
             self.gbias.mul_(self.inv_n)
         return data + reg if with_loss else None
 
+    def _residual_(self, with_loss: bool) -> torch.Tensor | None:
+        """From the logits in ``Z``: ``G`` = N dL/dZ (MSE: Z - Y; CE: softmax(Z) - Y), and the data loss when
+        ``with_loss`` (a 0-d tensor)."""
+        Z, G = self.Z, self.G
+        if self.problem.loss == "mse":
+            torch.sub(Z, self.Y, out=G)
+            return 0.5 * self.inv_n * torch.dot(G.view(-1), G.view(-1)) if with_loss else None
+        logp = torch.log_softmax(Z, dim=0)
+        data = -self.inv_n * (logp * self.Y).sum() if with_loss else None
+        torch.exp(logp, out=G)
+        G.sub_(self.Y)
+        return data
+
     def _relu_gradient_(self, with_loss: bool = False) -> torch.Tensor | None:
         """Back-propagation through :func:`ufm_objective` with ReLU (same function as autograd, relu'(0) = 0)."""
         p = self.problem
@@ -207,14 +213,7 @@ class UFM:
             torch.mm(Ws[M - 1], feats[-1], out=Z)
         else:
             torch.addmm(self.bias[:, None], Ws[M - 1], feats[-1], out=Z)
-        if p.loss == "mse":
-            torch.sub(Z, self.Y, out=G)
-            data = 0.5 * self.inv_n * torch.dot(G.view(-1), G.view(-1)) if with_loss else None
-        else:
-            logp = torch.log_softmax(Z, dim=0)
-            data = -self.inv_n * (logp * self.Y).sum() if with_loss else None
-            torch.exp(logp, out=G)
-            G.sub_(self.Y)
+        data = self._residual_(with_loss)
         G.mul_(self.inv_n)  # dL/dZ
         lam, gW = p.lambda_w, self.gweights
         back = G
