@@ -29,6 +29,14 @@ def slow_stats(H, y, K):
     return counts, means, m2, S
 
 
+def collapsed_float32(K: int, D: int, per_class: int, seed: int):
+    """Labels (shuffled, per_class each) and float32 features: class means of norm ~1 plus noise 1e-5."""
+    rng = np.random.default_rng(seed)
+    mu = rng.standard_normal((K, D)) / np.sqrt(D)
+    y = rng.permutation(np.repeat(np.arange(K), per_class))
+    return y, (mu[y] + 1e-5 * rng.standard_normal((len(y), D))).astype(np.float32)
+
+
 def slow_nc(H, y, W=None, b=None):
     """NC1 = tr(Sigma_W Sigma_B^+)/K (pinv), nc1_trace, and NC4 / accuracies by explicit argmin/argmax."""
     H = np.asarray(H, dtype=np.float64)
@@ -95,11 +103,8 @@ def test_nc_metrics_in_several_steps_match_the_slow_reference(K, monkeypatch):
 
 def test_second_pass_float32_features_keep_the_collapsed_regime():
     """nc_metrics on float32 features with noise 1e-5 (centring in float64 after the one-hot gather)."""
-    rng = np.random.default_rng(2)
     K, D = 8, 256
-    mu = rng.standard_normal((K, D)) / np.sqrt(D)
-    y = rng.permutation(np.repeat(np.arange(K), 300))
-    H32 = (mu[y] + 1e-5 * rng.standard_normal((len(y), D))).astype(np.float32)
+    y, H32 = collapsed_float32(K, D, 300, seed=2)
     ref = slow_nc(H32, y)
     m = nc_metrics(torch.from_numpy(H32), y)
     assert m["nc1"] == pytest.approx(ref["nc1"], rel=1e-6)
@@ -143,11 +148,8 @@ def test_reduced_matmul_precision_is_overridden_and_restored(monkeypatch):
     """With torch.set_float32_matmul_precision('medium') (TF32 / bfloat16 matmuls allowed on GPUs and some
     CPUs) the one-hot gather of the float32 path runs at 'highest' precision (an inexact gather would break
     the collapsed regime); the user's setting is restored afterwards, and NC1 stays within 1e-6 of float64."""
-    rng = np.random.default_rng(5)
     K, D = 6, 64
-    mu = rng.standard_normal((K, D)) / np.sqrt(D)
-    y = rng.permutation(np.repeat(np.arange(K), 200))
-    H32 = (mu[y] + 1e-5 * rng.standard_normal((len(y), D))).astype(np.float32)
+    y, H32 = collapsed_float32(K, D, 200, seed=5)
     ref = slow_nc(H32, y)
     seen, addmm = [], torch.addmm
 
@@ -173,11 +175,8 @@ def test_collapsed_regime_at_d_2048_every_path():
     """D = 2048, float32 features with noise 1e-5 around means of norm ~1: the default stream, the float32 GEMM
     stream (batches of 200) and nc_metrics give NC1 within 1e-6 of a float64 reference (class loops, NC1 from
     the SVD of the centred means: tr(Sigma_W Sigma_B^+)/K = sum_i v_i^T Sigma_W v_i / s_i^2)."""
-    rng = np.random.default_rng(6)
     K, D, n = 10, 2048, 40
-    mu = rng.standard_normal((K, D)) / np.sqrt(D)
-    y = rng.permutation(np.repeat(np.arange(K), n))
-    H32 = (mu[y] + 1e-5 * rng.standard_normal((K * n, D))).astype(np.float32)
+    y, H32 = collapsed_float32(K, D, n, seed=6)
     counts, means, _, S = slow_stats(H32, y, K)
     _, s, vt = np.linalg.svd(means - (counts / counts.sum()) @ means, full_matrices=False)
     v = vt[: K - 1]
