@@ -175,8 +175,8 @@ def make_config(
 
 
 #: with checkpoint_every = 0: at most one checkpoint per this many seconds (NCLAB_CHECKPOINT_SECONDS overrides).
-#: A paper run of 3 s wrote 30 fsync'ed checkpoints (about a fifth of a batched run's time, measured); a kill -9 now loses
-#: at most this much work, Ctrl-C nothing (an interrupt always checkpoints), and the iterates never change.
+#: A paper run of 3 s wrote 30 fsync'ed checkpoints (about a fifth of a batched run's time, measured); a kill -9
+#: now loses at most this much work, Ctrl-C nothing (an interrupt always checkpoints); the iterates never change.
 AUTO_CHECKPOINT_SECONDS = 10.0
 
 
