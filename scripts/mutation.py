@@ -64,7 +64,7 @@ def prepare(group: str, work: pathlib.Path, fresh: bool, rev: str | None = None)
     if fresh and work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
-    for name in ("nclab", "tests"):
+    for name in ("nclab", "tests", "docs"):  # docs: tests read docs/metrics.md
         if (work / name).exists():
             shutil.rmtree(work / name)
         if rev and name == "nclab":  # the package as committed at ``rev``, the tests of the working tree
@@ -77,6 +77,7 @@ def prepare(group: str, work: pathlib.Path, fresh: bool, rev: str | None = None)
         'testpaths = ["tests"]\n'
         "\n[tool.mutmut]\n"
         'source_paths = ["nclab"]\n'
+        'also_copy = ["docs"]\n'
         f"only_mutate = {_toml_list(modules)}\n"
         f"pytest_add_cli_args_test_selection = {_toml_list(t for t in tests if (ROOT / t).exists())}\n"
         'pytest_add_cli_args = ["-p", "no:cacheprovider", "-x", "-q"]\n'

@@ -61,7 +61,7 @@ def test_two_gloo_processes_equal_one(tmp_path):
     mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
     H, y, W, b = _data()
     with pytest.warns(UserWarning):
-        ref = nc_metrics(torch.from_numpy(H), y, W, b, num_classes=5)
+        ref = nc_metrics(torch.from_numpy(H), y, W, b, num_classes=5, gemm_dtype=torch.float64)
     full = ClassStats(5, gemm_dtype=torch.float64).update(torch.from_numpy(H), y)
     for r in (0, 1):
         got = torch.load(tmp_path / f"rank{r}.pt")

@@ -203,3 +203,125 @@ def test_steps_of_huge_and_tiny_features_are_rescaled_before_summing(K, monkeypa
         m = nc_metrics(np.ldexp(H, e), y)
         for k, v in ref.items():
             assert m[k] == pytest.approx(v, rel=1e-9), (e, k)
+
+
+# ---------------------------------------------------------------- nc_metrics' float32 second pass (issue 12)
+def _spy_narrow(monkeypatch) -> list:
+    """Counts the rows that SecondPass._narrow (the float32 second pass) handles."""
+    rows, narrow = [], stats_mod.SecondPass._narrow
+
+    def spy(self, x, *args):
+        rows.append(x.shape[0])
+        return narrow(self, x, *args)
+
+    monkeypatch.setattr(stats_mod.SecondPass, "_narrow", spy)
+    return rows
+
+
+@pytest.mark.parametrize("K", [6, stats_mod.ONEHOT_MAX_K])  # 16: r + 3 K = 63 columns, two float32 GEMMs
+@pytest.mark.parametrize("regime", ["collapsed", "noisy"])
+def test_float32_second_pass_matches_the_slow_reference(K, regime, monkeypatch):
+    """Float32 features: nc_metrics' default second pass (float32 products on rows centred at the float32-
+    rounded means, float64 corrections) agrees with class loops in float64 -- NC1, per-class NC1, nc1_trace,
+    and the NC4 / accuracy counts exactly -- in several cache-sized steps; gemm_dtype=torch.float64 skips it."""
+    monkeypatch.setattr(stats_mod, "SUB_ELEMS", 2048)
+    rows = _spy_narrow(monkeypatch)
+    rng = np.random.default_rng(K)
+    D = 24
+    y = rng.permutation(np.arange(40 * K) % K)
+    mu = rng.standard_normal((K, D)) + 1.5
+    H32 = (mu[y] + (1e-5 if regime == "collapsed" else 0.8) * rng.standard_normal((len(y), D))).astype(np.float32)
+    W, b = rng.standard_normal((K, D)), rng.standard_normal(K)
+    ref = slow_nc(H32, y, W, b)
+    counts, means, m2, _ = slow_stats(H32, y, K)
+    m = nc_metrics(torch.from_numpy(H32), y, W, b)
+    assert sum(rows) == len(y)
+    for k in ("nc1", "nc1_trace"):
+        assert m[k] == pytest.approx(ref[k], rel=1e-6, abs=0), k
+    for k in ("nc4", "accuracy", "ncc_accuracy"):
+        assert m[k] == ref[k], k
+    # per-class NC1 = q_k / N with q_k = sum_{i in k} ||P^T (h_i - mu_k)||^2: the class loops' share of S
+    mu_g = (counts / counts.sum()) @ means
+    Sb = (means - mu_g).T @ (means - mu_g) / K
+    pinv = np.linalg.pinv(Sb, rcond=1e-10)
+    per = [np.trace((H32[y == k] - means[k]).T @ (H32[y == k] - means[k]) @ pinv) / (K * len(y)) for k in range(K)]
+    np.testing.assert_allclose(m.per_class["nc1"], per, rtol=1e-6)
+    rows.clear()
+    exact = nc_metrics(torch.from_numpy(H32), y, W, b, gemm_dtype=torch.float64)
+    assert rows == [] and exact["nc1"] == pytest.approx(ref["nc1"], rel=1e-9, abs=0)
+
+
+def test_float32_second_pass_corrects_means_between_float32_numbers():
+    """Each class takes two adjacent float32 values per entry: its float64 mean lies halfway, so the float32-
+    rounded centre is off by half an ulp, as large as the deviations themselves. Without the float64 correction
+    (||x - mu||^2 = ||t||^2 - 2 t.delta + ||delta||^2) m2 would come out twice the true (ulp/2)^2 per entry."""
+    rng = np.random.default_rng(11)
+    K, D, n = 3, 8, 50
+    lo = (rng.standard_normal((K, D)) + 2).astype(np.float32)
+    hi = np.nextafter(lo, np.float32(np.inf))
+    y = np.arange(2 * n * K) % K
+    H32 = np.where((np.arange(len(y)) // K % 2 == 0)[:, None], lo[y], hi[y])  # n of each value per class
+    _, _, m2, _ = slow_stats(H32, y, K)
+    np.testing.assert_allclose(m2, (2 * n) * ((hi.astype(np.float64) - lo) / 2) ** 2 @ np.ones(D), rtol=1e-12)
+    ref = slow_nc(H32, y)
+    m = nc_metrics(torch.from_numpy(H32), y)
+    assert m["nc1_trace"] == pytest.approx(ref["nc1_trace"], rel=1e-6, abs=0)
+    assert m["nc1"] == pytest.approx(ref["nc1"], rel=1e-6, abs=0)
+
+
+def test_float32_second_pass_exact_collapse_is_exactly_zero():
+    """Rows equal to their class mean in float32: every deviation is 0, so NC1 and nc1_trace are 0.0 exactly."""
+    rng = np.random.default_rng(12)
+    mu = rng.standard_normal((4, 10)).astype(np.float32)
+    y = rng.permutation(np.arange(200) % 4)
+    m = nc_metrics(torch.from_numpy(mu[y]), y, rng.standard_normal((4, 10)))
+    assert m["nc1"] == 0.0 and m["nc1_trace"] == 0.0 and m["ncc_accuracy"] == 1.0
+
+
+@pytest.mark.parametrize("spread", [1e-30, 1e25])
+def test_float32_second_pass_redoes_rows_whose_squares_leave_float32(spread, monkeypatch):
+    """Class 0's rows are scaled by 1e-30 (its deviations' squares, 1e-60, underflow float32) or 1e25 (they
+    overflow); the other classes' are of order 1. Those rows are redone in float64: class 0's own NC1 share
+    matches the class loops (a float32 square would give 0 or inf) and so do the totals."""
+    rows = _spy_narrow(monkeypatch)
+    rng = np.random.default_rng(13)
+    K, D = 4, 6
+    y = rng.permutation(np.arange(400) % K)
+    H = 3 * rng.standard_normal((K, D))[y] + rng.standard_normal((len(y), D))
+    H[y == 0] *= spread
+    H32 = H.astype(np.float32)
+    W, b = rng.standard_normal((K, D)), rng.standard_normal(K)
+    counts, means, m2, _ = slow_stats(H32, y, K)
+    m = nc_metrics(torch.from_numpy(H32), y, W, b)
+    assert sum(rows) == len(y)
+    ref = slow_nc(H32, y, W, b)
+    for k in ("nc4", "accuracy", "ncc_accuracy"):  # the redone rows' logits and NCC terms as well
+        assert m[k] == ref[k], k
+    assert m["nc1_trace"] == pytest.approx(ref["nc1_trace"], rel=1e-6, abs=0)
+    assert m["nc1"] == pytest.approx(ref["nc1"], rel=1e-6, abs=0)
+    mu_g = (counts / counts.sum()) @ means
+    pinv = np.linalg.pinv((means - mu_g).T @ (means - mu_g) / K, rcond=1e-10)
+    d0 = H32[y == 0] - means[0]
+    assert m.per_class["nc1"][0] == pytest.approx(np.trace(d0.T @ d0 @ pinv) / (K * len(y)), rel=1e-6, abs=0)
+    assert m.per_class["nc1"][0] > 0
+
+
+def test_float32_second_pass_streamed_in_batches(monkeypatch):
+    """The public SecondPass over float16 batches (converted to float32 products) equals the class loops."""
+    rows = _spy_narrow(monkeypatch)
+    rng = np.random.default_rng(14)
+    K, D = 5, 12
+    H, y = data(K, D, 300, rng, noise=0.5, offset=1.0)
+    H16 = torch.from_numpy(H).to(torch.float16)
+    W, b = rng.standard_normal((K, D)), rng.standard_normal(K)
+    s = ClassStats(K, moments="none")
+    for lo in range(0, len(y), 64):
+        s.update(H16[lo:lo + 64], y[lo:lo + 64])
+    second = s.second_pass(W, b)
+    for lo in range(0, len(y), 64):
+        second.update(H16[lo:lo + 64], y[lo:lo + 64])
+    m = s.compute(W, b, second=second)
+    ref = slow_nc(H16.double().numpy(), y, W, b)
+    assert sum(rows) == len(y)
+    assert m["nc1"] == pytest.approx(ref["nc1"], rel=1e-6, abs=0)
+    assert m["nc4"] == ref["nc4"] and m["accuracy"] == ref["accuracy"]

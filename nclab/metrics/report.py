@@ -19,6 +19,7 @@ from nclab.metrics._checks import (
     check_choice,
     check_features,
     check_fraction,
+    check_gemm_dtype,
     check_labels,
     check_matrix,
     check_memory,
@@ -27,7 +28,7 @@ from nclab.metrics._checks import (
 )
 from nclab.metrics.pairwise import BLOCKS, Rows, Target, check_tile, cross_distance, row_pairs, sweep
 from nclab.metrics.pairwise import _blocks as _pairwise_blocks
-from nclab.metrics.stats import ClassStats, SecondPass, ldexp_
+from nclab.metrics.stats import NARROW, ClassStats, SecondPass, ldexp_
 
 SCALARS = {  # name -> one-line meaning (for tables and docs)
     "nc1": "tr(Sigma_W Sigma_B^+)/K",
@@ -485,34 +486,43 @@ def _chunk_rows(D: int) -> int:
     return max(1, (1 << 20) // D)  # ~8 MB of float64 per chunk: stays in cache, buffer reused
 
 
-def _one_shot(x, y, K, weights, bias, rtol, global_mean, exp: int = 0, w_exp: int = 0, **options) -> NCMetrics:
+def _one_shot(x, y, K, weights, bias, rtol, global_mean, exp: int = 0, w_exp: int = 0, gemm_dtype=None,
+              **options) -> NCMetrics:
     """x: features divided by 2^exp; weights: the classifier divided by 2^w_exp."""
-    stats = ClassStats(K, moments="none", device=x.device)
+    stats = ClassStats(K, moments="none", device=x.device, gemm_dtype=gemm_dtype)
     step = _chunk_rows(x.shape[1])
     buf = torch.empty(min(step, x.shape[0]), x.shape[1], dtype=F64, device=x.device)
     for i in range(0, x.shape[0], step):
         stats._update(x[i:i + step], y[i:i + step], buf, exp)
     second = SecondPass(stats, weights, bias, rtol=rtol, global_mean=global_mean, _w_exp=w_exp)
+    if x.dtype in NARROW and not exp and second.small:
+        step = max(step, 1 << 16)  # float32 products (SecondPass._narrow) chunk by themselves: fewer, larger batches
     for i in range(0, x.shape[0], step):
         second._update(x[i:i + step], y[i:i + step], buf, exp)
     return compute_metrics(stats, weights, bias, second=second, _w_exp=w_exp, **options)
 
 
 def nc_metrics(features, labels, weights=None, bias=None, *, num_classes: int | None = None, target="auto",
-               rtol: float = F.DEFAULT_RTOL, global_mean: str = "weighted", **options) -> NCMetrics:
+               rtol: float = F.DEFAULT_RTOL, global_mean: str = "weighted", gemm_dtype: torch.dtype | None = None,
+               **options) -> NCMetrics:
     """All NC metrics of features (N, D) with labels (N,) and optionally a classifier W (K, D), bias (K,).
 
-    Two passes over `features` in float64 chunks (class means, then centred K-space projections), no
-    D x D matrix: cost about N D (K + r) multiply-adds. num_classes default max(labels) + 1. target
-    default "auto" (the same default as ``nclab measure``): etf with a bias or without W, else of.
-    Other options (center, nc3_scale, target_w, target_wh, within, collapse_rtol) as in compute_metrics.
+    Two passes over `features` (float64 class means, then centred K-space projections), no D x D matrix:
+    cost about N D (K + r) multiply-adds. num_classes default max(labels) + 1. target default "auto" (the
+    same default as ``nclab measure``): etf with a bias or without W, else of. gemm_dtype None (default):
+    float32 and half features with at most 16 classes make the second pass's products in float32 on rows
+    centred at their float32-rounded class mean, with float64 corrections (issue 12: about half the time;
+    relative error ~1e-8, exact zeros for exactly collapsed features); torch.float64: every product in
+    float64 (the same bits as float64 features give). Other options (center, nc3_scale, target_w,
+    target_wh, within, collapse_rtol) as in compute_metrics.
 
     Example: ``m = nc_metrics(H, y, W, b, target="etf"); m["nc1"], m.reasons, m.to_dict()``
     """
     rtol = _check_options(rtol, global_mean, options.get("within", "pooled"), options.get("center"),
                           options.get("collapse_rtol", F.DEFAULT_COLLAPSE_RTOL))
+    gemm_dtype = None if gemm_dtype is None else check_gemm_dtype(gemm_dtype)
     x, y, K = _prepared(features, labels, num_classes)
-    return _one_shot(x, y, K, weights, bias, rtol, global_mean, target=target, **options)
+    return _one_shot(x, y, K, weights, bias, rtol, global_mean, target=target, gemm_dtype=gemm_dtype, **options)
 
 
 def nc1(features, labels, *, num_classes: int | None = None, rtol: float = F.DEFAULT_RTOL,

@@ -55,6 +55,7 @@ NARROW_TOP = 128  # |x| < 2^128 in these types
 ONEHOT_MAX_K = 16  # up to this many classes, per-class sums are one-hot GEMMs (2 K B D flops; index_add_ above)
 KEEP_BUF = 1 << 23  # float64 entries (64 MB) of batch buffer kept between updates
 SUB_ELEMS = 1 << 18  # entries per step of the GEMM-free passes: 2 MB of float64, stays in cache
+NARROW_COLS = 32  # widest float32 thin GEMM of SecondPass._narrow
 
 
 def _f64_copy(x: torch.Tensor, device, buf: torch.Tensor | None) -> torch.Tensor:
@@ -553,6 +554,7 @@ class SecondPass:
         # few classes: one GEMM per step on the centred rows, [P | W^T | -2 mu^T], plus the (K_eff, 2 K_eff)
         # table mu_k [W^T | -2 mu^T] added back per sample (x = (x - mu_y) + mu_y); many classes: no K x K table
         self.small = len(kept) <= ONEHOT_MAX_K
+        self._split = None  # _narrow's float32 means and right-hand side, made at its first batch
         if self.small:
             self.kept_t = torch.as_tensor(kept, device=dev)
             if self.w is not None:
@@ -576,35 +578,42 @@ class SecondPass:
     def _update(self, x: torch.Tensor, y: torch.Tensor, buf: torch.Tensor | None = None, exp: int = 0) -> None:
         """x: a batch divided by 2^exp. Steps of SUB_ELEMS float64 entries: each is copied, centred, projected
         and normed while it is in cache; per-sample results (B x (r + 2 K_eff) numbers) are reduced once per
-        batch. N D (r + 2 K_eff) multiply-adds in all, nothing D x D-sized."""
+        batch. N D (r + 2 K_eff) multiply-adds in all, nothing D x D-sized. Float32 (and half) features with
+        few classes take _narrow instead: the same quantities from float32 products."""
         dev = self.stats.device
         y = y.to(dev)
         r = self.row.index_select(0, y)  # (B,) row among kept classes
         if (r < 0).any():
             raise ValueError("second pass has labels of classes that had no samples in the first pass")
         (B, D), Ke, rk = x.shape, self.means_kept.shape[0], self.projector.shape[1]
-        step = max(1, SUB_ELEMS // D)
-        if buf is None:
-            buf = torch.empty(min(step, B), D, dtype=F64, device=dev)
-        oh = _onehot(r, Ke, F64) if self.small else None  # (K_eff, B)
         rhs = self.projector if self.w is None or not self.small else self.rhs
-        zz = torch.empty(B, rhs.shape[1], dtype=F64, device=dev)  # P^T (h - mu) [| logits and NCC terms]
-        z_raw = torch.empty(B, 2 * Ke, dtype=F64, device=dev) if self.w is not None and not self.small else None
         sq = torch.empty(2, B, dtype=F64, device=dev)  # ||h - mu||, ||P^T (h - mu)||
-        for i in range(0, B, step):
-            j = min(i + step, B)
-            xs = _f64_copy(x[i:j], dev, buf)
-            if exp - self.stats.scale_exp:
-                ldexp_(xs, exp - self.stats.scale_exp)  # the first pass's scale
-            if oh is not None:
-                xs.addmm_(oh[:, i:j].T, self.means_kept, alpha=-1.0)  # x - mu_r, exactly as subtraction rounds
-            else:
-                if z_raw is not None:  # many classes: logits and NCC terms on the raw rows, no K x K table
-                    torch.mm(xs, self.rhs, out=z_raw[i:j])
-                xs.sub_(self.means_kept.index_select(0, r[i:j]))
-            torch.mm(xs, rhs, out=zz[i:j])
-            torch.linalg.vector_norm(xs, dim=1, out=sq[0, i:j])
-            torch.linalg.vector_norm(zz[i:j, :rk], dim=1, out=sq[1, i:j])
+        z_raw = torch.empty(B, 2 * Ke, dtype=F64, device=dev) if self.w is not None and not self.small else None
+        oh = _onehot(r, Ke, F64) if self.small else None  # (K_eff, B)
+        if (self.small and x.dtype in NARROW and exp == 0 and self.stats.scale_exp == 0
+                and self.stats.gemm_dtype != F64 and x.device == dev):
+            zz = self._narrow(x.detach(), r, rhs, sq[0])
+            if self.w is not None:
+                z_raw = zz[:, rk:]  # _narrow's logit and NCC columns are the raw rows' terms
+        else:
+            zz = torch.empty(B, rhs.shape[1], dtype=F64, device=dev)  # P^T (h - mu) [| logits and NCC terms]
+            step = max(1, SUB_ELEMS // D)
+            if buf is None:
+                buf = torch.empty(min(step, B), D, dtype=F64, device=dev)
+            for i in range(0, B, step):
+                j = min(i + step, B)
+                xs = _f64_copy(x[i:j], dev, buf)
+                if exp - self.stats.scale_exp:
+                    ldexp_(xs, exp - self.stats.scale_exp)  # the first pass's scale
+                if oh is not None:
+                    xs.addmm_(oh[:, i:j].T, self.means_kept, alpha=-1.0)  # x - mu_r, exactly as subtraction rounds
+                else:
+                    if z_raw is not None:  # many classes: logits and NCC terms on the raw rows, no K x K table
+                        torch.mm(xs, self.rhs, out=z_raw[i:j])
+                    xs.sub_(self.means_kept.index_select(0, r[i:j]))
+                torch.mm(xs, rhs, out=zz[i:j])
+                torch.linalg.vector_norm(xs, dim=1, out=sq[0, i:j])
+        torch.linalg.vector_norm(zz[:, :rk], dim=1, out=sq[1])
         sq.square_()
         if oh is not None:
             qm = oh @ sq.T  # (K_eff, 2)
@@ -625,6 +634,65 @@ class SecondPass:
                                     (am == r).sum()])
         if not (torch.isfinite(self.q).all() and torch.isfinite(self.m2).all()):
             raise ValueError("features contain NaN or inf")
+
+    def _narrow(self, x: torch.Tensor, r: torch.Tensor, rhs: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
+        """The second pass of float32 (or half) features x (B, D) in float32 products (issue 12), with no float64
+        copy of the batch. Each class mean is split mu = hi + delta (hi float32, delta float64, |delta| <= 2^-24
+        |mu|); t = x - hi_y is formed in float32 (exact in the collapsed regime: the rows are within a factor 2
+        of hi) and one float32 GEMM gives [t rhs | t delta^T] (columns scaled by powers of two into float32's
+        range), then in float64
+            (x - mu_y) rhs = t rhs - (delta rhs)_y,   ||x - mu_y||^2 = ||t||^2 - 2 t.delta_y + ||delta_y||^2.
+        Returns zz (B, c) float64 -- P^T (x - mu_y), then with a classifier the raw rows' logit and NCC terms
+        x [W^T | -2 mu^T] -- and writes ||x - mu_y|| into norms (B,). Rows whose float32 squares could
+        underflow or overflow (0 < ||t|| < 2^-50, ||t|| >= 2^60, NaN) are redone in float64; rows with t = 0 are
+        exact as they are. Relative error ~1e-8, well inside what the float32 features carry."""
+        F32, dev = torch.float32, self.stats.device
+        if self._split is None:
+            hi = self.means_kept.to(F32)
+            delta = self.means_kept - hi.to(F64)  # (K_eff, D), float64
+            ext = torch.cat([rhs, delta.T], 1)  # (D, c + K_eff)
+            top = ext.abs().amax(0)  # the columns' largest entries
+            col_exp = torch.where(top > 0, torch.frexp(top)[1], 0).to(F64)
+            # GEMMs of at most NARROW_COLS columns: wider thin products fall off a cliff in MKL (2-4x slower)
+            blocks = (ext * torch.exp2(-col_exp)).to(F32).split(NARROW_COLS, dim=1)
+            table = delta @ rhs  # (K_eff, c)
+            if rhs.shape[1] > self.projector.shape[1]:  # logit and NCC columns: the raw rows' terms, as z_raw
+                table[:, self.projector.shape[1]:] -= self.offsets
+            self._split = (hi, [b.contiguous() for b in blocks], torch.exp2(col_exp), table, (delta * delta).sum(1))
+        hi, ext32, col_scale, table, delta_sq = self._split
+        (B, D), Ke, c = x.shape, hi.shape[0], rhs.shape[1]
+        oh = _onehot(r, Ke, F32)  # (K_eff, B): the one-hot product picks hi_y exactly
+        step = max(1, 2 * SUB_ELEMS // D)  # 2 MB of float32
+        t = torch.empty(min(step, B), D, dtype=F32, device=dev)
+        z32 = [torch.empty(B, b.shape[1], dtype=F32, device=dev) for b in ext32]
+        n32 = torch.empty(B, dtype=F32, device=dev)
+        zero = torch.zeros(B, dtype=torch.bool, device=dev)  # rows with t = 0 exactly
+        with _exact_f32():
+            for i in range(0, B, step):
+                j = min(i + step, B)
+                tj = t[:j - i]
+                torch.addmm(x[i:j] if x.dtype == F32 else x[i:j].to(F32), oh[:, i:j].T, hi, alpha=-1.0, out=tj)
+                for b, zb in zip(ext32, z32):
+                    torch.mm(tj, b, out=zb[i:j])
+                torch.linalg.vector_norm(tj, dim=1, out=n32[i:j])
+                tiny = n32[i:j] < 2.0 ** -50
+                if bool(tiny.any()):
+                    zero[i:j] = tiny & ~tj.any(1)
+        z = torch.cat(z32, 1).to(F64).mul_(col_scale)
+        zz = z[:, :c].sub_(table.index_select(0, r))
+        t_delta = z[:, c:].gather(1, r.unsqueeze(1)).squeeze(1)  # t . delta_y
+        sq = n32.to(F64).square_().sub_(2 * t_delta).add_(delta_sq.index_select(0, r))
+        norms.copy_(sq.clamp_(min=0).sqrt_())
+        redo = ~(((n32 >= 2.0 ** -50) & (n32 < 2.0 ** 60)) | zero)
+        if bool(redo.any()):
+            idx = redo.nonzero()[:, 0]
+            xs = x.index_select(0, idx).to(F64) - self.means_kept.index_select(0, r.index_select(0, idx))
+            zr = xs @ rhs
+            if rhs.shape[1] > self.projector.shape[1]:
+                zr[:, self.projector.shape[1]:] += self.offsets.index_select(0, r.index_select(0, idx))
+            zz[idx] = zr
+            norms[idx] = torch.linalg.vector_norm(xs, dim=1)
+        return zz
 
     def merge(self, other: SecondPass) -> SecondPass:
         if not isinstance(other, SecondPass):
