@@ -592,7 +592,7 @@ class SecondPass:
         oh = _onehot(r, Ke, F64) if self.small else None  # (K_eff, B)
         if (self.small and x.dtype in NARROW and exp == 0 and self.stats.scale_exp == 0
                 and self.stats.gemm_dtype != F64 and x.device == dev):
-            zz = self._narrow(x.detach(), r, rhs, sq[0])
+            zz = self._narrow(x.detach(), r, oh, rhs, sq[0])
             if self.w is not None:
                 z_raw = zz[:, rk:]  # _narrow's logit and NCC columns are the raw rows' terms
         else:
@@ -635,7 +635,8 @@ class SecondPass:
         if not (torch.isfinite(self.q).all() and torch.isfinite(self.m2).all()):
             raise ValueError("features contain NaN or inf")
 
-    def _narrow(self, x: torch.Tensor, r: torch.Tensor, rhs: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
+    def _narrow(self, x: torch.Tensor, r: torch.Tensor, oh: torch.Tensor, rhs: torch.Tensor,
+                norms: torch.Tensor) -> torch.Tensor:
         """The second pass of float32 (or half) features x (B, D) in float32 products (issue 12), with no float64
         copy of the batch. Each class mean is split mu = hi + delta (hi float32, delta float64, |delta| <= 2^-24
         |mu|); t = x - hi_y is formed in float32 (exact in the collapsed regime: the rows are within a factor 2
@@ -653,15 +654,18 @@ class SecondPass:
             ext = torch.cat([rhs, delta.T], 1)  # (D, c + K_eff)
             top = ext.abs().amax(0)  # the columns' largest entries
             col_exp = torch.where(top > 0, torch.frexp(top)[1], 0).to(F64)
+            if bool((col_exp.abs() <= 60).all()):
+                col_exp.zero_()  # within float32's comfortable range: no scaling (and no pass to undo it)
             # GEMMs of at most NARROW_COLS columns: wider thin products fall off a cliff in MKL (2-4x slower)
             blocks = (ext * torch.exp2(-col_exp)).to(F32).split(NARROW_COLS, dim=1)
             table = delta @ rhs  # (K_eff, c)
             if rhs.shape[1] > self.projector.shape[1]:  # logit and NCC columns: the raw rows' terms, as z_raw
                 table[:, self.projector.shape[1]:] -= self.offsets
-            self._split = (hi, [b.contiguous() for b in blocks], torch.exp2(col_exp), table, (delta * delta).sum(1))
+            scale = None if not col_exp.any() else torch.exp2(col_exp)
+            self._split = (hi, [b.contiguous() for b in blocks], scale, table, (delta * delta).sum(1))
         hi, ext32, col_scale, table, delta_sq = self._split
         (B, D), Ke, c = x.shape, hi.shape[0], rhs.shape[1]
-        oh = _onehot(r, Ke, F32)  # (K_eff, B): the one-hot product picks hi_y exactly
+        oh32 = _onehot(r, Ke, F32)  # (K_eff, B): the one-hot product picks hi_y exactly
         step = max(1, 2 * SUB_ELEMS // D)  # 2 MB of float32
         t = torch.empty(min(step, B), D, dtype=F32, device=dev)
         z32 = [torch.empty(B, b.shape[1], dtype=F32, device=dev) for b in ext32]
@@ -671,15 +675,21 @@ class SecondPass:
             for i in range(0, B, step):
                 j = min(i + step, B)
                 tj = t[:j - i]
-                torch.addmm(x[i:j] if x.dtype == F32 else x[i:j].to(F32), oh[:, i:j].T, hi, alpha=-1.0, out=tj)
+                torch.addmm(x[i:j] if x.dtype == F32 else x[i:j].to(F32), oh32[:, i:j].T, hi, alpha=-1.0, out=tj)
                 for b, zb in zip(ext32, z32):
                     torch.mm(tj, b, out=zb[i:j])
                 torch.linalg.vector_norm(tj, dim=1, out=n32[i:j])
                 tiny = n32[i:j] < 2.0 ** -50
                 if bool(tiny.any()):
                     zero[i:j] = tiny & ~tj.any(1)
-        z = torch.cat(z32, 1).to(F64).mul_(col_scale)
-        zz = z[:, :c].sub_(table.index_select(0, r))
+        z = torch.empty(B, c + Ke, dtype=F64, device=dev)
+        a = 0
+        for zb in z32:
+            z[:, a:a + zb.shape[1]] = zb
+            a += zb.shape[1]
+        if col_scale is not None:
+            z.mul_(col_scale)
+        zz = z[:, :c].addmm_(oh.T, table, alpha=-1.0)  # - (delta rhs)_y, picked by the float64 one-hot
         t_delta = z[:, c:].gather(1, r.unsqueeze(1)).squeeze(1)  # t . delta_y
         sq = n32.to(F64).square_().sub_(2 * t_delta).add_(delta_sq.index_select(0, r))
         norms.copy_(sq.clamp_(min=0).sqrt_())
