@@ -48,7 +48,9 @@ GROUPS = {
                                       "tests/test_fuzz_metrics.py", "tests/test_metrics_dist.py",
                                       "tests/test_cov_metrics.py", "tests/test_metrics_fastpaths.py",
                                       # pairwise.py, io.py and report.py are tested here, at large K and by measure
-                                      "tests/test_scale_metrics.py", "tests/test_measure_cli.py"]),
+                                      "tests/test_scale_metrics.py", "tests/test_measure_cli.py",
+                                      "tests/test_mutation_metrics_report.py", "tests/test_mutation_metrics_stats.py",
+                                      "tests/test_mutation_metrics_io.py"]),
 }
 
 STATUS = ("killed", "survived", "no tests", "timeout", "suspicious", "segfault", "skipped", "caught by type check",
