@@ -325,3 +325,11 @@ def test_float32_second_pass_streamed_in_batches(monkeypatch):
     assert sum(rows) == len(y)
     assert m["nc1"] == pytest.approx(ref["nc1"], rel=1e-6, abs=0)
     assert m["nc4"] == ref["nc4"] and m["accuracy"] == ref["accuracy"]
+
+
+def test_nc_metrics_gemm_dtype_is_checked():
+    H, y = data(3, 4, 30, np.random.default_rng(15))
+    with pytest.raises(TypeError, match="gemm_dtype must be a torch dtype"):
+        nc_metrics(H, y, gemm_dtype="float64")
+    with pytest.raises(ValueError, match="gemm_dtype must be torch.float64 or torch.float32"):
+        nc_metrics(H, y, gemm_dtype=torch.int32)
