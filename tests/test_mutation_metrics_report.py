@@ -174,6 +174,7 @@ def test_deep_head_refuses_when_two_float64_copies_of_the_widest_layer_do_not_fi
 
 def test_deep_head_exponents_keep_nc4_accuracy_and_per_class_units_at_every_layer():
     H, y, W1, W2 = _deep_data(seed=2)
+    H = H + 4.0  # mostly positive features: the layer-2 products exceed 1 and get their own power-of-two rescale
     K = 3
     W1 = np.ldexp(W1, 40)  # far from unit norm: the layer-2 features are ~2^40 times the inputs
     W2 = np.ldexp(W2, -45)  # logits ~2^-5 of the inputs' scale: the bias below changes argmax for some samples
