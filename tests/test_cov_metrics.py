@@ -335,6 +335,20 @@ def test_compare_layer_with_only_nc3_scale():
         assert r["nc3"] == pytest.approx(np.linalg.norm(_unit(p) - _unit(S @ m)), rel=1e-9)
 
 
+def test_compare_reads_layers_given_as_read_only_mappings():
+    """A layer as types.MappingProxyType (a read-only dict) is read as a dict, not silently ignored."""
+    import types
+
+    x, y = _data(K=3, D=4)
+    g = np.random.default_rng(7)
+    W1, W2 = g.normal(size=(5, 4)), g.normal(size=(3, 5))
+    S = np.diag([1.0, 2.0, 3.0])
+    layers = [types.MappingProxyType({"nc3_scale": S}), types.MappingProxyType({"nc3_scale": S})]
+    out = compare_to_theory(types.MappingProxyType({"layers": layers}), x, y, [W1, W2], center=False)
+    _, mu, _ = _centred_means(x, y, 3)
+    assert out["layers"][0]["nc3"] == pytest.approx(np.linalg.norm(_unit(W2 @ W1) - _unit(S @ mu)), rel=1e-9)
+
+
 def test_compare_validation_messages():
     x, y = _data()
     W = np.ones((3, 4))

@@ -45,8 +45,19 @@ def test_load_dump_reads_stacked_weights_and_the_setting(tmp_path):
 def test_load_dump_rejects_counts_beyond_int64(tmp_path):
     path = tmp_path / "d.pt"
     torch.save({"H": torch.ones(2, 2), "y": torch.tensor([0, 1]), "counts": [1, 2 ** 63]}, path)
-    _raises(ValueError, f"{path}: unreadable setting (counts): Python int too large to convert to C long",
+    _raises(ValueError, f"{path}: unreadable setting (counts): counts must be whole numbers, got "
+            "[1.0, 9.223372036854776e+18]", load_dump, path)
+
+
+@pytest.mark.parametrize("counts", [[np.nan, 3.0], [2.5, 3.0], [1e20, 3.0]])
+def test_load_dump_rejects_float_counts_that_are_not_whole_numbers(tmp_path, counts):
+    """Float counts in an .npz must be finite whole numbers: a cast to int64 would turn NaN or 1e20 into -2^63."""
+    path = tmp_path / "d.npz"
+    np.savez(path, H=np.ones((2, 2)), y=np.array([0, 1]), counts=np.array(counts))
+    _raises(ValueError, f"{path}: unreadable setting (counts): counts must be whole numbers, got {counts}",
             load_dump, path)
+    np.savez(path, H=np.ones((2, 2)), y=np.array([0, 1]), counts=np.array([2.0, 3.0]))
+    assert load_dump(path)["setting"] == {"counts": [2, 3]}
 
 
 def test_load_dump_messages_name_the_file_and_the_key(tmp_path):

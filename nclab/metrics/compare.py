@@ -8,6 +8,8 @@ means have global mean 0 there), uncentred otherwise.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import torch
 
@@ -20,7 +22,7 @@ KEYS = ("WWt", "HtH", "WH", "bias", "layers", "problem")
 
 
 def _get(obj, key, default=None):
-    if isinstance(obj, dict):
+    if isinstance(obj, Mapping):  # dicts and read-only views of them (types.MappingProxyType)
         return obj.get(key, default)
     return getattr(obj, key, default)
 

@@ -124,7 +124,11 @@ def _setting(d: dict, path: str) -> dict:
         if "loss" in d:
             out["loss"] = str(np.asarray(d["loss"]).reshape(-1)[0])
         if "counts" in d:
-            out["counts"] = [int(v) for v in np.asarray(d["counts"], dtype=np.int64).reshape(-1)]
+            c = np.asarray(d["counts"])
+            if c.dtype.kind == "f" and not (np.isfinite(c).all() and (c == np.round(c)).all()
+                                            and (np.abs(c) < 2.0 ** 62).all()):
+                raise ValueError(f"counts must be whole numbers, got {c.reshape(-1)[:8].tolist()}")
+            out["counts"] = [int(v) for v in np.asarray(c, dtype=np.int64).reshape(-1)]
     except (TypeError, ValueError, IndexError, OverflowError) as exc:
         raise ValueError(f"{path}: unreadable setting ({', '.join(k for k in SETTING_KEYS if k in d)}): "
                          f"{_first_line(exc)}") from None
