@@ -333,3 +333,23 @@ def test_nc_metrics_gemm_dtype_is_checked():
         nc_metrics(H, y, gemm_dtype="float64")
     with pytest.raises(ValueError, match="gemm_dtype must be torch.float64 or torch.float32"):
         nc_metrics(H, y, gemm_dtype=torch.int32)
+
+
+def test_float32_second_pass_nearest_centres_where_the_projector_drops_a_direction(monkeypatch):
+    """Classes 1 and 2 differ only by 2e-7 along e_2, below rtol of the means' spread, so the NC1 projector
+    drops e_2; samples straddle the midpoint along e_2, so nearest-class-centre decisions depend on it. The
+    float32 second pass must still decide as the class loops do (it reads x.mu_j from GEMM columns here: with a
+    full-rank projector it may take them from P's projections instead)."""
+    rows = _spy_narrow(monkeypatch)
+    rng = np.random.default_rng(16)
+    means = np.array([[1.0, 0, 0, 0], [-1.0, 0, 0, 0], [-1.0, 2e-7, 0, 0]])
+    y = np.repeat(np.arange(3), 60)
+    noise = rng.standard_normal((len(y), 4)) * np.array([1e-9, 2e-7, 1e-9, 1e-9])
+    H32 = (means[y] + noise).astype(np.float32)
+    W, b = rng.standard_normal((3, 4)), rng.standard_normal(3)
+    ref = slow_nc(H32, y, W, b)
+    assert 0.5 < ref["ncc_accuracy"] < 0.95  # the e_2 decisions matter
+    m = nc_metrics(torch.from_numpy(H32), y, W, b)
+    assert sum(rows) == len(y) and m.info["rank"] == 1
+    for k in ("nc4", "accuracy", "ncc_accuracy"):
+        assert m[k] == ref[k], k

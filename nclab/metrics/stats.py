@@ -648,23 +648,34 @@ class SecondPass:
         underflow or overflow (0 < ||t|| < 2^-50, ||t|| >= 2^60, NaN) are redone in float64; rows with t = 0 are
         exact as they are. Relative error ~1e-8, well inside what the float32 features carry."""
         F32, dev = torch.float32, self.stats.device
+        rk, Ke, c = self.projector.shape[1], self.means_kept.shape[0], rhs.shape[1]
         if self._split is None:
             hi = self.means_kept.to(F32)
             delta = self.means_kept - hi.to(F64)  # (K_eff, D), float64
-            ext = torch.cat([rhs, delta.T], 1)  # (D, c + K_eff)
+            ncc, gemm_rhs = None, rhs
+            if c > rk and self.rank == Ke - 1:
+                # P spans every mu_j - mu_k: the NCC terms need no GEMM columns of their own,
+                # (x - mu_y).(mu_j - mu_G) = (S_r P^T (x - mu_y)) . (V_r^T (mu_j - mu_G)), V_r = P S_r
+                s_r = torch.as_tensor(self.singular_values[:rk], dtype=F64, device=dev)
+                mu_g = torch.as_tensor(self.mu_g, dtype=F64, device=dev)
+                coords = (self.projector * s_r).T @ (self.means_kept - mu_g).T  # (r, K_eff)
+                ncc = (-2.0 * s_r[:, None] * coords, self.offsets[:, Ke:])
+                gemm_rhs = rhs[:, :rk + Ke]  # [P | W^T]
+            ext = torch.cat([gemm_rhs, delta.T], 1)  # (D, c + K_eff)
             top = ext.abs().amax(0)  # the columns' largest entries
             col_exp = torch.where(top > 0, torch.frexp(top)[1], 0).to(F64)
             if bool((col_exp.abs() <= 60).all()):
                 col_exp.zero_()  # within float32's comfortable range: no scaling (and no pass to undo it)
             # GEMMs of at most NARROW_COLS columns: wider thin products fall off a cliff in MKL (2-4x slower)
             blocks = (ext * torch.exp2(-col_exp)).to(F32).split(NARROW_COLS, dim=1)
-            table = delta @ rhs  # (K_eff, c)
-            if rhs.shape[1] > self.projector.shape[1]:  # logit and NCC columns: the raw rows' terms, as z_raw
-                table[:, self.projector.shape[1]:] -= self.offsets
+            table = delta @ gemm_rhs  # (K_eff, c)
+            if gemm_rhs.shape[1] > rk:  # logit (and NCC) columns: the raw rows' terms, as z_raw
+                table[:, rk:] -= self.offsets[:, :gemm_rhs.shape[1] - rk]
             scale = None if not col_exp.any() else torch.exp2(col_exp)
-            self._split = (hi, [b.contiguous() for b in blocks], scale, table, (delta * delta).sum(1))
-        hi, ext32, col_scale, table, delta_sq = self._split
-        (B, D), Ke, c = x.shape, hi.shape[0], rhs.shape[1]
+            self._split = (hi, [b.contiguous() for b in blocks], scale, table, (delta * delta).sum(1), ncc)
+        hi, ext32, col_scale, table, delta_sq, ncc = self._split
+        B, D = x.shape
+        cg = table.shape[1]  # the GEMM's columns before delta's
         oh32 = _onehot(r, Ke, F32)  # (K_eff, B): the one-hot product picks hi_y exactly
         step = max(1, 2 * SUB_ELEMS // D)  # 2 MB of float32
         t = torch.empty(min(step, B), D, dtype=F32, device=dev)
@@ -682,15 +693,21 @@ class SecondPass:
                 tiny = n32[i:j] < 2.0 ** -50
                 if bool(tiny.any()):
                     zero[i:j] = tiny & ~tj.any(1)
-        z = torch.empty(B, c + Ke, dtype=F64, device=dev)
+        z = torch.empty(B, cg + Ke, dtype=F64, device=dev)
         a = 0
         for zb in z32:
             z[:, a:a + zb.shape[1]] = zb
             a += zb.shape[1]
         if col_scale is not None:
             z.mul_(col_scale)
-        zz = z[:, :c].addmm_(oh.T, table, alpha=-1.0)  # - (delta rhs)_y, picked by the float64 one-hot
-        t_delta = z[:, c:].gather(1, r.unsqueeze(1)).squeeze(1)  # t . delta_y
+        zz = z[:, :cg].addmm_(oh.T, table, alpha=-1.0)  # - (delta rhs)_y, picked by the float64 one-hot
+        t_delta = z[:, cg:].gather(1, r.unsqueeze(1)).squeeze(1)  # t . delta_y
+        if ncc is not None:  # -2 x.mu_j up to a per-row constant (argmin is all that reads them)
+            full = torch.empty(B, c, dtype=F64, device=dev)
+            full[:, :cg] = zz
+            full[:, cg:] = zz[:, :rk] @ ncc[0]
+            full[:, cg:].addmm_(oh.T, ncc[1])
+            zz = full
         sq = n32.to(F64).square_().sub_(2 * t_delta).add_(delta_sq.index_select(0, r))
         norms.copy_(sq.clamp_(min=0).sqrt_())
         redo = ~(((n32 >= 2.0 ** -50) & (n32 < 2.0 ** 60)) | zero)
