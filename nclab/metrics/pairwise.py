@@ -313,10 +313,12 @@ def sweep(C: Rows, target: Target | None, tile: int, summ: dict, *, offset: torc
             Y -= m0
             if not all_ok:
                 _mask_rows(Y, oka, okbb)
-            yv = Y.reshape(-1)
             dg = Y.diagonal()
-            tot["c1"] += _upper(float(Y.sum()), float(dg.sum()) if same else 0.0, same)
-            tot["c2"] += _upper(float(torch.dot(yv, yv)), float(torch.dot(dg, dg)) if same else 0.0, same)
+            if same:  # the diagonal's (1 - m0)^2 would swamp squares of ~1e-18 if subtracted afterwards
+                dg.zero_()
+            yv = Y.reshape(-1)  # a copy when Y is a corner of its buffer: after the diagonal is zeroed
+            tot["c1"] += _upper(float(Y.sum()), 0.0, same)
+            tot["c2"] += _upper(float(torch.dot(yv, yv)), 0.0, same)
             if uniformity:  # log 1/||u_k - u_l|| = -(log 2 + log1p(-cos))/2
                 Y += m0
                 if same:
