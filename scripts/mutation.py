@@ -45,7 +45,7 @@ GROUPS = {
                                     "tests/test_mutation_theory.py", "tests/test_cov_theory.py",
                                     "tests/test_predict_cli.py", "tests/test_scale_theory.py",
                                     "tests/test_mutation_theory_predict.py",
-                                    "tests/test_mutation_theory_structure.py"]),
+                                    "tests/test_mutation_theory_structure.py", "tests/test_mutation_theory_misc.py"]),
     "metrics": (["nclab/metrics/*"], ["tests/test_metrics_reference.py", "tests/test_metrics_degenerate.py",
                                       "tests/test_metrics_functional.py", "tests/test_metrics_hooks_theory.py",
                                       "tests/test_fuzz_metrics.py", "tests/test_metrics_dist.py",

@@ -79,9 +79,6 @@ class MSEStructure:
     def gram(self, v: np.ndarray, left_E: bool, right_E: bool) -> np.ndarray:
         return self.basis.dense(v, "u", "u", left_E, right_E)
 
-    def gram_diag(self, v: np.ndarray, left_E: bool, right_E: bool) -> np.ndarray:
-        return self.basis.diag(v, "u", "u", left_E, right_E)
-
     def layer_values(self, j: int) -> dict:
         """Per-mode values of layer j's (1-based) mean_gram, partial_gram and nc3_scale."""
         with np.errstate(under="ignore", over="ignore"):
