@@ -168,3 +168,32 @@ def test_imbalanced_geometry_names_collapsed_and_cut_classes():
     assert th["modes_active"] == 1 and th["modes_cut_by_rank"] == 1 and th["classes_collapsed"] == 2
     assert geometry_name(problem, sol) == (
         "general orthogonal frame (1 minority classes collapsed, 1 classes cut by the rank budget)")
+
+
+def test_rank_cut_tie_tolerance_is_inclusive():
+    """A gap of exactly 1e-12 mu_1 at the rank cut counts as a tie: counts [1e12, 5, 4], width 2 cuts between
+    5 and 4 (both above n_thr), 5 - 4 = 1 = 1e-12 * 1e12."""
+    sol = solve_mse(make_problem([10**12, 5, 4], widths=[2], lambda_w=1e-12, lambda_h=1e-12))
+    assert sol.eligible.all() and sol.active.tolist() == [True, True, False]
+    assert not sol.gram_unique and "rank budget R = 2 cuts through" in sol.uniqueness_note
+
+
+def test_bias_with_many_distinct_counts_computes_the_root_straddling_the_threshold():
+    """K = 4100 distinct counts 1..4100 (more than ALL_ROOTS_MAX_GROUPS groups): only the roots that may matter
+    are computed. Rank budget 2, threshold between count 3999 and the secular root in (3999, 4000): that root is
+    mode 100 (far beyond the budget) but decides eligibility, so it must be computed, equal to the root of
+    1 = sum_k n_k^2 / (N (n_k - mu)) found here by bisection, and counted eligible (101 eligible modes)."""
+    n = np.arange(1, 4101, dtype=np.float64)
+    N = float(n.sum())
+    lo, hi = 3999.0, 4000.0
+    for _ in range(100):  # the secular function increases from -inf to +inf on the gap
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if np.sum(n * n / (n - mid)) / N < 1.0 else (lo, mid)
+    root = 0.5 * (lo + hi)
+    n_thr = 0.5 * (3999.0 + root)
+    lam = math.sqrt(n_thr) / N  # M = 1: a*(1) = 1, n_thr = N kappa = N^2 lambda_W lambda_H
+    problem = make_problem(list(range(1, 4101)), widths=[2], lambda_w=lam, lambda_h=lam, bias=True)
+    sol = solve_mse(problem)
+    assert sol.mu[100] == pytest.approx(root, rel=1e-12)
+    assert int(sol.eligible.sum()) == 101 and int(sol.active.sum()) == 2
+    assert thresholds(problem, sol)["modes_cut_by_rank"] == 99
