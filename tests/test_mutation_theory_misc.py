@@ -25,3 +25,14 @@ def test_search_false_for_imbalanced_deep_ce_is_refused_with_the_reason():
            "(search=None or True)")
     with pytest.raises(ValueError, match="^" + re.escape(msg) + "$"):
         predict([3, 2, 2], depth=2, loss="ce", search=False)
+
+
+def test_overflowing_feature_scale_is_refused_with_a_finite_size_and_no_warning():
+    """s/(s+c)^2 beyond float64 (tiny decays): one ValueError giving its size as a power of ten computed from
+    logarithms (~1e623, not ~1einf), and no RuntimeWarning from the exponential on the way."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match=r"^the optimal per-layer class-mean Grams exceed float64 \(~1e623\) "):
+            predict([3, 2], widths=4, lambda_w=[5e-324, 1e300, 1e300], lambda_h=5e-324)

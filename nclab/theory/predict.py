@@ -41,8 +41,9 @@ class MSEStructure:
         ls = sol.log_s[first]
         self.log_s = ls
         lsc = np.logaddexp(ls, sol.log_c)  # log(s + c)
-        with np.errstate(under="ignore"):
-            self.feature_scale = np.exp(ls - 2.0 * lsc)  # s/(s+c)^2: class-mean Gram of H per mode
+        self._log_feature_scale = ls - 2.0 * lsc
+        with np.errstate(under="ignore", over="ignore"):  # an overflow is refused, with its size, by check_finite
+            self.feature_scale = np.exp(self._log_feature_scale)  # s/(s+c)^2: class-mean Gram of H per mode
             self.logit_scale = np.exp(ls - lsc)  # s/(s+c): W Hbar per mode
         lam = np.log(np.asarray(p.lambda_w, dtype=np.float64))
         lbar = float(np.mean(lam))
@@ -65,7 +66,7 @@ class MSEStructure:
         logs = {
             "squared singular values of W_M...W_1": self.log_s,
             "per-layer singular values": 0.5 * self._log_sig2,
-            "per-layer class-mean Grams": np.log(np.maximum(self.feature_scale, 1e-300)) + self._log_pre,
+            "per-layer class-mean Grams": self._log_feature_scale + self._log_pre,
             "partial products W_M...W_j": self._log_post,
             "NC3 scales C_j": self._log_nc3,
         }
