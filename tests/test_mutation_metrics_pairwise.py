@@ -180,3 +180,28 @@ def test_classifier_and_bias_scaling_ignores_the_callers_underflow_flag():
     with np.errstate(under="raise"):
         m = nc_metrics(H, y, W, b)
     assert m["accuracy"] == pytest.approx(np.mean(y == 1))  # the 1e300 bias decides every sample
+
+
+def _cdnv(R, var, tile):
+    C = pw.Rows(torch.as_tensor(R, dtype=torch.float64))
+    return pw.sweep(C, None, tile, C.summary(tile), variances=torch.as_tensor(var, dtype=torch.float64))["cdnv"]
+
+
+def test_cdnv_of_coinciding_means_is_inf_or_nan_pair_by_pair():
+    """CDNV = mean over pairs of (var_k + var_l) / (2 ||mu_k - mu_l||^2), as the dense definition gives it: a pair
+    of coinciding means with variance is +inf; with no variance, 0/0 = NaN wins over inf. Only the coinciding
+    pairs decide (a zero-variance pair elsewhere is a finite 0), in whichever tile they fall."""
+    R = np.array([[1.0, 0, 0], [0, 2.0, 0], [0, 0, 3.0], [0, 2.0, 0], [-1.0, 1.0, 1.0]])  # rows 1 and 3 coincide
+    dense = [(0.0 + 0.0) / (2 * np.sum((R[0] - R[2]) ** 2))]  # a finite pair with no variance: 0
+    assert dense == [0.0]
+    var = np.array([0.0, 0.5, 0.0, 0.5, 0.2])
+    for tile in (2, 5):
+        assert _cdnv(R, var, tile) == math.inf, tile
+    var = np.array([0.3, 0.0, 0.3, 0.0, 0.2])  # the coinciding pair has no variance: 0/0
+    for tile in (2, 5):
+        assert math.isnan(_cdnv(R, var, tile)), tile
+    # NaN in the first tile's pair (rows 0, 1), inf in a later tile's pair (rows 3, 4): NaN
+    R2 = np.array([[1.0, 0, 0], [1.0, 0, 0], [0, 0, 3.0], [0, 2.0, 0], [0, 2.0, 0]])
+    var2 = np.array([0.0, 0.0, 0.1, 0.5, 0.5])
+    for tile in (1, 2, 5):
+        assert math.isnan(_cdnv(R2, var2, tile)), tile

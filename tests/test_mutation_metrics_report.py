@@ -211,3 +211,18 @@ def test_partial_products_underflow_quietly_even_under_numpys_underflow_trap():
     with np.errstate(under="ignore"):
         expected = np.ldexp(B @ A, -1080)
     np.testing.assert_array_equal(p[0].numpy(), expected)
+
+
+@pytest.mark.parametrize("target,K_over_D", [("etf", 1), ("of", 0)])
+def test_geometry_that_fits_exactly_in_d_dimensions_gets_no_impossibility_reason(target, K_over_D):
+    """A simplex ETF of K = D + 1 vectors spans D dimensions, an orthogonal frame of K = D vectors too: no
+    "cannot exist" reason; one class more and the reason is given."""
+    from nclab.metrics import nc_metrics
+
+    rng = np.random.default_rng(21)
+    D = 4
+    for K, said in ((D + K_over_D, False), (D + K_over_D + 1, True)):
+        y = np.arange(20 * K) % K
+        H = 3 * rng.standard_normal((K, D))[y] + 0.1 * rng.standard_normal((len(y), D))
+        m = nc_metrics(H, y, target=target)
+        assert ("cannot exist in D dimensions" in m.reasons.get("nc2_h", "")) == said, (K, m.reasons.get("nc2_h"))

@@ -231,3 +231,11 @@ def test_functions_ignore_the_callers_floating_point_traps():
     assert np.isnan(eq)
     assert cd == np.inf
     assert nc1 == np.ldexp(1 / 3, -1069)
+
+
+def test_global_mean_messages_name_the_option_and_the_counts():
+    means = np.eye(3)
+    with pytest.raises(ValueError, match=r"^global_mean must be one of "):
+        fn.global_mean(means, [1, 2, 3], "median")
+    with pytest.raises(ValueError, match=r"^counts "):
+        fn.global_mean(means, [1, 2], "weighted")
