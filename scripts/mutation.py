@@ -55,7 +55,9 @@ GROUPS = {
                                       # pairwise.py, io.py and report.py are tested here, at large K and by measure
                                       "tests/test_scale_metrics.py", "tests/test_measure_cli.py",
                                       "tests/test_mutation_metrics_report.py", "tests/test_mutation_metrics_stats.py",
-                                      "tests/test_mutation_metrics_io.py", "tests/test_mutation_metrics_pairwise.py"]),
+                                      "tests/test_mutation_metrics_io.py", "tests/test_mutation_metrics_pairwise.py",
+                                      "tests/test_mutation_metrics_compute.py",
+                                      "tests/test_mutation_metrics_checks.py"]),
 }
 
 STATUS = ("killed", "survived", "no tests", "timeout", "suspicious", "segfault", "skipped", "caught by type check",
