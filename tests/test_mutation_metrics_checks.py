@@ -169,3 +169,37 @@ def test_f64_copy_is_a_float64_copy_into_a_buffer_when_it_fits():
     short = torch.empty(2, 2, dtype=torch.float64)  # fewer rows than x (5, 2), as many as its columns: fresh copy
     got = stats_mod._f64_copy(torch.ones(5, 2), "cpu", short)
     assert got.dtype == torch.float64 and got.shape == (5, 2) and bool((got == 1).all())
+
+
+# ------------------------------------------------------------------------------------------ long batches
+def test_one_long_float64_batch_of_dyadic_features_gives_the_exact_scatter():
+    # one batch is centred at its own class means at once (one GEMM): features in {0, 1} and classes of 2^16
+    # samples make every deviation, product and sum exact, so the scatter equals the integer-arithmetic one;
+    # B = 2^17 rows of D = 3 is longer than the GEMM-free passes' step (2^18 / D rows)
+    rng = np.random.default_rng(1)
+    B, D = 2**17, 3
+    H = rng.integers(0, 2, (B, D)).astype(np.float64)
+    y = np.repeat([0, 1], B // 2)
+    s = ClassStats(2).update(H, y)
+    Hi = H.astype(np.int64)
+    want = np.zeros((D, D))
+    for k in range(2):
+        Xk = Hi[y == k]
+        sk = Xk.sum(0)
+        # X^T X - s s^T / n, with n = 2^16: an integer matrix minus an exact dyadic one
+        want += (Xk.T @ Xk).astype(np.float64) - np.outer(sk, sk).astype(np.float64) / len(Xk)
+    np.testing.assert_array_equal(s.scatter.numpy(), want)
+
+
+def test_class_means_of_a_long_scaled_batch_are_one_exact_sum():
+    # x is a batch given divided by 2^exp (as nc_metrics' layers pass it): without second moments the class sums
+    # are accumulated over the whole batch and divided once, exact for dyadic features and counts 2^16
+    rng = np.random.default_rng(2)
+    B, D, e = 2**17, 3, 7
+    H = rng.integers(-2**20, 2**20, (B, D)).astype(np.float64) / 1024
+    y = rng.permutation(np.repeat([0, 1], B // 2))
+    s = ClassStats(2, moments="none")
+    s._update(torch.from_numpy(H), torch.from_numpy(y), None, e)
+    want = np.ldexp(np.array([H[y == k].sum(0) for k in range(2)]) / (B // 2), e)
+    np.testing.assert_array_equal(s.means.numpy(), want)
+    assert s.counts.tolist() == [B // 2, B // 2]
