@@ -75,7 +75,7 @@ def check_device(device) -> torch.device | None:
             raise ValueError("meta tensors hold no numbers")
         torch.empty(0, device=dev)
     except Exception as exc:  # RuntimeError, AssertionError (no CUDA build), ...
-        raise ValueError(f"device {device!r} is not usable here: {str(exc).splitlines()[0] if str(exc) else exc!r}"
+        raise ValueError(f"device {device!r} is not usable here: {str(exc).splitlines()[0] if str(exc) else repr(exc)}"
                          ) from None
     return dev
 
@@ -164,7 +164,7 @@ def as_tensor(x, name: str) -> torch.Tensor:
         with np.errstate(all="ignore"):
             arr = np.asarray(x)
     except Exception as exc:  # ragged lists and the like
-        raise ValueError(f"{name} could not be read as an array: {str(exc).splitlines()[0] if str(exc) else exc!r}"
+        raise ValueError(f"{name} could not be read as an array: {str(exc).splitlines()[0] if str(exc) else repr(exc)}"
                          ) from None
     if arr.dtype == object or arr.dtype.kind in "USVMm":
         raise ValueError(f"{name} must be numeric, got dtype {arr.dtype}")
