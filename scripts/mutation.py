@@ -137,6 +137,9 @@ def run(group: str, work: pathlib.Path, jobs: int, fresh: bool, survivors: bool,
                "seconds": round(time.time() - t0), "counts": counts,
                "kill_rate": killed / (killed + alive) if killed + alive else None,
                "survived": found.get("survived", []), "no_tests": found.get("no tests", [])}
+    if rc and not killed + alive:  # mutmut failed before testing anything: keep the previous summary
+        print(f"{group}: mutmut exit {rc} before any mutant was tested, see {work / 'mutmut.log'}")
+        return summary
     (work / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     rate = "n/a" if summary["kill_rate"] is None else f"{100 * summary['kill_rate']:.1f}%"
     print(f"{group}: killed {counts.get('killed', 0)} (+{counts.get('timeout', 0)} timeouts), survived {alive}, "
