@@ -263,3 +263,30 @@ def test_group_norms_equal_the_dense_gram_diagonals():
     wn, hn = cei._group_norms(prob, s.groups["a"], s.groups["alpha"], idx, lam_w, lam_h)
     assert np.allclose(wn, np.sqrt(np.diag(s.WWt)), rtol=1e-8)
     assert np.allclose(hn, np.sqrt(np.diag(s.HtH)), rtol=1e-8)
+
+
+@pytest.mark.parametrize("counts,lam", [([7, 6, 5, 4, 3, 2, 1], 3e-2), ([30, 10, 3, 3], 1e-2),
+                                        ([9, 9, 9, 4, 4, 2], 2e-2)])
+def test_bias_repair_is_the_shortfall_of_the_mean_prediction(counts, lam):
+    """With a bias the dual point needs the mean predicted class distribution q = sum_h pi_h softmax(Z e_h + b) to
+    match pi; the reported repair is s = max(0, 1 - min_k pi_k / q_k) at the reported point (numpy softmax)."""
+    p = make_problem(counts, widths=8, lambda_w=lam, lambda_h=lam, bias=True, loss="ce")
+    s = cei.solve_ce_imbalanced(p)
+    L = s.Z + s.bias[:, None]
+    P = np.exp(L - L.max(axis=0)) / np.exp(L - L.max(axis=0)).sum(axis=0)
+    pi = np.asarray(counts, float) / sum(counts)
+    q = P @ pi
+    expected = max(0.0, 1.0 - float(np.min(pi / q)))
+    assert expected > 1e-14  # the repair is active here
+    assert s.solver["bias_repair"] == pytest.approx(expected, rel=1e-2)
+
+
+def test_reported_newton_steps_count_the_newton_directions(monkeypatch):
+    """solver['newton'] is the number of Newton-CG directions computed (each iteration computes one)."""
+    calls = []
+    real = cei._newton_dir
+    monkeypatch.setattr(cei, "_newton_dir", lambda *a, **k: calls.append(1) or real(*a, **k))
+    for counts in ([30, 10, 3, 3], [200, 100, 50, 50]):
+        calls.clear()
+        s = cei.solve_ce_imbalanced(make_problem(counts, widths=4, lambda_w=1e-2, lambda_h=1e-2, bias=True, loss="ce"))
+        assert s.certified and s.solver["newton"] == len(calls)
