@@ -290,3 +290,15 @@ def test_reported_newton_steps_count_the_newton_directions(monkeypatch):
         calls.clear()
         s = cei.solve_ce_imbalanced(make_problem(counts, widths=4, lambda_w=1e-2, lambda_h=1e-2, bias=True, loss="ce"))
         assert s.certified and s.solver["newton"] == len(calls)
+
+
+def test_large_k_rank_counts_small_between_group_logits():
+    """K = 2049 > DENSE_MAX_K (2000 classes of 3, 49 of 1), lambda = 1.653e-4: N^2 lambda^2 = 0.9998 < 1, so nothing
+    collapses and the rank is K - 1 (1999 + 48 within-group directions + 1 between the groups), although the
+    between-group logits are small (singular value of B below 1) this close to the minority collapse."""
+    counts = [3] * 2000 + [1] * 49
+    lam = 1.653e-4
+    assert sum(counts) ** 2 * lam * lam < 1
+    s = cei.solve_ce_imbalanced(make_problem(counts, widths=2049, lambda_w=lam, lambda_h=lam, loss="ce"))
+    assert s.Z is None and s.certified and s.merged == []
+    assert s.rank == 2048
