@@ -72,7 +72,7 @@ def test_empty_class_warning_points_at_the_caller():
     msgs = [w for w in rec if "without samples" in str(w.message)]
     assert len(msgs) == 1 and str(msgs[0].message).endswith("metrics use K_eff = 3")
     # stacklevel 2: the line that called compute_metrics (under mutmut a trampoline frame sits in between)
-    if not os.environ.get("MUTANT_UNDER_TEST"):
+    if "MUTANT_UNDER_TEST" not in os.environ:
         assert msgs[0].filename == __file__
 
 
