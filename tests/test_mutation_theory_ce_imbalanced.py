@@ -302,3 +302,11 @@ def test_large_k_rank_counts_small_between_group_logits():
     s = cei.solve_ce_imbalanced(make_problem(counts, widths=2049, lambda_w=lam, lambda_h=lam, loss="ce"))
     assert s.Z is None and s.certified and s.merged == []
     assert s.rank == 2048
+
+
+def test_rounding_level_bias_repair_keeps_the_certificate_finite():
+    """Hong & Ling's sweep point k_A = 3, n_A = 500, n_B = 100, l = 0.005 with a bias: the repair s is at rounding
+    level and its clipped numerator sums to 0; the certificate must stay finite (merged: 100 <= 2200^2 l^2 = 121)."""
+    r = cei.solve_grouped_counts([500, 100], [3, 7], 0.005, 0.005, bias=True)
+    assert math.isfinite(r["dual"]) and r["rel_gap"] <= 1e-10
+    assert r["merged"] == [False, True]  # 500 > 121: the majority rows stay apart
