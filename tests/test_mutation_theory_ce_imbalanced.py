@@ -321,3 +321,12 @@ def test_overshooting_newton_directions_are_backtracked(monkeypatch):
     monkeypatch.setattr(cei, "_newton_dir", lambda *a, **k: 4.0 * real(*a, **k))
     s = cei.solve_ce_imbalanced(p)
     assert s.certified and s.objective == pytest.approx(ref.objective, rel=1e-9)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_exact_zero_gap_certifies_at_zero_tolerance(bias):
+    """Balanced [4, 4, 4, 4], lambda = 1: Z = 0 is optimal and its dual is the entropy of the uniform prediction,
+    log 4 = the primal exactly, so certified means rel_gap <= tol holds even for tol = 0."""
+    s = cei.solve_ce_imbalanced(ce_problem([4, 4, 4, 4], 1.0, bias=bias), tol=0.0)
+    assert s.gap == 0.0 and s.objective == pytest.approx(math.log(4), rel=1e-15)
+    assert s.certified
