@@ -203,3 +203,20 @@ def test_class_means_of_a_long_scaled_batch_are_one_exact_sum():
     want = np.ldexp(np.array([H[y == k].sum(0) for k in range(2)]) / (B // 2), e)
     np.testing.assert_array_equal(s.means.numpy(), want)
     assert s.counts.tolist() == [B // 2, B // 2]
+
+
+@pytest.mark.filterwarnings("ignore:torch.quantize_per_tensor")  # deprecated in torch, still a user input
+def test_as_tensor_reads_numbers_and_refuses_what_holds_none():
+    """Numeric numpy arrays are read (long double as float64), strings refused, a quantized tensor refused by
+    its kind."""
+    from nclab.metrics._checks import as_tensor
+
+    got = as_tensor(np.array([[1.5, -2.0]]), "H")
+    assert got.dtype == torch.float64 and got.tolist() == [[1.5, -2.0]]
+    ld = as_tensor(np.array([0.1, 2.0], dtype=np.longdouble), "H")
+    assert ld.dtype == torch.float64 and ld.tolist() == [float(np.longdouble(0.1)), 2.0]
+    with pytest.raises(ValueError, match=r"^H must be numeric, got dtype <U1$"):
+        as_tensor(np.array(["a"]), "H")
+    q = torch.quantize_per_tensor(torch.ones(2), 0.1, 0, torch.quint8)
+    with pytest.raises(ValueError, match=r"^H is a quantized tensor: pass one holding numbers$"):
+        as_tensor(q, "H")
