@@ -332,9 +332,6 @@ def test_exact_zero_gap_certifies_at_zero_tolerance(bias):
     assert s.certified
 
 
-@pytest.mark.xfail(strict=True, reason="bug: on the zero optimum (rho >~ 0.44 here) the snap=False merge test compares "
-                   "rounding noise (alpha ~1e-18 vs a ~1e-14) and reports 'not merged', so the bisection returns a "
-                   "finite ratio where every ratio merges")
 def test_minority_collapse_threshold_is_inf_when_the_closed_form_has_no_root():
     """n_A = 10, k_A = 1, k_B = 2, lambda = 0.15: lambda^2 (10 + 20 rho)^2 >= 10 rho for every rho (discriminant
     1 - 81 < 0), so the minority rows merge at every ratio; the closed form says inf and the bisection must too."""

@@ -583,7 +583,12 @@ def solve_grouped_counts(counts, sizes, lambda_w: float, lambda_h: float, bias: 
         _, res = _solve_grouped(n, m, mu, bool(bias), tol=tol, seed=seed, snap=snap)
     res["rel_gap"] = res["gap"] / max(abs(res["primal"]), 1e-300)
     scale = max(float(np.max(np.abs(res["alpha"]))), float(np.max(np.abs(res["a"]))), 1e-300)
-    res["merged"] = [bool(mg >= 2 and abs(al) <= MERGE_RTOL * scale) for mg, al in zip(m, res["alpha"])]
+    # Z = 0 optimal (the certified lower bound reaches the value at zero): every group's rows are equal (all zero);
+    # the point's alpha and a are then rounding noise, whose ratio says nothing
+    zv = _zero_value(n, m, bool(bias))
+    res["zero"] = bool(res["dual"] >= zv - 1e-12 * max(1.0, abs(zv)))
+    res["merged"] = [bool(mg >= 2 and (res["zero"] or abs(al) <= MERGE_RTOL * scale))
+                     for mg, al in zip(m, res["alpha"])]
     return res
 
 
