@@ -10,26 +10,11 @@ warnings or FloatingPointError whatever the caller's np.errstate.
 import numpy as np
 import pytest
 import torch
+from slow_metrics import slow_stats
 
 from nclab.metrics import ClassStats
 from nclab.metrics import functional as fn
 from nclab.metrics import stats as stats_mod
-
-
-def slow_stats(H, y, K):
-    """counts, means, m2, scatter by explicit loops over classes, float64."""
-    H = np.asarray(H, dtype=np.float64)
-    D = H.shape[1]
-    counts, means, m2, S = np.zeros(K), np.zeros((K, D)), np.zeros(K), np.zeros((D, D))
-    for k in range(K):
-        Hk = H[y == k]
-        counts[k] = len(Hk)
-        if len(Hk):
-            means[k] = Hk.mean(0)
-            dk = Hk - means[k]
-            m2[k] = (dk * dk).sum()
-            S += dk.T @ dk
-    return counts, means, m2, S
 
 
 def data(K, D, n, seed, noise=0.3):
