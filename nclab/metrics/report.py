@@ -28,7 +28,7 @@ from nclab.metrics._checks import (
 )
 from nclab.metrics.pairwise import BLOCKS, Rows, Target, check_tile, cross_distance, row_pairs, sweep
 from nclab.metrics.pairwise import _blocks as _pairwise_blocks
-from nclab.metrics.stats import NARROW, ClassStats, SecondPass, ldexp_
+from nclab.metrics.stats import ClassStats, SecondPass, ldexp_
 
 SCALARS = {  # name -> one-line meaning (for tables and docs)
     "nc1": "tr(Sigma_W Sigma_B^+)/K",
@@ -495,7 +495,7 @@ def _one_shot(x, y, K, weights, bias, rtol, global_mean, exp: int = 0, w_exp: in
     for i in range(0, x.shape[0], step):
         stats._update(x[i:i + step], y[i:i + step], buf, exp)
     second = SecondPass(stats, weights, bias, rtol=rtol, global_mean=global_mean, _w_exp=w_exp)
-    if x.dtype in NARROW and not exp and second.small:
+    if second.narrow(x, exp):
         step = max(step, 1 << 16)  # float32 products (SecondPass._narrow) chunk by themselves: fewer, larger batches
     for i in range(0, x.shape[0], step):
         second._update(x[i:i + step], y[i:i + step], buf, exp)
@@ -511,10 +511,10 @@ def nc_metrics(features, labels, weights=None, bias=None, *, num_classes: int | 
     cost about N D (K + r) multiply-adds. num_classes default max(labels) + 1. target default "auto" (the
     same default as ``nclab measure``): etf with a bias or without W, else of. gemm_dtype None (default):
     float32 and half features with at most 16 classes make the second pass's products in float32 on rows
-    centred at their float32-rounded class mean, with float64 corrections (issue 12: about half the time;
-    relative error ~1e-8, exact zeros for exactly collapsed features); torch.float64: every product in
-    float64 (the same bits as float64 features give). Other options (center, nc3_scale, target_w,
-    target_wh, within, collapse_rtol) as in compute_metrics.
+    centred at their float32-rounded class mean, with float64 corrections (issue 12: faster than float64
+    products, `python benchmarks/metrics.py` times both; relative error ~1e-8, exact zeros for exactly
+    collapsed features); torch.float64: every product in float64 (the same bits as float64 features give).
+    Other options (center, nc3_scale, target_w, target_wh, within, collapse_rtol) as in compute_metrics.
 
     Example: ``m = nc_metrics(H, y, W, b, target="etf"); m["nc1"], m.reasons, m.to_dict()``
     """

@@ -590,8 +590,7 @@ class SecondPass:
         sq = torch.empty(2, B, dtype=F64, device=dev)  # ||h - mu||, ||P^T (h - mu)||
         z_raw = torch.empty(B, 2 * Ke, dtype=F64, device=dev) if self.w is not None and not self.small else None
         oh = _onehot(r, Ke, F64) if self.small else None  # (K_eff, B)
-        if (self.small and x.dtype in NARROW and exp == 0 and self.stats.scale_exp == 0
-                and self.stats.gemm_dtype != F64 and x.device == dev):
+        if self.narrow(x, exp):
             zz = self._narrow(x.detach(), r, oh, rhs, sq[0])
             if self.w is not None:
                 z_raw = zz[:, rk:]  # _narrow's logit and NCC columns are the raw rows' terms
@@ -635,6 +634,12 @@ class SecondPass:
         if not (torch.isfinite(self.q).all() and torch.isfinite(self.m2).all()):
             raise ValueError("features contain NaN or inf")
 
+    def narrow(self, x: torch.Tensor, exp: int = 0) -> bool:
+        """Whether a batch x (divided by 2^exp) takes the float32 second pass (_narrow): float32 or half
+        features, unscaled, few classes, on the statistics' device, products not forced to float64."""
+        return (self.small and x.dtype in NARROW and exp == 0 and self.stats.scale_exp == 0
+                and self.stats.gemm_dtype != F64 and x.device == self.stats.device)
+
     def _narrow(self, x: torch.Tensor, r: torch.Tensor, oh: torch.Tensor, rhs: torch.Tensor,
                 norms: torch.Tensor) -> torch.Tensor:
         """The second pass of float32 (or half) features x (B, D) in float32 products (issue 12), with no float64
@@ -666,7 +671,7 @@ class SecondPass:
             col_exp = torch.where(top > 0, torch.frexp(top)[1], 0).to(F64)
             if bool((col_exp.abs() <= 60).all()):
                 col_exp.zero_()  # within float32's comfortable range: no scaling (and no pass to undo it)
-            # GEMMs of at most NARROW_COLS columns: wider thin products fall off a cliff in MKL (2-4x slower)
+            # GEMMs of at most NARROW_COLS columns: wider thin products take a much slower MKL path on CPUs
             blocks = (ext * torch.exp2(-col_exp)).to(F32).split(NARROW_COLS, dim=1)
             table = delta @ gemm_rhs  # (K_eff, c)
             if gemm_rhs.shape[1] > rk:  # logit (and NCC) columns: the raw rows' terms, as z_raw
