@@ -492,8 +492,12 @@ def solve_ce_imbalanced(problem: Problem, *, tol: float = GAP_RTOL, seed: int = 
         notes.append(f"K = {K:,} > {DENSE_MAX_K}: the dense Grams are not formed")
         # norms from the group decomposition: ||w_k||^2 = e_k^T WWt e_k (within-group + indicator parts)
         wn, hn = _group_norms(prob, a, alpha, idx, lam_w, lam_h)
-        rank = int(np.sum(np.linalg.svd(prob.B_of(a, alpha), compute_uv=False) > 1e-12)
-                   + np.sum((m - 1) * (np.abs(alpha) > MERGE_RTOL * scale_alpha)))
+        # singular values of Z D^(1/2): those of B and |alpha_h| sqrt(n_h) (module doc); the cut is relative to
+        # the largest, as in the dense branch (an absolute cut reads rounding noise as rank at large counts)
+        sb = np.linalg.svd(prob.B_of(a, alpha), compute_uv=False)
+        s_max = max(float(np.max(sb)), float(np.max(np.abs(alpha) * np.sqrt(prob.n))))
+        rank_b = int(np.sum(sb > 1e-12 * s_max)) if s_max > 0 else 0
+        rank = rank_b + int(np.sum((m - 1) * (np.abs(alpha) > MERGE_RTOL * scale_alpha)))
         merged = [list(np.nonzero(idx == g)[0]) for g in range(len(m)) if group_merged[g]]
     for g in range(len(m)):
         if m[g] >= 2 and group_merged[g] != bool(n[g] <= collapse):
