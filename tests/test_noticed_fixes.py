@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+import pytest
 
 from nclab.theory import make_problem
 from nclab.theory.ce_imbalanced import DENSE_MAX_K, solve_ce_imbalanced
@@ -28,3 +31,28 @@ def test_large_k_rank_uses_a_relative_cut_at_large_counts():
     expected = (K - len(m)) + int(np.linalg.matrix_rank(C))
     assert expected == K - 1
     assert sol.rank == expected
+
+
+# --- 2. construct_ce memory estimate: the class means Hbar (d x K) counted once -----------------------------------
+def _construct_ce_bytes(K: int, d: int, N: int) -> int:
+    """By hand, M = 1: W_1 (K x d) + H (d x N) + Hbar (d x K) + U and V^T (K x r each, r = min(K, d)), float64."""
+    r = min(K, d)
+    return 8 * (K * d + d * N + d * K + 2 * K * r)
+
+
+@pytest.mark.parametrize("K, d, n", [(3, 40, 5), (4, 16, 2)])
+def test_construct_ce_memory_check_counts_each_array_once(monkeypatch, K, d, n):
+    import nclab.theory.resources as resources
+    from nclab.theory.ce import construct_ce, solve_ce
+
+    pr = make_problem([n] * K, widths=[d], lambda_w=0.01, lambda_h=0.01, loss="ce")
+    sol = solve_ce(pr, search=False)
+    need = _construct_ce_bytes(K, d, n * K)
+    # budget just above the true need but below need + 8 d K (the old estimate, Hbar twice): must build
+    monkeypatch.setattr(resources, "available_memory", lambda: math.ceil((need + 4 * d * K) / resources.FRACTION))
+    W, H, _ = construct_ce(pr, sol)
+    assert [w.shape for w in W] == [(K, d)] and H.shape == (d, n * K)
+    # budget just below the true need: both estimates refuse, with the one-line message
+    monkeypatch.setattr(resources, "available_memory", lambda: math.floor((need - 8) / resources.FRACTION))
+    with pytest.raises(ValueError, match=r"^the explicit minimizer \(W_1\.\.W_M and H of "):
+        construct_ce(pr, sol)

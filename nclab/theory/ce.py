@@ -942,5 +942,7 @@ def _check_construct_memory(problem: Problem) -> None:
     dims = list(problem.widths) + [problem.K]
     n_weights = sum(float(dims[j + 1]) * dims[j] for j in range(problem.M))
     basis = 2.0 * problem.K * min(problem.K, problem.rank_budget)  # the active eigenvectors, K x r (twice)
-    check_memory(8.0 * (n_weights + float(dims[0]) * problem.N + 2.0 * dims[0] * problem.K + basis),
+    # peak = all of these at once, when H is repeated from the class means Hbar (d x K, counted once); the r x K
+    # temporary that fills Hbar is gone by then and is never larger than H (d x N)
+    check_memory(8.0 * (n_weights + float(dims[0]) * problem.N + float(dims[0]) * problem.K + basis),
                  f"the explicit minimizer (W_1..W_M and H of {dims[0]:,} x {problem.N:,})")
