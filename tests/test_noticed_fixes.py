@@ -56,3 +56,42 @@ def test_construct_ce_memory_check_counts_each_array_once(monkeypatch, K, d, n):
     monkeypatch.setattr(resources, "available_memory", lambda: math.floor((need - 8) / resources.FRACTION))
     with pytest.raises(ValueError, match=r"^the explicit minimizer \(W_1\.\.W_M and H of "):
         construct_ce(pr, sol)
+
+
+# --- 3. Snapshotter NC1 of a layer with tiny weights: power-of-two rescaled layer features -------------------------
+def _nc1_dense(feats: np.ndarray, labels: np.ndarray, K: int) -> float:
+    """Reference: NC1 = tr(Sigma_W Sigma_B^+)/K of features (N, D) in float64, weighted global mean."""
+    N = feats.shape[0]
+    means = np.stack([feats[labels == k].mean(axis=0) for k in range(K)])
+    centred = feats - means[labels]
+    sw = centred.T @ centred / N
+    counts = np.bincount(labels, minlength=K)
+    mb = means - counts @ means / N
+    sb = mb.T @ mb / K
+    return float(np.trace(sw @ np.linalg.pinv(sb, rcond=1e-10, hermitian=True)) / K)
+
+
+def test_snapshot_nc1_of_deep_layers_survives_tiny_weights():
+    """W_1, W_2 ~ 1e-200: H_3 = W_2 W_1 H ~ 1e-400 underflows in float64 and nc1_L3 read NaN; NC1 is scale
+    invariant, so it must equal the value at the unscaled weights (and the dense reference)."""
+    import torch
+
+    from nclab.theory import labels_from_counts, predict
+    from nclab.ufm.snapshot import Snapshotter
+
+    counts = [3, 2, 4]
+    p = make_problem(counts, widths=[5, 4, 6], lambda_w=1e-3, lambda_h=1e-3, depth=3)
+    snap = Snapshotter(predict(p))
+    rng = np.random.default_rng(0)
+    W = [rng.standard_normal((4, 5)), rng.standard_normal((6, 4)), rng.standard_normal((3, 6))]
+    H = rng.standard_normal((5, sum(counts)))
+    tiny = [W[0] * 1e-200, W[1] * 1e-200, W[2]]
+    normal = snap([torch.tensor(w) for w in W], torch.tensor(H))
+    scaled = snap([torch.tensor(w) for w in tiny], torch.tensor(H))
+    labels = np.asarray(labels_from_counts(counts))
+    feats = [H, W[0] @ H, W[1] @ W[0] @ H]  # H_j (d_j, N) at the unscaled weights
+    for j in range(3):
+        ref = _nc1_dense(feats[j].T, labels, len(counts))
+        assert np.isfinite(scaled[f"nc1_L{j + 1}"])
+        assert scaled[f"nc1_L{j + 1}"] == pytest.approx(normal[f"nc1_L{j + 1}"], rel=1e-10)
+        assert normal[f"nc1_L{j + 1}"] == pytest.approx(ref, rel=1e-10)

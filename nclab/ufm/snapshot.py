@@ -33,7 +33,7 @@ import torch
 
 from nclab.metrics import ClassStats, nc1_from_scatter, nc1_projector, nc3_dual
 from nclab.metrics.compare import gram_error, norm_error
-from nclab.metrics.functional import global_mean, normalized_distance
+from nclab.metrics.functional import exp2, global_mean, normalized_distance
 from nclab.theory import labels_from_counts, ufm_objective_torch
 from nclab.ufm.model import UFM
 
@@ -105,19 +105,25 @@ class Snapshotter:
         # rescaled statistics and unit-norm W_j: no overflow or underflow near the zero solution (tiny weights)
         s_means, _, s_scatter, _ = stats.scaled()
         s_means, s_scatter = np.asarray(s_means, dtype=np.float64), np.asarray(s_scatter, dtype=np.float64)
-        unit = [w / n if (n := np.linalg.norm(w)) > 0 else w for w in W]
-        m_j, s_m_j = means, s_means
+        # ||W_j|| by _fro (exact power-of-two rescaling): np.linalg.norm underflows to 0 for entries ~1e-200
+        unit = [w / n if (n := _fro(w)) > 0 else w for w in W]
+        m_j, s_m_j, shift = means, s_means, 0
         for j in range(p.M):
             if j > 0:
                 m_j = m_j @ W[j - 1].T  # layer-j class means (K, d_j)
+                # the scaled layer means, kept at entries ~1 by powers of two (exact; several unit-norm maps can
+                # still shrink them towards underflow): means 2^-shift give a projector 2^shift, NC1 4^shift
                 s_m_j = s_m_j @ unit[j - 1].T
+                k = exp2(s_m_j)
+                s_m_j, shift = np.ldexp(s_m_j, -k), shift + k
             with np.errstate(all="ignore"):
                 proj, _, rank, _ = nc1_projector(s_m_j, self.counts)  # (d_j, r)
                 for w in reversed(unit[:j]):
                     proj = w.T @ proj  # -> (d, r)
             # no between-class spread (all class means equal, e.g. the zero solution): NC1 is undefined
             ok = rank > 0 and bool(np.all(np.isfinite(proj)))
-            row[f"nc1_L{j + 1}"] = nc1_from_scatter(s_scatter, proj, N) if ok else float("nan")
+            row[f"nc1_L{j + 1}"] = float(np.ldexp(nc1_from_scatter(s_scatter, proj, N), -2 * shift)) if ok \
+                else float("nan")
             mc = m_j - global_mean(m_j, self.counts) if self.center else m_j
             if j > 0:  # layer 1 is the end-to-end pair nc2_w, nc2_h below (the same numbers)
                 targets = self.layer_targets[j]
@@ -173,6 +179,12 @@ def shared_objective(prediction, weights, H, bias=None) -> float:
     y = torch.as_tensor(labels_from_counts(p.counts))
     return float(ufm_objective_torch([f64(w) for w in weights], f64(H), y, p.lambda_w, p.lambda_h, f64(bias),
                                      p.loss, p.K))
+
+
+def _fro(a: np.ndarray) -> float:
+    """Frobenius norm without underflow or overflow: equal to np.linalg.norm(a) wherever that is exact."""
+    k = exp2(a)
+    return float(np.ldexp(np.linalg.norm(np.ldexp(a, -k)), k))
 
 
 def _rel(a: np.ndarray, b: np.ndarray) -> float:
