@@ -95,3 +95,38 @@ def test_snapshot_nc1_of_deep_layers_survives_tiny_weights():
         assert np.isfinite(scaled[f"nc1_L{j + 1}"])
         assert scaled[f"nc1_L{j + 1}"] == pytest.approx(normal[f"nc1_L{j + 1}"], rel=1e-10)
         assert normal[f"nc1_L{j + 1}"] == pytest.approx(ref, rel=1e-10)
+
+
+# --- 4. report: a weights.pt in torch's legacy (non-zip) format is read without mmap -----------------------------
+def _ufm_run(path, counts):
+    from nclab.results import RunStore
+
+    RunStore(path).write_config({"counts": counts}, kind="ufm-simulation", version="0.0-test")
+    return path
+
+
+def test_legacy_torch_weights_are_read_and_a_corrupt_file_is_named(tmp_path):
+    import torch
+
+    from nclab.report import runs as runlib
+
+    rng = np.random.default_rng(3)
+    W1, W2, H = rng.standard_normal((4, 3)), rng.standard_normal((3, 4)), rng.standard_normal((3, 6))
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    state = {"weights": [torch.tensor(W1), torch.tensor(W2)], "H": torch.tensor(H), "labels": torch.tensor(labels)}
+    legacy = _ufm_run(tmp_path / "legacy", [2, 2, 2])
+    torch.save(state, legacy / "weights.pt", _use_new_zipfile_serialization=False)
+    run = runlib.load_run(legacy)
+    grams = runlib.learned_grams(run)
+    # by hand: W = W_2 W_1 (K x d), class means of the columns of H (bias-free: uncentred)
+    W = W2 @ W1
+    means = np.stack([H[:, labels == k].mean(axis=1) for k in range(3)])
+    assert run.problems == [] and grams is not None and grams["source"] == "weights.pt"
+    for got, ref in zip((grams["WWt"], grams["HtH"], grams["WH"]), (W @ W.T, means @ means.T, W @ means.T)):
+        np.testing.assert_allclose(got, ref, rtol=1e-12)
+    # a damaged file (a legacy file cut short): no Grams, and the report names the file
+    broken = _ufm_run(tmp_path / "broken", [2, 2, 2])
+    (broken / "weights.pt").write_bytes((legacy / "weights.pt").read_bytes()[:200])
+    run = runlib.load_run(broken)
+    assert runlib.learned_grams(run) is None
+    assert run.problems == [f"{broken / 'weights.pt'}: not readable as nclab weights; learned Grams left out"]

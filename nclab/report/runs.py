@@ -639,10 +639,15 @@ def _read_grams(run: Run) -> dict | None:
     try:
         state = read_tensors(store.file(WEIGHTS))
     except Exception:  # noqa: BLE001 -- not the plain format: torch itself reads it (or says it is damaged)
+        import zipfile
+
         import torch
 
-        try:  # memory-mapped, tensors only: a large network checkpoint is not read just to find its head
-            state = torch.load(store.file(WEIGHTS), map_location="cpu", weights_only=True, mmap=True)
+        # memory-mapped, tensors only: a large network checkpoint is not read just to find its head; torch's
+        # legacy (pre-1.6, non-zip) format cannot be memory-mapped, so it is read whole
+        mmap = zipfile.is_zipfile(store.file(WEIGHTS))
+        try:
+            state = torch.load(store.file(WEIGHTS), map_location="cpu", weights_only=True, mmap=mmap)
         except Exception:  # noqa: BLE001 -- a foreign or damaged file: no Grams, not a failed report
             run.problems.append(f"{store.file(WEIGHTS)}: not readable as nclab weights; learned Grams left out")
             return None
