@@ -130,3 +130,17 @@ def test_legacy_torch_weights_are_read_and_a_corrupt_file_is_named(tmp_path):
     run = runlib.load_run(broken)
     assert runlib.learned_grams(run) is None
     assert run.problems == [f"{broken / 'weights.pt'}: not readable as nclab weights; learned Grams left out"]
+
+
+# --- 5. human_bytes: every size, no dead branch, no exponent ------------------------------------------------------
+@pytest.mark.parametrize("n, text", [
+    (0, "0 B"), (1023, "1023 B"), (1024, "1 KB"), (1.5 * 2**30, "1.5 GB"),
+    (1023 * 2**10, "1023 KB"),  # 1023 KiB: was '1.02e+03 KB'
+    (10**18, "888 PB"),  # 1e18 / 2^50 = 888.18
+    (10**21, "867 EB"),  # 1e21 / 2^60 = 867.36
+    (2**61, "2 EB"), (2**71, "2048 EB"),  # beyond the largest unit: whole numbers, no exponent
+])
+def test_human_bytes_exact_strings(n, text):
+    from nclab.metrics._checks import human_bytes
+
+    assert human_bytes(n) == text

@@ -132,11 +132,16 @@ def available_memory(device=None) -> int:
 
 
 def human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
-        if n < 1024 or unit == "PB":
-            return f"{n:.3g} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return f"{n:.3g} PB"
+    """'1023 B', '1.5 KB', '888 PB', '1024 EB': binary units up to EB, three significant digits, never an
+    exponent (999.5 <= value < 1024 and anything beyond 1024 EB print as whole numbers)."""
+    unit = "B"
+    for larger in ("KB", "MB", "GB", "TB", "PB", "EB"):
+        if n < 1024:
+            break
+        n, unit = n / 1024, larger
+    if unit == "B":
+        return f"{int(n)} B"
+    return f"{n:.3g} {unit}" if n < 999.5 else f"{n:.0f} {unit}"
 
 
 def check_memory(nbytes: float, what: str, device=None) -> None:
