@@ -144,3 +144,55 @@ def test_human_bytes_exact_strings(n, text):
     from nclab.metrics._checks import human_bytes
 
     assert human_bytes(n) == text
+
+
+# --- 6. phase figures: the legend ("minority rows merged", ...) lies inside the figure ----------------------------
+def _legend_inside(fig) -> list:
+    """[(legend labels, inside?)] for every legend, measured by the Agg renderer against the figure's box."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    renderer = fig.canvas.get_renderer()
+    box = fig.bbox
+    out = []
+    for ax in fig.axes:
+        legend = ax.get_legend()
+        if legend is not None:
+            e = legend.get_window_extent(renderer)
+            inside = box.x0 <= e.x0 and e.x1 <= box.x1 and box.y0 <= e.y0 and e.y1 <= box.y1
+            out.append(([t.get_text() for t in legend.get_texts()], inside))
+    return out
+
+
+def _tiny_grid(loss: str) -> dict:
+    from nclab.report.phase import MINORITY_COLLAPSED, NOT_COLLAPSED, TRIVIAL
+
+    states = np.array([[NOT_COLLAPSED, MINORITY_COLLAPSED, TRIVIAL], [NOT_COLLAPSED, NOT_COLLAPSED, TRIVIAL]])
+    return {"loss": loss, "depth": 1, "majority": [200, 100], "minority_classes": 2,
+            "lambdas": np.array([1e-4, 1e-2, 1e-1]), "sizes": np.array([2, 100]), "states": states,
+            "outcomes": [["descending", "reached", "reached"], ["reached"] * 3]}
+
+
+@pytest.mark.parametrize("rc", [{"legend.fontsize": "medium", "font.size": 10.0}, {"legend.fontsize": "x-large"}])
+@pytest.mark.parametrize("which", ["ce", "empirical-ce", "empirical-mse"])
+def test_phase_figure_legends_fit_inside_the_figure(rc, which):
+    """Built under matplotlib's default rc (as the report page builds them) or a larger legend font, the
+    legends of the CE phase figure and of both empirical figures stay inside the figure when drawn."""
+    import matplotlib
+
+    from nclab.report.empirical import empirical_phase_figure
+    from nclab.report.phase import ce_phase_figure
+
+    with matplotlib.rc_context(rc):
+        if which == "ce":
+            fig = ce_phase_figure(depths=[1], lambdas=np.geomspace(1e-4, 1e-1, 4), sizes=np.array([1, 10, 100]),
+                                  marks=[(1, 1e-3, 10, "run")])
+        else:
+            grid = _tiny_grid(which.split("-")[1])
+            fig = empirical_phase_figure(grid, theory_lambdas=np.geomspace(1e-4, 1e-1, 4),
+                                         theory_sizes=np.array([2, 10, 100]))
+        legends = _legend_inside(fig)
+    assert len(legends) == 1
+    labels, inside = legends[0]
+    assert "minority rows merged" in labels or "minority collapsed" in labels
+    assert inside, labels

@@ -242,10 +242,19 @@ def empirical_phase_figure(grid: dict, *, theory_lambdas=None, theory_sizes=None
 
         handles = list(legend.legend_handles) + [Line2D([], [], color="k", lw=1.5, label="empirical boundary")]
         legend.remove()
-        fig.axes[-1].legend(handles=handles, loc="upper left", bbox_to_anchor=(1.04, 1.0), borderaxespad=0.0)
+        _legend(fig, handles)
     if title:
         fig.suptitle(title)
     return fig
+
+
+def _legend(fig, handles) -> None:
+    """The legend right of the (single) panel, in the room the phase figure keeps: its font is fixed to the
+    report's (figures.STYLE), for which that room is sized; the rc default (10 pt) runs past the figure."""
+    from nclab.report.figures import STYLE
+
+    fig.axes[-1].legend(handles=handles, loc="upper left", bbox_to_anchor=(1.04, 1.0), borderaxespad=0.0,
+                        fontsize=STYLE["legend.fontsize"])
 
 
 def _ce_figure(grid: dict, theory_lambdas, theory_sizes, title: str):
@@ -279,7 +288,7 @@ def _ce_figure(grid: dict, theory_lambdas, theory_sizes, title: str):
                 Line2D([], [], marker="o", mfc="none", mec="k", ls="none", label="run: apart"),
                 Line2D([], [], marker="o", mfc="none", mec="r", ls="none", label="run above f* (pred.)"),
                 Line2D([], [], color="k", lw=1.5, label="empirical boundary")]
-    fig.axes[-1].legend(handles=handles, loc="upper left", bbox_to_anchor=(1.04, 1.0), borderaxespad=0.0)
+    _legend(fig, handles)
     if title:
         fig.suptitle(title)
     return fig
