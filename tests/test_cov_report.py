@@ -165,16 +165,19 @@ def test_weights_the_numpy_reader_refuses_are_read_through_torch(tmp_path):
     assert run.problems == []
 
 
-def test_legacy_torch_format_is_a_named_problem(tmp_path):
-    """torch's pre-1.6 (non-zip) format: not a zip for the numpy reader (ValueError), and torch.load with
-    mmap refuses it: the report names the file instead of failing."""
+def test_legacy_torch_format_is_read_without_mmap(tmp_path):
+    """torch's pre-1.6 (non-zip) format: not a zip for the numpy reader (ValueError), and torch.load cannot
+    memory-map it: it is read whole, and the Grams are those of the stored state."""
+    state = ufm_state()
     path = make_run(tmp_path / "a", {"counts": [2, 2, 2]})
-    torch.save(ufm_state(), path / "weights.pt", _use_new_zipfile_serialization=False)
+    torch.save(state, path / "weights.pt", _use_new_zipfile_serialization=False)
     with pytest.raises(ValueError, match="not a zip archive"):
         runlib.read_tensors(path / "weights.pt")
     run = runlib.load_run(path)
-    assert runlib.learned_grams(run) is None
-    assert run.problems == [f"{path / 'weights.pt'}: not readable as nclab weights; learned Grams left out"]
+    g = runlib.learned_grams(run)
+    for got, ref in zip((g["WWt"], g["HtH"], g["WH"]), grams_by_hand(state)):
+        np.testing.assert_allclose(got, ref, rtol=1e-12)
+    assert run.problems == []
 
 
 def test_foreign_weights_are_a_problem_or_nothing(tmp_path):

@@ -37,10 +37,10 @@ def test_solution_dict_is_json_with_the_problem_and_without_per_mode_internals()
 
 
 def test_construct_memory_check_counts_the_feature_matrix_and_names_it(monkeypatch):
-    # K = 2, M = 1, d = 64, n = 1000 (N = 2000): bytes = 8 (K d [W_1] + d N [H] + 2 d K [Hbar, class means]
+    # K = 2, M = 1, d = 64, n = 1000 (N = 2000): bytes = 8 (K d [W_1] + d N [H] + d K [Hbar, class means]
     # + 2 K min(K, R) [eigenvectors]), R = min(K, d) = 2; the budget is 0.8 * NCLAB_MEMORY_LIMIT
     K, d, N = 2, 64, 2000
-    need = 8 * (K * d + d * N + 2 * d * K + 2 * K * 2)
+    need = 8 * (K * d + d * N + d * K + 2 * K * 2)
     pr = make_problem([N // K] * K, widths=[d], lambda_w=0.01, lambda_h=0.01, loss="ce")
     sol = solve_ce(pr, search=False)
     monkeypatch.setenv("NCLAB_MEMORY_LIMIT", str(math.floor(need / 0.8) - 20))

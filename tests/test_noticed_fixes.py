@@ -174,7 +174,7 @@ def _tiny_grid(loss: str) -> dict:
 
 
 @pytest.mark.parametrize("rc", [{"legend.fontsize": "medium", "font.size": 10.0}, {"legend.fontsize": "x-large"}])
-@pytest.mark.parametrize("which", ["ce", "empirical-ce", "empirical-mse"])
+@pytest.mark.parametrize("which", ["ce", "mse", "empirical-ce", "empirical-mse"])
 def test_phase_figure_legends_fit_inside_the_figure(rc, which):
     """Built under matplotlib's default rc (as the report page builds them) or a larger legend font, the
     legends of the CE phase figure and of both empirical figures stay inside the figure when drawn."""
@@ -187,6 +187,11 @@ def test_phase_figure_legends_fit_inside_the_figure(rc, which):
         if which == "ce":
             fig = ce_phase_figure(depths=[1], lambdas=np.geomspace(1e-4, 1e-1, 4), sizes=np.array([1, 10, 100]),
                                   marks=[(1, 1e-3, 10, "run")])
+        elif which == "mse":
+            from nclab.report.figures import phase_figure
+
+            fig = phase_figure(depths=[1], lambdas=np.geomspace(1e-4, 1e-1, 4), sizes=np.array([1, 10, 100]),
+                               marks=[(1, 1e-3, 10, True, "run")])
         else:
             grid = _tiny_grid(which.split("-")[1])
             fig = empirical_phase_figure(grid, theory_lambdas=np.geomspace(1e-4, 1e-1, 4),

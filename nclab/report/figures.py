@@ -705,7 +705,8 @@ def phase_figure(depths=phase.DEFAULT_DEPTHS, majority=phase.DEFAULT_MAJORITY, m
 
         handles += [Line2D([], [], marker="o", mfc="k", mec="k", ls="none", label="run: minority collapsed"),
                     Line2D([], [], marker="o", mfc="none", mec="k", ls="none", label="run: not collapsed")]
-    axes[-1].legend(handles=handles, loc="upper left", bbox_to_anchor=(1.04, 1.0), borderaxespad=0.0)
+    axes[-1].legend(handles=handles, loc="upper left", bbox_to_anchor=(1.04, 1.0), borderaxespad=0.0,
+                    fontsize=STYLE["legend.fontsize"])
     _suptitle(fig, f"Minority collapse (bias-free MSE), majority classes {list(majority)}")
     return fig
 
