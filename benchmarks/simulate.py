@@ -11,9 +11,11 @@ same random start until the relative gap to f* is <= 1e-9.
 
 Batched (``--batch 64``, target >= 20x): B runs of the paper configuration at depth ``--batch-depth`` (seeds
 0..B-1, lambda_W = lambda_H cycling over 5e-4, 6e-4, 7e-4, 8e-4), each with its own run directory, trained
-by one ``nclab.ufm.batched.simulate_batch`` call, against ``--sequential`` of the same runs through
-``nclab.simulate`` one after another in the same process (their mean time per run times B: the sequential
-throughput). The objectives of those runs are compared (relative difference, float64).
+by one ``nclab.ufm.batched.simulate_batch`` call (``--workers``: its worker processes, default 0 = automatic, what
+a user gets: the idle cores, each training a share of the runs as one batch), against ``--sequential`` of the same
+runs through ``nclab.simulate`` one after another in the same process (their mean time per run times B: the
+sequential throughput). ``--workers 1`` is the one-process batch. The objectives of those runs are compared
+(relative difference, float64).
 """
 
 from __future__ import annotations
@@ -99,9 +101,12 @@ def batched(args) -> bool:
     cfgs = [preset_config(args.preset, M, dtype=args.dtype, steps=args.steps, seed=s, lambda_w=lams[s % 4],
                           lambda_h=lams[s % 4]) for s in range(B)]
     k = max(1, min(args.sequential, B))
+    from nclab.ufm.workers import plan
+
+    n_workers = len(plan(cfgs, args.workers))
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        res = simulate_batch(cfgs, [os.path.join(tmp, f"batch/seed-{s}") for s in range(B)])
+        res = simulate_batch(cfgs, [os.path.join(tmp, f"batch/seed-{s}") for s in range(B)], workers=args.workers)
         t_batch = time.perf_counter() - t0
         t0 = time.perf_counter()
         seq = [simulate(c, out=os.path.join(tmp, f"seq/seed-{i}")) for i, c in enumerate(cfgs[:k])]
@@ -113,8 +118,9 @@ def batched(args) -> bool:
     statuses = sorted({r.status for r in res})
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(step_rates(cfgs))
-    print(f"batched M={M}: {B} runs x {args.steps} steps ({args.dtype}, snapshots every 100, run folders) in "
-          f"{t_batch:.1f} s (training {train:.1f} s, snapshots {snaps:.1f} s, rest: set-up and files) = "
+    print(f"batched M={M}: {B} runs x {args.steps} steps ({args.dtype}, snapshots every 100, run folders, "
+          f"{n_workers} worker process(es)) in {t_batch:.1f} s (training {train:.1f} s, snapshots {snaps:.1f} s summed "
+          f"over the workers, rest: set-up and files) = "
           f"{t_batch / B:.2f} s/run | sequential nclab.simulate {t_seq / B:.2f} s/run (mean of {k}) -> "
           f"{ratio:.1f}x throughput | statuses {statuses}, objective vs sequential max rel diff {diff:.1e} | "
           f"load average {load:.1f} [{'PASS' if ratio >= 20 else 'FAIL'} >= 20x]")
@@ -131,6 +137,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64, help="runs of the batched case (0: skip it)")
     ap.add_argument("--batch-depth", type=int, default=3)
     ap.add_argument("--sequential", type=int, default=4, help="runs timed one by one for the sequential baseline")
+    ap.add_argument("--workers", type=int, default=0, help="simulate_batch's worker processes (0: automatic)")
     ap.add_argument("--no-single", action="store_true", help="skip the single-run and L-BFGS rows")
     args = ap.parse_args()
     depths = [] if args.no_single else [int(d) for d in args.depths.split(",")]

@@ -4,15 +4,63 @@ from __future__ import annotations
 
 import os
 import platform
+import signal
 import sys
+import threading
+import time
 
 
 def usable_cores() -> int:
-    """CPU cores this process may run on (its affinity mask, e.g. under taskset or a container quota)."""
+    """CPU cores this process may run on: its affinity mask (e.g. under taskset or a container quota), at most
+    ``NCLAB_CORES`` when set (a worker's share of the machine, given by the process that started it)."""
     try:
-        return len(os.sched_getaffinity(0)) or 1
+        cores = len(os.sched_getaffinity(0)) or 1
     except (AttributeError, OSError):
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    cap = os.environ.get("NCLAB_CORES", "")
+    if cap:
+        try:
+            n = int(cap)
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise ValueError(f"NCLAB_CORES must be a positive integer, got {cap!r}")
+        cores = min(cores, n)
+    return cores
+
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+_WATCH_SECONDS = 0.2  # how often a worker checks that its parent process is still alive
+
+
+def die_with_parent(parent_pid: int, *, pdeathsig: bool = True) -> None:
+    """End this process (at once, like ``kill -9``) when the process ``parent_pid`` that started it ends, even
+    by ``kill -9``: workers (a sweep's, simulate_batch's) must not outlive it and keep writing to its run folders.
+
+    On Linux the kernel sends SIGKILL on the parent's death (PR_SET_PDEATHSIG); the parent may have died
+    before that was set, hence the check of the parent pid after it; a daemon thread polls the parent pid too
+    (the reparented process sees another parent), which also covers other POSIX systems. Interrupted runs
+    resume from their last checkpoint, as after any crash.
+    """
+    if os.name != "posix":
+        return
+    if pdeathsig and sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent_pid:  # the parent is already gone
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(_WATCH_SECONDS)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="nclab-parent-watch", daemon=True).start()
 
 
 def idle_cores() -> int:

@@ -85,6 +85,8 @@ def _summary_line(r) -> str:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--seeds", help="Many seeds trained as one batched program, one run each under --out/seed-S "
               "(with --depths: --out/depth-M/seed-S), e.g. 0-63 or 0,3,5-9.")
+@click.option("--workers", type=int, default=0, show_default=True, help="With --seeds: processes sharing the "
+              "runs, each training its share as one batch (0: the idle cores when the runs take over ~10 s).")
 @click.option("--dtype", type=click.Choice(["float64", "float32"]), default="float64", show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--gradient", type=click.Choice(["auto", "manual", "autograd"]), default="auto", show_default=True,
@@ -111,7 +113,8 @@ def _summary_line(r) -> str:
 @friendly_errors
 def simulate_cmd(ctx, counts, classes, per_class, depth, widths, width, lambda_w, lambda_h, loss, bias, preset,
                  depths, activation, optimizer, lr, momentum, steps, schedule, milestones, gamma, init_std, init,
-                 restarts, seed, seeds, dtype, device, gradient, snapshot_every, checkpoint_every, stop_rel_gap,
+                 restarts, seed, seeds, workers, dtype, device, gradient, snapshot_every, checkpoint_every,
+                 stop_rel_gap,
                  threads, out, resume, overwrite, figures, progress, as_json, tensorboard):
     """Train the deep linear UFM (free features + M linear layers) and compare with the prediction.
 
@@ -126,6 +129,10 @@ def simulate_cmd(ctx, counts, classes, per_class, depth, widths, width, lambda_w
     from nclab.ufm.trainer import simulate
 
     check_run_flags(out, resume and seeds is None, overwrite)
+    if workers and seeds is None:
+        raise ValueError("--workers shares the runs of --seeds between processes; give --seeds (e.g. 0-63)")
+    if workers < 0:
+        raise ValueError(f"--workers must be >= 0 (0: automatic), got {workers}")
     if seeds is not None and resume and (overwrite or out is None):
         raise ValueError("--resume with --seeds needs --out (the folder of the seed-S runs) and no --overwrite")
     kw = problem_kwargs(counts, classes, per_class, depth, widths, width, lambda_w, lambda_h, loss, bias)
@@ -215,7 +222,7 @@ def simulate_cmd(ctx, counts, classes, per_class, depth, widths, width, lambda_w
             else:
                 configs = [make_config(**opts)]
             run_seeds(configs, parse_seeds(seeds), out, resume=resume, overwrite=overwrite, progress=progress,
-                      figures=figures, title=name, on_result=report)
+                      figures=figures, title=name, on_result=report, workers=workers)
         elif restarts != 1:
             from nclab.ufm.presets import run_restarts
 

@@ -49,14 +49,13 @@ import os
 import pathlib
 import re
 import signal
-import sys
-import threading
 import time
 import traceback
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from nclab.environment import die_with_parent as _die_with_parent
 from nclab.results import CONFIG, SUMMARY, atomic_write_json, config_diff
 
 KINDS = ("simulate", "train")
@@ -300,40 +299,6 @@ def expand_sweep(spec) -> list[SweepRun]:
 
 # ---------------------------------------------------------------------------------------------- one run
 _STOP = None  # in a local worker: the sweep's stop Event (set on Ctrl-C in the parent)
-_PR_SET_PDEATHSIG = 1  # linux/prctl.h
-_WATCH_SECONDS = 0.2  # how often a worker checks that its sweep process is still alive
-
-
-def _die_with_parent(parent_pid: int, *, pdeathsig: bool = True) -> None:
-    """End this process (at once, like ``kill -9``) when the process ``parent_pid`` that started it ends, even
-    by ``kill -9``: a sweep's workers must not outlive it and keep writing to its run folders.
-
-    On Linux the kernel sends SIGKILL on the parent's death (PR_SET_PDEATHSIG); the parent may have died
-    before that was set, hence the check of the parent pid after it; a daemon thread polls the parent pid too
-    (the reparented process sees another parent), which also covers other POSIX systems. Interrupted runs
-    resume from their last checkpoint, as after any crash.
-    """
-    if os.name != "posix":
-        return
-    if pdeathsig and sys.platform.startswith("linux"):
-        try:
-            import ctypes
-
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        except (OSError, AttributeError):
-            pass
-    if os.getppid() != parent_pid:  # the parent is already gone
-        os._exit(1)
-
-    def watch() -> None:
-        while os.getppid() == parent_pid:
-            time.sleep(_WATCH_SECONDS)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="nclab-sweep-parent-watch", daemon=True).start()
-
-
 def _init_worker(stop_event, parent_pid: int | None = None) -> None:
     global _STOP
     if parent_pid is not None:
@@ -447,7 +412,7 @@ def _run_batch(options_list: list, run_dirs: list, lock_wait: float = LOCK_WAIT)
     outs = [{"status": "failed", "message": "", "step": None, "batch": len(run_dirs)} for _ in run_dirs]
     try:
         configs = [make_config(**o) for o in options_list]
-        res = simulate_batch(configs, run_dirs, resume=True, callback=_batch_stop_check)
+        res = simulate_batch(configs, run_dirs, resume=True, callback=_batch_stop_check, workers=1)
         for out, r in zip(outs, res):
             out.update(status=r.status, message=r.message or "", step=r.step)
     except KeyboardInterrupt:

@@ -586,7 +586,7 @@ def _train_group(runs: list[_Run], method: str, progress: bool, callback) -> Non
         from tqdm.auto import tqdm
 
         bar = tqdm(total=cfg.steps, initial=step, unit="step", dynamic_ncols=True, leave=True,
-                   desc=f"{len(runs)} runs")
+                   desc=f"{len(runs)} runs", position=_BAR_POSITION)
 
     def record(rows, t_snap):
         """Store each active run's row; returns the indices (into ``active``) of the runs that go on."""
@@ -681,6 +681,9 @@ def _train_group(runs: list[_Run], method: str, progress: bool, callback) -> Non
             _finish(r)
 
 
+_BAR_POSITION = None  # a worker process's progress-bar line (nclab.ufm.workers)
+
+
 def _finish(r: _Run) -> None:
     """A run left the batch: its status, diagnosis and final checkpoint, as Trainer.run ends."""
     r.trainer.finish()
@@ -713,6 +716,7 @@ def simulate_batch(
     callback: Callable[[int, dict], None] | None = None,
     method: str = "auto",
     max_batch: int = 0,
+    workers: int = 0,
 ) -> list[SimulationResult]:
     """Train many UFM runs, batching those of one shape (see the module docstring); results in input order.
 
@@ -727,6 +731,9 @@ def simulate_batch(
     callback : ``callback(index, row)`` after each recorded metrics row of run ``index``.
     method : "auto" (reduced for MSE + SGD, else direct), "direct" or "reduced" (see the module docstring).
     max_batch : at most this many runs per batch (0: no limit).
+    workers : processes that share the runs (:mod:`nclab.ufm.workers`): 0 (default) the idle cores when the
+        runs take more than ~10 s and no ``callback`` is given, else 1 (this process); 1 this process; N at most
+        N. Each worker trains its share as one batch and writes its runs' folders as this process would.
 
     Returns
     -------
@@ -760,6 +767,12 @@ def simulate_batch(
         for c, p in zip(configs, predictions):
             if p.problem != c.problem:
                 raise ValueError("a given prediction is for another problem than its config's")
+    from nclab.ufm.workers import plan, run_workers
+
+    plans = plan(configs, workers, callback)
+    if len(plans) > 1:
+        return run_workers(configs, outs, plans, dict(resume=resume, overwrite=overwrite, predictions=predictions,
+                                                      progress=progress, method=method, max_batch=max_batch))
     results: list[SimulationResult | None] = [None] * len(configs)
     runs: list[_Run] = []
     try:
@@ -827,9 +840,10 @@ def simulate_batch(
 
 def run_seeds(configs: Sequence[SimulateConfig], seeds: Sequence[int], out, *, resume: bool = False,
               overwrite: bool = False, progress: bool = False, figures: bool = True, title: str = "",
-              on_result: Callable | None = None, method: str = "auto") -> list[SimulationResult]:
+              on_result: Callable | None = None, method: str = "auto", workers: int = 0) -> list[SimulationResult]:
     """Each config once per seed, batched: ``out/seed-S`` (one config) or ``out/depth-M/seed-S`` (several,
-    one per depth); figures of each depth's runs in ``out/figures`` or ``out/depth-M/figures``."""
+    one per depth); figures of each depth's runs in ``out/figures`` or ``out/depth-M/figures``. ``workers``:
+    as :func:`simulate_batch`."""
     import pathlib
 
     out = pathlib.Path(out)
@@ -841,7 +855,8 @@ def run_seeds(configs: Sequence[SimulateConfig], seeds: Sequence[int], out, *, r
     root = {M: (out if len(configs) == 1 else out / f"depth-{M}") for M in depths}
     cfgs = [dataclasses.replace(c, seed=int(s)) for c in configs for s in seeds]
     dirs = [root[len(c.widths)] / f"seed-{c.seed}" for c in cfgs]
-    results = simulate_batch(cfgs, dirs, resume=resume, overwrite=overwrite, progress=progress, method=method)
+    results = simulate_batch(cfgs, dirs, resume=resume, overwrite=overwrite, progress=progress, method=method,
+                             workers=workers)
     for r in results:
         if on_result is not None:
             on_result(r)

@@ -1,0 +1,204 @@
+""":func:`nclab.ufm.batched.simulate_batch` across worker processes: each trains a share of the runs as one batch.
+
+A batched step of small runs is bound by one core's per-op overhead and cache (``benchmarks/simulate.py``), so
+the other cores are idle unless the runs are split between processes: two processes of 32 paper runs each
+give 1.9x the throughput of one process of 64 on this 2-core machine (measured; threads in one process do
+not help: the GIL serializes the small ops).
+
+Workers are plain subprocesses (``python -m nclab.ufm.workers JOB RESULT PARENT_PID``), not multiprocessing:
+nothing of the caller's ``__main__`` is re-imported, so a script without an ``if __name__ == "__main__"`` guard,
+a notebook and the CLI all work. Each worker opens, locks and writes its runs' folders exactly as a one-process
+call would (same files, rows and checkpoints; each run's iterates do not depend on which runs share its
+batch beyond round-off). Workers get their own session (a terminal's Ctrl-C reaches only the caller), die
+with the caller (even ``kill -9``: they resume from their checkpoints), and get ``NCLAB_CORES`` = their share
+of the idle cores, so their thread choice does not oversubscribe the machine.
+
+Ctrl-C in the caller is forwarded once to every worker: each stops at its next snapshot, checkpointed, as a
+single run does; then KeyboardInterrupt is raised. A second Ctrl-C interrupts the workers at once (each still
+checkpoints its last good snapshot); a third kills them.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+
+#: below this estimated one-process time (seconds), workers=0 keeps one process: starting a worker (an
+#: interpreter importing torch) costs about a second or two
+WORKER_MIN_SECONDS = 10.0
+#: runs per worker, at least (fewer: the batch's per-op overhead is no longer shared)
+MIN_SHARE = 4
+
+
+def estimated_seconds(configs: Sequence) -> float:
+    """A rough one-process time of SGD/Adam runs: per run-step ~3 ns per parameter plus ~5 us of op overhead
+    (fitted to benchmarks/simulate.py's paper runs and benchmarks/phase_empirical.py's grid on this machine)."""
+    total = 0.0
+    for c in configs:
+        K, N, widths = len(c.counts), sum(c.counts), list(c.widths)
+        params = widths[0] * N + sum(a * b for a, b in zip(widths[1:] + [K], widths)) + K
+        total += c.steps * (3e-9 * params + 5e-6)
+    return total
+
+
+def plan(configs: Sequence, workers: int, callback=None) -> list[list[int]]:
+    """Indices of the runs each worker trains (one list: everything in this process).
+
+    ``workers`` > 0: at most that many; 0 (auto): the idle cores (:func:`nclab.environment.idle_cores`) when the
+    runs would take >= :data:`WORKER_MIN_SECONDS` in one process, else one. L-BFGS runs, other devices than the
+    CPU and a ``callback`` (its rows arrive in this process) keep one process. Each batch-compatible group is
+    split into near-equal consecutive shares, and the shares are dealt to the workers by size."""
+    from nclab.environment import idle_cores
+    from nclab.ufm.batched import batch_key
+
+    idx = [i for i, c in enumerate(configs) if c.optimizer != "lbfgs"]
+    if workers < 0:
+        raise ValueError(f"workers must be >= 0 (0: automatic), got {workers}")
+    if workers == 0:
+        if callback is not None or any(configs[i].device != "cpu" for i in idx) \
+                or estimated_seconds([configs[i] for i in idx]) < WORKER_MIN_SECONDS:
+            return [list(range(len(configs)))]
+        workers = idle_cores()
+    elif callback is not None and workers > 1:
+        raise ValueError("a callback needs workers=1 (its rows arrive in this process)")
+    elif any(configs[i].device != "cpu" for i in idx) and workers > 1:
+        raise ValueError("workers > 1 trains on the CPU only; on a GPU one process batches every run")
+    workers = min(workers, max(1, len(idx) // MIN_SHARE))
+    if workers <= 1:
+        return [list(range(len(configs)))]
+    groups: dict = {}
+    for i in idx:
+        groups.setdefault(batch_key(configs[i]), []).append(i)
+    shares = []
+    for members in groups.values():
+        n = min(workers, max(1, len(members) // MIN_SHARE))
+        shares += [members[k * len(members) // n : (k + 1) * len(members) // n] for k in range(n)]
+    plans: list[list[int]] = [[] for _ in range(workers)]
+    for share in sorted(shares, key=len, reverse=True):
+        min(plans, key=len).extend(share)
+    plans = [sorted(p) for p in plans if p]
+    lbfgs = [i for i, c in enumerate(configs) if c.optimizer == "lbfgs"]
+    if lbfgs:
+        min(plans, key=len).extend(lbfgs)
+    return plans
+
+
+def run_workers(configs: list, outs: list | None, plans: list[list[int]], options: dict) -> list:
+    """Train each plan's runs in its own worker process (simulate_batch with ``options``); results in input
+    order. A worker's exception is raised here (after every worker ended), KeyboardInterrupt as described
+    in the module docstring."""
+    from nclab.environment import idle_cores
+
+    share = max(1, idle_cores() // len(plans))
+    env = dict(os.environ, NCLAB_CORES=str(share))
+    results: list = [None] * len(configs)
+    with tempfile.TemporaryDirectory(prefix="nclab-workers-") as tmp:
+        procs = []
+        try:
+            for w, members in enumerate(plans):
+                job, res = os.path.join(tmp, f"job-{w}.pkl"), os.path.join(tmp, f"result-{w}.pkl")
+                preds = options.get("predictions")
+                payload = dict(options, configs=[configs[i] for i in members],
+                               outs=None if outs is None else [outs[i] for i in members],
+                               predictions=None if preds is None else [preds[i] for i in members], position=w)
+                with open(job, "wb") as f:
+                    pickle.dump(payload, f)
+                procs.append((subprocess.Popen([sys.executable, "-m", "nclab.ufm.workers", job, res,
+                                                str(os.getpid())], env=env, start_new_session=True), res))
+            interrupted = _wait(procs)
+        except BaseException:
+            for p, _ in procs:  # set-up failed half-way (or a third Ctrl-C): no worker outlives this call
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+            raise
+        errors = []
+        for (p, res), members in zip(procs, plans):
+            out = _load(res)
+            if out is None:
+                errors.append(RuntimeError(f"a worker process ended with code {p.returncode} and no result "
+                                           f"(runs {members[0]}..{members[-1]}); their folders resume from the "
+                                           "last checkpoint"))
+            elif "error" in out:
+                errors.append(out["error"])
+            elif "results" in out:
+                for i, r in zip(members, out["results"]):
+                    results[i] = r
+    if interrupted:
+        raise KeyboardInterrupt
+    if errors:
+        raise errors[0]
+    return results
+
+
+def _wait(procs) -> bool:
+    """Wait for every worker; Ctrl-C: forward SIGINT (first and second), kill on the third. True if
+    interrupted."""
+    presses = 0
+    for p, _ in procs:
+        while True:
+            try:
+                p.wait()
+                break
+            except KeyboardInterrupt:
+                presses += 1
+                if presses >= 3:
+                    raise
+                for q, _ in procs:
+                    if q.poll() is None:
+                        q.send_signal(signal.SIGINT)
+    return presses > 0
+
+
+def _load(path: str):
+    try:
+        with open(path, "rb") as f:
+            return pickle.load(f)
+    except FileNotFoundError:
+        return None
+
+
+def _write(path: str, obj: dict) -> None:
+    """Pickle obj to path atomically; an error that does not survive pickling is sent as its text."""
+    try:
+        data = pickle.dumps(obj)
+        pickle.loads(data)
+    except Exception:
+        exc = obj.get("error")
+        data = pickle.dumps({"error": RuntimeError(f"{type(exc).__name__}: {exc}")})
+    with open(path + ".tmp", "wb") as f:
+        f.write(data)
+    os.replace(path + ".tmp", path)
+
+
+def main(argv: list[str]) -> int:
+    """A worker: ``JOB RESULT PARENT_PID`` (JOB: pickled simulate_batch options and runs; RESULT: where the
+    results, an error or an interruption are written)."""
+    job, res, parent = argv
+    from nclab.environment import die_with_parent
+
+    die_with_parent(int(parent))
+    with open(job, "rb") as f:
+        payload = pickle.load(f)
+    from nclab.ufm import batched
+
+    batched._BAR_POSITION = payload.pop("position")
+    try:
+        results = batched.simulate_batch(payload.pop("configs"), payload.pop("outs"), workers=1, **payload)
+    except KeyboardInterrupt:
+        _write(res, {"interrupted": True})
+        return 130
+    except Exception as exc:
+        _write(res, {"error": exc})
+        return 1
+    _write(res, {"results": results})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,132 @@
+"""simulate_batch across worker processes (nclab.ufm.workers): the same folders and results as one process,
+errors and Ctrl-C reaching the caller, the automatic choice of workers."""
+
+import csv
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from nclab.cli import cli
+from nclab.environment import usable_cores
+from nclab.results import RunLockedError, RunStore
+from nclab.ufm import make_config, workers
+from nclab.ufm.batched import simulate_batch
+
+LAMS = (5e-4, 1e-3, 2e-3)
+
+
+def tiny(seed, steps=300, **kw):
+    lam = LAMS[seed % 3]
+    return make_config(counts=[6, 5, 4], depth=2, widths=8, lambda_w=lam, lambda_h=lam, steps=steps,
+                       snapshot_every=50, seed=seed, **kw)
+
+
+def rows(run_dir):
+    with open(pathlib.Path(run_dir) / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_two_workers_write_the_folders_and_results_of_one_process(tmp_path):
+    cfgs = [tiny(s) for s in range(8)]
+    one = simulate_batch(cfgs, [tmp_path / f"one/r{i}" for i in range(8)], workers=1)
+    two = simulate_batch(cfgs, [tmp_path / f"two/r{i}" for i in range(8)], workers=2)
+    assert [pathlib.Path(r.run_dir).name for r in two] == [f"r{i}" for i in range(8)]  # input order
+    for a, b in zip(one, two):
+        assert b.status == a.status == "complete" and b.step == a.step == 300
+        assert sorted(os.listdir(b.run_dir)) == sorted(os.listdir(a.run_dir))
+        ra, rb = rows(a.run_dir), rows(b.run_dir)
+        assert [r["step"] for r in rb] == [r["step"] for r in ra] and len(ra) == 7
+        for x, y in zip(ra, rb):  # every metric of every row, to round-off
+            for k in x:
+                if x[k] not in ("", "nan") and k != "seconds":
+                    assert float(y[k]) == pytest.approx(float(x[k]), rel=1e-10, abs=1e-14), k
+        for wa, wb in zip(a.weights, b.weights):
+            np.testing.assert_allclose(wb, wa, rtol=1e-10, atol=1e-14)
+        np.testing.assert_allclose(b.H, a.H, rtol=1e-10, atol=1e-14)
+        assert json.loads((pathlib.Path(b.run_dir) / "config.json").read_text())["config"]["seed"] == a.config.seed
+
+
+def test_a_workers_error_is_raised_in_the_caller(tmp_path):
+    cfgs = [tiny(s, steps=100) for s in range(8)]
+    outs = [tmp_path / f"r{i}" for i in range(8)]
+    held = RunStore(outs[6])
+    held.lock()  # this process holds run 6's folder
+    try:
+        with pytest.raises(RunLockedError, match=r"r6 is in use by another nclab process"):
+            simulate_batch(cfgs, outs, workers=2)
+    finally:
+        held.unlock()
+    assert json.loads((outs[0] / "summary.json").read_text())["status"] == "complete"  # the other share ran
+
+
+def test_ctrl_c_stops_every_worker_at_a_checkpoint(tmp_path):
+    script = textwrap.dedent(f"""
+        import sys
+        from nclab.ufm import make_config
+        from nclab.ufm.batched import simulate_batch
+        cfgs = [make_config(counts=[6, 5, 4], depth=2, widths=8, steps=10**8, snapshot_every=50, seed=s,
+                            checkpoint_every=50) for s in range(8)]
+        try:
+            simulate_batch(cfgs, [r"{tmp_path}/r%d" % i for i in range(8)], workers=2)
+        except KeyboardInterrupt:
+            sys.exit(130)
+    """)  # no __main__ guard: workers are subprocesses, nothing re-imports this script
+    p = subprocess.Popen([sys.executable, "-c", script])
+    deadline = time.monotonic() + 60
+    while not all((tmp_path / f"r{i}/checkpoint.pt").is_file() for i in (0, 7)):  # both workers' runs started
+        assert p.poll() is None and time.monotonic() < deadline
+        time.sleep(0.1)
+    p.send_signal(signal.SIGINT)
+    assert p.wait(timeout=60) == 130
+    for i in range(8):
+        summary = json.loads((tmp_path / f"r{i}/summary.json").read_text())
+        assert summary["status"] == "interrupted" and summary["step"] > 0
+        assert int(rows(tmp_path / f"r{i}")[-1]["step"]) == summary["step"]  # checkpoint = last recorded row
+    left = subprocess.run(["pgrep", "-f", f"nclab.ufm.workers.*{tmp_path.name}"], capture_output=True, text=True)
+    assert left.stdout.strip() == ""
+
+
+def test_plan_chooses_workers_by_work_cores_and_callback(monkeypatch):
+    monkeypatch.setattr("nclab.environment.idle_cores", lambda: 2)
+    small = [tiny(s) for s in range(8)]
+    assert workers.estimated_seconds(small) < workers.WORKER_MIN_SECONDS
+    assert workers.plan(small, 0) == [list(range(8))]  # seconds of work: one process
+    big = [tiny(s, steps=10**6) for s in range(9)] + [tiny(9, optimizer="lbfgs")]
+    assert workers.estimated_seconds(big[:9]) == pytest.approx(9 * 10**6 * (3e-9 * (8 * 15 + 64 + 24 + 3) + 5e-6))
+    plans = workers.plan(big, 0)
+    assert len(plans) == 2 and sorted(sum(plans, [])) == list(range(10))
+    assert sorted(len(p) for p in plans) == [5, 5]  # shares 4 + 5 runs, the L-BFGS run on the smaller one
+    assert workers.plan(big, 0, callback=print) == [list(range(10))]
+    assert workers.plan(small[:7], 2) == [list(range(7))]  # fewer than 2 x MIN_SHARE runs: one process
+    with pytest.raises(ValueError, match="a callback needs workers=1"):
+        workers.plan(small, 2, callback=print)
+    with pytest.raises(ValueError, match="workers must be >= 0"):
+        workers.plan(small, -1)
+
+
+def test_nclab_cores_caps_the_usable_cores(monkeypatch):
+    monkeypatch.setenv("NCLAB_CORES", "1")
+    assert usable_cores() == 1
+    monkeypatch.setenv("NCLAB_CORES", "zero")
+    with pytest.raises(ValueError, match="NCLAB_CORES must be a positive integer, got 'zero'"):
+        usable_cores()
+
+
+def test_cli_seeds_with_workers(tmp_path):
+    out = tmp_path / "seeds"
+    args = ["simulate", "--counts", "6,5,4", "-M", "2", "--width", "8", "--steps", "200", "--no-figures"]
+    r = CliRunner().invoke(cli, args + ["--seeds", "0-7", "--workers", "2", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    for s in range(8):
+        assert json.loads((out / f"seed-{s}/summary.json").read_text())["step"] == 200
+    r = CliRunner().invoke(cli, args + ["--workers", "2", "--out", str(tmp_path / "one")])
+    assert r.exit_code == 2 and "--workers shares the runs of --seeds" in r.output
