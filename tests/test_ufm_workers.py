@@ -96,7 +96,7 @@ def test_ctrl_c_stops_every_worker_at_a_checkpoint(tmp_path):
 
 
 def test_plan_chooses_workers_by_work_cores_and_callback(monkeypatch):
-    monkeypatch.setattr("nclab.environment.idle_cores", lambda: 2)
+    monkeypatch.setattr("nclab.environment.idle_cores", lambda sample=0.0: 2)
     small = [tiny(s) for s in range(8)]
     assert workers.estimated_seconds(small) < workers.WORKER_MIN_SECONDS
     assert workers.plan(small, 0) == [list(range(8))]  # seconds of work: one process
@@ -111,6 +111,25 @@ def test_plan_chooses_workers_by_work_cores_and_callback(monkeypatch):
         workers.plan(small, 2, callback=print)
     with pytest.raises(ValueError, match="workers must be >= 0"):
         workers.plan(small, -1)
+
+
+def test_idle_cores_sampled_from_proc_stat(monkeypatch):
+    """Over the sample, 2 cores: 150 of 400 jiffies idle (+ 50 iowait) -> 1 core busy -> 1 idle of 2."""
+    import io
+
+    from nclab import environment
+
+    lines = iter(["cpu  100 0 100 1000 0 0 0 0 0 0\n", "cpu  250 0 150 1150 50 0 0 0 0 0\n"])
+    monkeypatch.setattr(environment, "open", lambda path: io.StringIO(next(lines)), raising=False)
+    monkeypatch.setattr(environment.time, "sleep", lambda s: None)
+    monkeypatch.setattr(environment.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(environment, "usable_cores", lambda: 2)
+    assert environment._busy_cores(0.1) == pytest.approx(1.0)
+    lines = iter(["cpu  100 0 100 1000 0 0 0 0 0 0\n", "cpu  100 0 100 1400 0 0 0 0 0 0\n"])
+    assert environment.idle_cores(sample=0.1) == 2  # all idle, whatever the load average says
+    monkeypatch.setattr(environment, "open", lambda path: (_ for _ in ()).throw(OSError("no /proc")), raising=False)
+    monkeypatch.setattr(environment.os, "getloadavg", lambda: (1.2, 0, 0))
+    assert environment.idle_cores(sample=0.1) == 1  # unreadable: the load average (2 - 1.2 + 0.5 -> 1)
 
 
 def test_nclab_cores_caps_the_usable_cores(monkeypatch):

@@ -49,10 +49,10 @@ def estimated_seconds(configs: Sequence) -> float:
 def plan(configs: Sequence, workers: int, callback=None) -> list[list[int]]:
     """Indices of the runs each worker trains (one list: everything in this process).
 
-    ``workers`` > 0: at most that many; 0 (auto): the idle cores (:func:`nclab.environment.idle_cores`) when the
-    runs would take >= :data:`WORKER_MIN_SECONDS` in one process, else one. L-BFGS runs, other devices than the
-    CPU and a ``callback`` (its rows arrive in this process) keep one process. Each batch-compatible group is
-    split into near-equal consecutive shares, and the shares are dealt to the workers by size."""
+    ``workers`` > 0: at most that many; 0 (auto): the idle cores (:func:`nclab.environment.idle_cores`, measured
+    over 0.2 s) when the runs would take >= :data:`WORKER_MIN_SECONDS` in one process, else one. L-BFGS runs,
+    other devices than the CPU and a ``callback`` (its rows arrive in this process) keep one process. Each
+    batch-compatible group is split into near-equal consecutive shares, dealt to the workers by size."""
     from nclab.environment import idle_cores
     from nclab.ufm.batched import batch_key
 
@@ -63,7 +63,7 @@ def plan(configs: Sequence, workers: int, callback=None) -> list[list[int]]:
         if callback is not None or any(configs[i].device != "cpu" for i in idx) \
                 or estimated_seconds([configs[i] for i in idx]) < WORKER_MIN_SECONDS:
             return [list(range(len(configs)))]
-        workers = idle_cores()
+        workers = idle_cores(sample=0.2)  # this process waits for its workers: its own load does not count
     elif callback is not None and workers > 1:
         raise ValueError("a callback needs workers=1 (its rows arrive in this process)")
     elif any(configs[i].device != "cpu" for i in idx) and workers > 1:
@@ -94,7 +94,7 @@ def run_workers(configs: list, outs: list | None, plans: list[list[int]], option
     in the module docstring."""
     from nclab.environment import idle_cores
 
-    share = max(1, idle_cores() // len(plans))
+    share = max(1, idle_cores(sample=0.1) // len(plans))
     env = dict(os.environ, NCLAB_CORES=str(share))
     results: list = [None] * len(configs)
     with tempfile.TemporaryDirectory(prefix="nclab-workers-") as tmp:
