@@ -114,8 +114,10 @@ class Snapshotter:
                 # the scaled layer means, kept at entries ~1 by powers of two (exact; several unit-norm maps can
                 # still shrink them towards underflow): means 2^-shift give a projector 2^shift, NC1 4^shift
                 s_m_j = s_m_j @ unit[j - 1].T
-                k = exp2(s_m_j)
-                s_m_j, shift = np.ldexp(s_m_j, -k), shift + k
+                top = float(np.abs(s_m_j).max(initial=0.0))
+                if not 2.0 ** -200 <= top <= 2.0 ** 200:  # only where it matters: a snapshot costs ~1 ms
+                    k = exp2(s_m_j)
+                    s_m_j, shift = np.ldexp(s_m_j, -k), shift + k
             with np.errstate(all="ignore"):
                 proj, _, rank, _ = nc1_projector(s_m_j, self.counts)  # (d_j, r)
                 for w in reversed(unit[:j]):
@@ -183,6 +185,9 @@ def shared_objective(prediction, weights, H, bias=None) -> float:
 
 def _fro(a: np.ndarray) -> float:
     """Frobenius norm without underflow or overflow: equal to np.linalg.norm(a) wherever that is exact."""
+    n = float(np.linalg.norm(a))
+    if 1e-100 < n < 1e100:  # every square that matters is a normal float: the plain norm is exact
+        return n
     k = exp2(a)
     return float(np.ldexp(np.linalg.norm(np.ldexp(a, -k)), k))
 
