@@ -28,7 +28,7 @@ from nclab.metrics._checks import (
 )
 from nclab.metrics.pairwise import BLOCKS, Rows, Target, check_tile, cross_distance, row_pairs, sweep
 from nclab.metrics.pairwise import _blocks as _pairwise_blocks
-from nclab.metrics.stats import ClassStats, SecondPass, ldexp_
+from nclab.metrics.stats import NARROW, ONEHOT_MAX_K, ClassStats, SecondPass, ldexp_
 
 SCALARS = {  # name -> one-line meaning (for tables and docs)
     "nc1": "tr(Sigma_W Sigma_B^+)/K",
@@ -492,11 +492,13 @@ def _one_shot(x, y, K, weights, bias, rtol, global_mean, exp: int = 0, w_exp: in
     stats = ClassStats(K, moments="none", device=x.device, gemm_dtype=gemm_dtype)
     step = _chunk_rows(x.shape[1])
     buf = torch.empty(min(step, x.shape[0]), x.shape[1], dtype=F64, device=x.device)
-    for i in range(0, x.shape[0], step):
-        stats._update(x[i:i + step], y[i:i + step], buf, exp)
+    # float32 products (ClassStats._narrow_sums, SecondPass._narrow) chunk by themselves: fewer, larger batches
+    wide = max(step, 1 << 16) if x.dtype in NARROW and exp == 0 and K <= ONEHOT_MAX_K else step
+    for i in range(0, x.shape[0], wide):
+        stats._update(x[i:i + wide], y[i:i + wide], buf, exp)
     second = SecondPass(stats, weights, bias, rtol=rtol, global_mean=global_mean, _w_exp=w_exp)
     if second.narrow(x, exp):
-        step = max(step, 1 << 16)  # float32 products (SecondPass._narrow) chunk by themselves: fewer, larger batches
+        step = max(step, 1 << 16)
     for i in range(0, x.shape[0], step):
         second._update(x[i:i + step], y[i:i + step], buf, exp)
     return compute_metrics(stats, weights, bias, second=second, _w_exp=w_exp, **options)
@@ -510,10 +512,11 @@ def nc_metrics(features, labels, weights=None, bias=None, *, num_classes: int | 
     Two passes over `features` (float64 class means, then centred K-space projections), no D x D matrix:
     cost about N D (K + r) multiply-adds. num_classes default max(labels) + 1. target default "auto" (the
     same default as ``nclab measure``): etf with a bias or without W, else of. gemm_dtype None (default):
-    float32 and half features with at most 16 classes make the second pass's products in float32 on rows
-    centred at their float32-rounded class mean, with float64 corrections (issue 12: faster than float64
-    products, `python benchmarks/metrics.py` times both; relative error ~1e-8, exact zeros for exactly
-    collapsed features); torch.float64: every product in float64 (the same bits as float64 features give).
+    float32 and half features with at most 16 classes make both passes' products in float32 on rows shifted
+    by a reference of their class (the first pass: a sample of it; the second: its float32-rounded mean), with
+    float64 accumulation and corrections (issue 12: faster than float64 products, `python
+    benchmarks/metrics.py` times both; relative error ~1e-8, exact zeros for exactly collapsed features);
+    torch.float64: every product in float64 (the same bits as float64 features give).
     Other options (center, nc3_scale, target_w, target_wh, within, collapse_rtol) as in compute_metrics.
 
     Example: ``m = nc_metrics(H, y, W, b, target="etf"); m["nc1"], m.reasons, m.to_dict()``

@@ -1,0 +1,103 @@
+"""nc_metrics' first pass in float32 products (ClassStats._narrow_sums): class means against float64 sums
+written from the definition, and every case that must fall back to the float64 path."""
+
+import numpy as np
+import pytest
+import torch
+
+from nclab.metrics import ClassStats, nc_metrics
+from nclab.metrics.stats import F64
+
+
+def features(N=6000, D=48, K=6, noise=1e-5, scale=1.0, seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, K, (N,), generator=g)
+    mu = scale * torch.randn(K, D, generator=g, dtype=F64)
+    x = (mu[y] + scale * noise * torch.randn(N, D, generator=g, dtype=F64)).to(dtype)
+    return x, y
+
+
+def exact_means(x, y, K):
+    """float64 class means of the features as stored (numpy, one class at a time)."""
+    xn, yn = x.to(F64).numpy(), y.numpy()
+    return np.stack([xn[yn == k].sum(0) / max(1, (yn == k).sum()) for k in range(K)])
+
+
+def first_pass(x, y, K, **kw):
+    s = ClassStats(K, moments="none", **kw)
+    s._update(x, y)  # one batch, as nc_metrics' first pass gives it
+    return s
+
+
+@pytest.fixture
+def taken(monkeypatch):
+    """The results of every ClassStats._narrow_sums call (True: the float32 path ran)."""
+    calls, original = [], ClassStats._narrow_sums
+
+    def spy(self, *args):
+        calls.append(original(self, *args))
+        return calls[-1]
+
+    monkeypatch.setattr(ClassStats, "_narrow_sums", spy)
+    return calls
+
+
+def spread(x, y, K):
+    m = exact_means(x, y, K)
+    return float(np.abs(x.to(F64).numpy() - m[y.numpy()]).max())
+
+
+@pytest.mark.parametrize("noise", [1e-5, 1.0, 100.0])
+def test_float32_means_within_1e7_of_the_spread(noise, taken):
+    x, y = features(noise=noise)
+    s = first_pass(x, y, 6)
+    assert taken == [True]
+    assert np.abs(s.means.numpy() - exact_means(x, y, 6)).max() <= 1e-7 * spread(x, y, 6)
+
+
+def test_float32_means_of_several_batches_and_half_features(taken):
+    x, y = features(N=18000, noise=1e-3)
+    y[:6000] = y[:6000] % 3  # classes 3-5 first seen in the second batch: shifted by their first sample there
+    s = ClassStats(6, moments="none")
+    for i in range(0, 18000, 6000):  # batches above SUB_ELEMS / D rows: the summing path
+        s._update(x[i:i + 6000], y[i:i + 6000])
+    assert np.abs(s.means.numpy() - exact_means(x, y, 6)).max() <= 1e-7 * spread(x, y, 6)
+    h = x.to(torch.float16)
+    assert np.abs(first_pass(h, y, 6).means.numpy() - exact_means(h, y, 6)).max() <= 1e-7 * spread(h, y, 6)
+    assert taken == [True] * 4
+
+
+def test_float64_paths_unchanged(taken):
+    """gemm_dtype=float64 and float64 features: the float64 copy path, exact to round-off of the means."""
+    x, y = features(noise=1e-5)
+    ref = exact_means(x, y, 6)
+    for s in (first_pass(x, y, 6, gemm_dtype=torch.float64), first_pass(x.to(F64), y, 6)):
+        np.testing.assert_allclose(s.means.numpy(), ref, rtol=1e-15, atol=0)
+    assert taken == [False, False]
+
+
+def test_tiny_huge_and_bad_features_take_the_float64_path(taken):
+    x, y = features(noise=1e-2, scale=2.0 ** -110)  # below the 2^-100 guard: float64 sums, exact
+    np.testing.assert_allclose(first_pass(x, y, 6).means.numpy(), exact_means(x, y, 6), rtol=1e-13, atol=0)
+    # a column of +-3e38 in class 0: x - c overflows float32, so the float64 path sums it (300 rows of 2048:
+    # above SUB_ELEMS / D rows, the summing path)
+    x, y = features(N=300, D=2048, K=2)
+    x[y == 0, 5] = torch.tensor([3e38, -3e38]).repeat(300)[: int((y == 0).sum())]
+    np.testing.assert_allclose(first_pass(x, y, 2).means.numpy(), exact_means(x, y, 2), rtol=1e-15, atol=1e-15)
+    x, y = features(N=2100, D=256, K=2)
+    x[2099, 1] = float("nan")  # past the rows scanned for the scale: the float32 sums meet it, then float64 does
+    with pytest.raises(ValueError, match="features contain NaN or inf"):
+        first_pass(x, y, 2)
+    assert taken == [False] * 3
+    s = first_pass(*features(K=17), 17)  # more classes than the one-hot GEMMs serve
+    assert taken[-1] is False and s.means.shape == (17, 48)
+
+
+def test_nc_metrics_collapsed_regime_matches_float64():
+    """The whole two-pass nc_metrics on float32 features, collapsed (noise 1e-5): the float32 products agree
+    with the same features in float64 to 1e-6 (issue 12's accuracy goal)."""
+    x, y = features(N=8000, D=64, K=5, noise=1e-5, seed=3)
+    W = torch.randn(5, 64, dtype=F64, generator=torch.Generator().manual_seed(4))
+    fast, ref = nc_metrics(x, y, W), nc_metrics(x.to(F64), y, W)
+    for k in ("nc1", "nc1_trace", "cdnv"):
+        assert fast[k] == pytest.approx(ref[k], rel=1e-6, abs=0), k
