@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # GPU check (issue 5), one prepared script for a lent CUDA machine without network access:
 #   1. a short run of the ResNet18 preset on CUDA (the embedded digits as 3 x 32 x 32 images: no files,
-#      no downloads), 2. the NC-tracking benchmark on that model, 3. the metrics benchmark on the GPU.
+#      no downloads), 2. the NC-tracking benchmark on that model, 3. the metrics benchmark on the GPU,
+#   3b. the batched UFM benchmark on the GPU (BATCH runs, default 1000, STEPS steps, default 30000).
 # Outputs (logs, metrics.csv, summary.json of the run) go to $OUT (default ./gpu_check_out).
 # Budget: < 4 minutes on an H100 including the install; every step has its own timeout.
-# Dry run on a CPU: DEV=cpu EPOCHS=1 QUICK=--quick EXTRA="--counts 3,3 --test-per-class 2" \
+# Dry run on a CPU: DEV=cpu EPOCHS=1 QUICK=--quick BATCH=8 STEPS=300 EXTRA="--counts 3,3 --test-per-class 2" \
 #   BENCH="--set counts=3,3 --set test_per_class=2" SKIP_INSTALL=1 OUT=/tmp/gc bash benchmarks/gpu_check.sh
 set -u
 DEV="${DEV:-cuda}"
@@ -68,6 +69,10 @@ run 60 python benchmarks/train.py --preset paper-resnet18-cifar10 --reps 5 --set
 
 step "3. metrics benchmark on $DEV"
 run 90 python benchmarks/metrics.py --device "$DEV" $QUICK | tee "$OUT/metrics_benchmark.txt"
+
+step "3b. batched UFM on $DEV (issue 12): ${BATCH:-1000} paper runs (M = 3, ${STEPS:-30000} steps) vs sequential"
+run 150 python benchmarks/simulate.py --no-single --batch "${BATCH:-1000}" --sequential 2 --steps "${STEPS:-30000}" \
+  --device "$DEV" | tee "$OUT/simulate_batched.txt"
 
 step "4. CUDA tests (skipped on a CPU)"
 if python -m pytest --version >/dev/null 2>&1; then

@@ -9,13 +9,13 @@ PyTorch loop (autograd through the same objective, torch.optim.SGD, no snapshots
 timed in the same process on ``--bare-steps`` steps and scaled to 30,000. Then float64 L-BFGS from the
 same random start until the relative gap to f* is <= 1e-9.
 
-Batched (``--batch 64``, target >= 20x): B runs of the paper configuration at depth ``--batch-depth`` (seeds
-0..B-1, lambda_W = lambda_H cycling over 5e-4, 6e-4, 7e-4, 8e-4), each with its own run directory, trained
-by one ``nclab.ufm.batched.simulate_batch`` call (``--workers``: its worker processes, default 0 = automatic, what
-a user gets: the idle cores, each training a share of the runs as one batch), against ``--sequential`` of the same
-runs through ``nclab.simulate`` one after another in the same process (their mean time per run times B: the
-sequential throughput). ``--workers 1`` is the one-process batch. The objectives of those runs are compared
-(relative difference, float64).
+Batched (``--batch 64``, target >= 20x; ``--device cuda`` on a GPU): B runs of the paper configuration at depth
+``--batch-depth`` (seeds 0..B-1, lambda_W = lambda_H cycling over 5e-4, 6e-4, 7e-4, 8e-4), each with its own run
+directory, trained by one ``nclab.ufm.batched.simulate_batch`` call (``--workers``: its worker processes, default 0
+= automatic, what a user gets: the idle cores, each training a share of the runs as one batch), against
+``--sequential`` of the same runs through ``nclab.simulate`` one after another in the same process (their mean time
+per run times B: the sequential throughput). ``--workers 1`` is the one-process batch. The objectives of those runs
+are compared (relative difference, float64).
 """
 
 from __future__ import annotations
@@ -98,8 +98,8 @@ def batched(args) -> bool:
     """The batched case against sequential nclab.simulate calls, in this process; True when >= 20x."""
     B, M = args.batch, args.batch_depth
     lams = (5e-4, 6e-4, 7e-4, 8e-4)
-    cfgs = [preset_config(args.preset, M, dtype=args.dtype, steps=args.steps, seed=s, lambda_w=lams[s % 4],
-                          lambda_h=lams[s % 4]) for s in range(B)]
+    cfgs = [preset_config(args.preset, M, dtype=args.dtype, steps=args.steps, seed=s, device=args.device,
+                          lambda_w=lams[s % 4], lambda_h=lams[s % 4]) for s in range(B)]
     k = max(1, min(args.sequential, B))
     from nclab.ufm.workers import plan
 
@@ -117,8 +117,10 @@ def batched(args) -> bool:
     snaps = sum(r.snapshot_seconds for r in res)
     statuses = sorted({r.status for r in res})
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(step_rates(cfgs))
-    print(f"batched M={M}: {B} runs x {args.steps} steps ({args.dtype}, snapshots every 100, run folders, "
+    if args.device == "cpu":
+        print(step_rates(cfgs))
+    print(f"batched M={M}: {B} runs x {args.steps} steps ({args.dtype} on {args.device}, snapshots every 100, "
+          f"run folders, "
           f"{n_workers} worker process(es)) in {t_batch:.1f} s (training {train:.1f} s, snapshots {snaps:.1f} s summed "
           f"over the workers, rest: set-up and files) = "
           f"{t_batch / B:.2f} s/run | sequential nclab.simulate {t_seq / B:.2f} s/run (mean of {k}) -> "
@@ -138,6 +140,8 @@ def main() -> None:
     ap.add_argument("--batch-depth", type=int, default=3)
     ap.add_argument("--sequential", type=int, default=4, help="runs timed one by one for the sequential baseline")
     ap.add_argument("--workers", type=int, default=0, help="simulate_batch's worker processes (0: automatic)")
+    ap.add_argument("--device", default="cpu", help="device of the batched case and its sequential baseline "
+                    "(cuda: benchmarks/gpu_check.sh runs --batch 1000 --no-single --device cuda)")
     ap.add_argument("--no-single", action="store_true", help="skip the single-run and L-BFGS rows")
     args = ap.parse_args()
     depths = [] if args.no_single else [int(d) for d in args.depths.split(",")]
