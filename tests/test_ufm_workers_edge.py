@@ -213,7 +213,8 @@ def test_workers_die_with_a_killed_caller(tmp_path):
                             checkpoint_every=50) for s in range(8)]
         simulate_batch(cfgs, [r"{tmp_path}/r%d" % i for i in range(8)], workers=2)
     """)
-    p = subprocess.Popen([sys.executable, "-c", script])
+    # TMPDIR: the job files a killed caller cannot remove stay in tmp_path, not in /tmp
+    p = subprocess.Popen([sys.executable, "-c", script], env=dict(os.environ, TMPDIR=str(tmp_path)))
     try:
         deadline = time.monotonic() + 60
         while not all((tmp_path / f"r{i}/checkpoint.pt").is_file() for i in (0, 7)):  # both workers training
