@@ -80,7 +80,7 @@ def test_ctrl_c_stops_every_worker_at_a_checkpoint(tmp_path):
         except KeyboardInterrupt:
             sys.exit(130)
     """)  # no __main__ guard: workers are subprocesses, nothing re-imports this script
-    p = subprocess.Popen([sys.executable, "-c", script])
+    p = subprocess.Popen([sys.executable, "-c", script], env=dict(os.environ, TMPDIR=str(tmp_path)))
     deadline = time.monotonic() + 60
     while not all((tmp_path / f"r{i}/checkpoint.pt").is_file() for i in (0, 7)):  # both workers' runs started
         assert p.poll() is None and time.monotonic() < deadline
@@ -91,8 +91,9 @@ def test_ctrl_c_stops_every_worker_at_a_checkpoint(tmp_path):
         summary = json.loads((tmp_path / f"r{i}/summary.json").read_text())
         assert summary["status"] == "interrupted" and summary["step"] > 0
         assert int(rows(tmp_path / f"r{i}")[-1]["step"]) == summary["step"]  # checkpoint = last recorded row
-    left = subprocess.run(["pgrep", "-f", f"nclab.ufm.workers.*{tmp_path.name}"], capture_output=True, text=True)
-    assert left.stdout.strip() == ""
+    left = subprocess.run(["pgrep", "-f", f"nclab.ufm.workers {tmp_path}"], capture_output=True, text=True)
+    assert left.stdout.strip() == ""  # the job files lie under TMPDIR = tmp_path: this matches only its workers
+    assert not list(tmp_path.glob("nclab-workers-*"))  # the temporary folder is gone
 
 
 def test_plan_chooses_workers_by_work_cores_and_callback(monkeypatch):
@@ -149,3 +150,41 @@ def test_cli_seeds_with_workers(tmp_path):
         assert json.loads((out / f"seed-{s}/summary.json").read_text())["step"] == 200
     r = CliRunner().invoke(cli, args + ["--workers", "2", "--out", str(tmp_path / "one")])
     assert r.exit_code == 2 and "--workers shares the runs of --seeds" in r.output
+
+
+def test_a_worker_interrupted_alone_is_an_error_and_bad_predictions_are_refused(tmp_path):
+    """A worker stopped by a SIGINT its caller did not get: the caller raises (no None results), naming the
+    runs; the other worker's runs finish."""
+    import threading
+
+    cfgs = [tiny(s, steps=3000, checkpoint_every=50) for s in range(8)]
+    outs = [tmp_path / f"r{i}" for i in range(8)]
+
+    def interrupt_one_worker():
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if (tmp_path / "r0/checkpoint.pt").is_file():  # the first worker is training
+                kids = subprocess.run(["pgrep", "-f", f"nclab.ufm.workers {tmp_path}/.*/job-0"],
+                                      capture_output=True, text=True).stdout.split()
+                if kids:
+                    os.kill(int(kids[0]), signal.SIGINT)
+                    return
+            time.sleep(0.05)
+
+    threading.Thread(target=interrupt_one_worker, daemon=True).start()
+    env = dict(os.environ)
+    os.environ["TMPDIR"] = str(tmp_path)
+    try:
+        import tempfile
+
+        tempfile.tempdir = None  # read TMPDIR again
+        with pytest.raises(RuntimeError, match=r"a worker process was interrupted \(runs .*r0, .*r3\)"):
+            simulate_batch(cfgs, outs, workers=2)
+    finally:
+        os.environ.clear()
+        os.environ.update(env)
+        tempfile.tempdir = None
+    assert json.loads((outs[0] / "summary.json").read_text())["status"] == "interrupted"
+    assert json.loads((outs[7] / "summary.json").read_text())["status"] == "complete"
+    with pytest.raises(ValueError, match="2 predictions for 8 configs"):
+        simulate_batch(cfgs, workers=2, predictions=[None, None])

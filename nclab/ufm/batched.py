@@ -764,6 +764,8 @@ def simulate_batch(
     preds: dict = {}
     if predictions is not None:
         predictions = list(predictions)
+        if len(predictions) != len(configs):
+            raise ValueError(f"{len(predictions)} predictions for {len(configs)} configs")
         for c, p in zip(configs, predictions):
             if p.problem != c.problem:
                 raise ValueError("a given prediction is for another problem than its config's")

@@ -26,6 +26,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import traceback
 from collections.abc import Sequence
 
 #: below this estimated one-process time (seconds), workers=0 keeps one process: starting a worker (an
@@ -120,12 +121,15 @@ def run_workers(configs: list, outs: list | None, plans: list[list[int]], option
         errors = []
         for (p, res), members in zip(procs, plans):
             out = _load(res)
+            runs = ", ".join(str(i) if outs is None else str(outs[i]) for i in members)
             if out is None:
-                errors.append(RuntimeError(f"a worker process ended with code {p.returncode} and no result "
-                                           f"(runs {members[0]}..{members[-1]}); their folders resume from the "
-                                           "last checkpoint"))
+                errors.append(RuntimeError(f"a worker process ended with code {p.returncode} and no result (runs "
+                                           f"{runs}); run folders resume from their last checkpoint"))
             elif "error" in out:
                 errors.append(out["error"])
+            elif out.get("interrupted"):  # a worker stopped by a signal this process did not get
+                errors.append(RuntimeError(f"a worker process was interrupted (runs {runs}); run folders resume "
+                                           "from their last checkpoint"))
             elif "results" in out:
                 for i, r in zip(members, out["results"]):
                     results[i] = r
@@ -180,20 +184,27 @@ def main(argv: list[str]) -> int:
     """A worker: ``JOB RESULT PARENT_PID`` (JOB: pickled simulate_batch options and runs; RESULT: where the
     results, an error or an interruption are written)."""
     job, res, parent = argv
+    pressed = []
+    signal.signal(signal.SIGINT, lambda *_: pressed.append(1))  # while importing: no traceback per worker
     from nclab.environment import die_with_parent
 
     die_with_parent(int(parent))
     with open(job, "rb") as f:
         payload = pickle.load(f)
+    os.unlink(job)  # nothing left behind if the caller is killed (its temporary folder then stays)
     from nclab.ufm import batched
 
     batched._BAR_POSITION = payload.pop("position")
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
+        if pressed:
+            raise KeyboardInterrupt
         results = batched.simulate_batch(payload.pop("configs"), payload.pop("outs"), workers=1, **payload)
     except KeyboardInterrupt:
         _write(res, {"interrupted": True})
         return 130
     except Exception as exc:
+        exc.add_note(f"in worker process {os.getpid()}:\n{traceback.format_exc()}")
         _write(res, {"error": exc})
         return 1
     _write(res, {"results": results})
