@@ -91,7 +91,7 @@ def test_ctrl_c_stops_every_worker_at_a_checkpoint(tmp_path):
         summary = json.loads((tmp_path / f"r{i}/summary.json").read_text())
         assert summary["status"] == "interrupted" and summary["step"] > 0
         assert int(rows(tmp_path / f"r{i}")[-1]["step"]) == summary["step"]  # checkpoint = last recorded row
-    left = subprocess.run(["pgrep", "-f", f"nclab.ufm.workers {tmp_path}"], capture_output=True, text=True)
+    left = subprocess.run(["pgrep", "-f", f"nclab._worker {tmp_path}"], capture_output=True, text=True)
     assert left.stdout.strip() == ""  # the job files lie under TMPDIR = tmp_path: this matches only its workers
     assert not list(tmp_path.glob("nclab-workers-*"))  # the temporary folder is gone
 
@@ -164,7 +164,7 @@ def test_a_worker_interrupted_alone_is_an_error_and_bad_predictions_are_refused(
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if (tmp_path / "r0/checkpoint.pt").is_file():  # the first worker is training
-                kids = subprocess.run(["pgrep", "-f", f"nclab.ufm.workers {tmp_path}/.*/job-0"],
+                kids = subprocess.run(["pgrep", "-f", f"nclab._worker {tmp_path}/.*/job-0"],
                                       capture_output=True, text=True).stdout.split()
                 if kids:
                     os.kill(int(kids[0]), signal.SIGINT)

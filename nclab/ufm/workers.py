@@ -5,7 +5,7 @@ the other cores are idle unless the runs are split between processes: two proces
 give 1.9x the throughput of one process of 64 on this 2-core machine (measured; threads in one process do
 not help: the GIL serializes the small ops).
 
-Workers are plain subprocesses (``python -m nclab.ufm.workers JOB RESULT PARENT_PID``), not multiprocessing:
+Workers are plain subprocesses (``python -m nclab._worker JOB RESULT PARENT_PID``), not multiprocessing:
 nothing of the caller's ``__main__`` is re-imported, so a script without an ``if __name__ == "__main__"`` guard,
 a notebook and the CLI all work. Each worker opens, locks and writes its runs' folders exactly as a one-process
 call would (same files, rows and checkpoints; each run's iterates do not depend on which runs share its
@@ -109,7 +109,7 @@ def run_workers(configs: list, outs: list | None, plans: list[list[int]], option
                                predictions=None if preds is None else [preds[i] for i in members], position=w)
                 with open(job, "wb") as f:
                     pickle.dump(payload, f)
-                procs.append((subprocess.Popen([sys.executable, "-m", "nclab.ufm.workers", job, res,
+                procs.append((subprocess.Popen([sys.executable, "-m", "nclab._worker", job, res,
                                                 str(os.getpid())], env=env, start_new_session=True), res))
             interrupted = _wait(procs)
         except BaseException:
@@ -180,12 +180,11 @@ def _write(path: str, obj: dict) -> None:
     os.replace(path + ".tmp", path)
 
 
-def main(argv: list[str]) -> int:
-    """A worker: ``JOB RESULT PARENT_PID`` (JOB: pickled simulate_batch options and runs; RESULT: where the
-    results, an error or an interruption are written)."""
+def main(argv: list[str], pressed: list) -> int:
+    """A worker (:mod:`nclab._worker`): ``JOB RESULT PARENT_PID`` (JOB: pickled simulate_batch options and runs;
+    RESULT: where the results, an error or an interruption are written); ``pressed`` non-empty: a Ctrl-C came
+    during the imports."""
     job, res, parent = argv
-    pressed = []
-    signal.signal(signal.SIGINT, lambda *_: pressed.append(1))  # while importing: no traceback per worker
     from nclab.environment import die_with_parent
 
     die_with_parent(int(parent))
@@ -210,6 +209,3 @@ def main(argv: list[str]) -> int:
     _write(res, {"results": results})
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
