@@ -127,10 +127,13 @@ def test_a_folder_of_another_problem_fails_its_worker_and_names_the_folder(tmp_p
     other = make_config(counts=[3, 3], depth=2, widths=4, steps=50, snapshot_every=50, seed=6)
     simulate_batch([other], [outs[6]], workers=1)  # run 6's folder holds another problem's run
     held = {f: (outs[6] / f).read_bytes() for f in ("config.json", "metrics.csv", "summary.json")}
+    def children():  # this process's children (other tests may have left some of their own running)
+        return set(subprocess.run(["pgrep", "-P", str(os.getpid())], capture_output=True, text=True).stdout.split())
+
+    before = children()
     with pytest.raises(RunFolderError, match=rf"^{outs[6]} holds a run with another config \(.*counts"):
         simulate_batch(cfgs, outs, resume=True, workers=2)  # runs 4..7 in the second worker, refused there
-    left = subprocess.run(["pgrep", "-P", str(os.getpid())], capture_output=True, text=True).stdout.split()
-    assert left == []  # no worker outlives the call
+    assert children() - before == set()  # no worker outlives the call
     assert {f: (outs[6] / f).read_bytes() for f in held} == held  # the other run is left as it was
     assert not outs[7].exists()  # the worker stopped at run 6: nothing after it was opened
     for i in range(4):  # the first worker's share ran to the end, as in one process
