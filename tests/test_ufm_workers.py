@@ -188,3 +188,23 @@ def test_a_worker_interrupted_alone_is_an_error_and_bad_predictions_are_refused(
     assert json.loads((outs[7] / "summary.json").read_text())["status"] == "complete"
     with pytest.raises(ValueError, match="2 predictions for 8 configs"):
         simulate_batch(cfgs, workers=2, predictions=[None, None])
+
+
+def test_the_automatic_rule_counts_only_the_steps_a_resume_has_left(tmp_path, monkeypatch):
+    """Finished folders cost nothing and interrupted ones their remaining steps (summary.json's step)."""
+    monkeypatch.setattr("nclab.environment.idle_cores", lambda sample=0.0: 2)
+    big = [tiny(s, steps=300_000) for s in range(8)]
+    assert workers.estimated_seconds(big) >= workers.WORKER_MIN_SECONDS
+    outs = [tmp_path / f"r{i}" for i in range(8)]
+    for i, out in enumerate(outs[:7]):  # 7 finished or nearly finished, 1 fresh
+        out.mkdir()
+        status = "complete" if i < 4 else "interrupted"
+        (out / "summary.json").write_text(json.dumps({"status": status, "step": 300_000 if i < 4 else 299_000}))
+    done = workers.steps_done(outs, resume=True)
+    assert done == [10**18] * 4 + [299_000] * 3 + [0]
+    left = [0] * 4 + [1000] * 3 + [300_000]
+    assert workers.estimated_seconds(big, left) == pytest.approx(workers.estimated_seconds(big[7:]) * 303_000 / 300_000)
+    assert workers.plan(big, 0, done=done) == [list(range(8))]  # ~one run's work left: one process
+    assert len(workers.plan(big, 0)) == 2 and workers.steps_done(outs, resume=False) is None
+    (outs[0] / "summary.json").write_text("{broken")
+    assert workers.steps_done(outs, resume=True)[0] == 0  # unreadable: counted as not started

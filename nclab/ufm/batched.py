@@ -769,9 +769,9 @@ def simulate_batch(
         for c, p in zip(configs, predictions):
             if p.problem != c.problem:
                 raise ValueError("a given prediction is for another problem than its config's")
-    from nclab.ufm.workers import plan, run_workers
+    from nclab.ufm.workers import plan, run_workers, steps_done
 
-    plans = plan(configs, workers, callback)
+    plans = plan(configs, workers, callback, steps_done(outs, resume) if workers == 0 else None)
     if len(plans) > 1:
         return run_workers(configs, outs, plans, dict(resume=resume, overwrite=overwrite, predictions=predictions,
                                                       progress=progress, method=method, max_batch=max_batch))

@@ -36,24 +36,46 @@ WORKER_MIN_SECONDS = 10.0
 MIN_SHARE = 4
 
 
-def estimated_seconds(configs: Sequence) -> float:
+def estimated_seconds(configs: Sequence, steps: Sequence[int] | None = None) -> float:
     """A rough one-process time of SGD/Adam runs: per run-step ~3 ns per parameter plus ~5 us of op overhead
-    (fitted to benchmarks/simulate.py's paper runs and benchmarks/phase_empirical.py's grid on this machine)."""
+    (fitted to benchmarks/simulate.py's paper runs and benchmarks/phase_empirical.py's grid on this machine);
+    ``steps``: the steps per run (default: each config's)."""
     total = 0.0
-    for c in configs:
+    for k, c in enumerate(configs):
         K, N, widths = len(c.counts), sum(c.counts), list(c.widths)
         params = widths[0] * N + sum(a * b for a, b in zip(widths[1:] + [K], widths)) + K
-        total += c.steps * (3e-9 * params + 5e-6)
+        total += (c.steps if steps is None else steps[k]) * (3e-9 * params + 5e-6)
     return total
 
 
-def plan(configs: Sequence, workers: int, callback=None) -> list[list[int]]:
+def steps_done(outs: Sequence | None, resume: bool) -> list[int] | None:
+    """Per run folder, the steps a resumed run has already taken (its summary.json; all of them when it finished),
+    or None when nothing is resumed: what :func:`plan`'s estimate leaves out. An unreadable summary counts 0."""
+    import json
+    import pathlib
+
+    from nclab.ufm.trainer import FINISHED
+
+    if outs is None or not resume:
+        return None
+    done = []
+    for out in outs:
+        try:
+            s = json.loads((pathlib.Path(out) / "summary.json").read_text())
+            done.append(10**18 if s.get("status") in FINISHED else int(s.get("step") or 0))
+        except (OSError, ValueError, TypeError, AttributeError):
+            done.append(0)
+    return done
+
+
+def plan(configs: Sequence, workers: int, callback=None, done: Sequence[int] | None = None) -> list[list[int]]:
     """Indices of the runs each worker trains (one list: everything in this process).
 
     ``workers`` > 0: at most that many; 0 (auto): the idle cores (:func:`nclab.environment.idle_cores`, measured
-    over 0.2 s) when the runs would take >= :data:`WORKER_MIN_SECONDS` in one process, else one. L-BFGS runs,
-    other devices than the CPU and a ``callback`` (its rows arrive in this process) keep one process. Each
-    batch-compatible group is split into near-equal consecutive shares, dealt to the workers by size."""
+    over 0.2 s) when the runs would take >= :data:`WORKER_MIN_SECONDS` in one process (``done``: steps already
+    taken per run, from :func:`steps_done`), else one. L-BFGS runs, other devices than the CPU and a ``callback``
+    (its rows arrive in this process) keep one process. Each batch-compatible group is split into near-equal
+    consecutive shares, dealt to the workers by size."""
     from nclab.environment import idle_cores
     from nclab.ufm.batched import batch_key
 
@@ -61,8 +83,9 @@ def plan(configs: Sequence, workers: int, callback=None) -> list[list[int]]:
     if workers < 0:
         raise ValueError(f"workers must be >= 0 (0: automatic), got {workers}")
     if workers == 0:
+        left = [max(0, configs[i].steps - (done[i] if done else 0)) for i in idx]  # a resumed run's remaining steps
         if callback is not None or any(configs[i].device != "cpu" for i in idx) \
-                or estimated_seconds([configs[i] for i in idx]) < WORKER_MIN_SECONDS:
+                or estimated_seconds([configs[i] for i in idx], left) < WORKER_MIN_SECONDS:
             return [list(range(len(configs)))]
         workers = idle_cores(sample=0.2)  # this process waits for its workers: its own load does not count
     elif callback is not None and workers > 1:
