@@ -101,3 +101,40 @@ def test_nc_metrics_collapsed_regime_matches_float64():
     fast, ref = nc_metrics(x, y, W), nc_metrics(x.to(F64), y, W)
     for k in ("nc1", "nc1_trace", "cdnv"):
         assert fast[k] == pytest.approx(ref[k], rel=1e-6, abs=0), k
+
+
+def second_passes(x, y, K, W=None):
+    """The float32 second pass as nc_metrics runs it (_same_data: m2 from class sums) and the per-row one."""
+    from nclab.metrics import SecondPass
+
+    s = first_pass(x, y, K)
+    out = []
+    for same in (True, False):
+        sp = SecondPass(s, W, _same_data=same)
+        assert sp.narrow(x)
+        sp._update(x, y)
+        out.append(sp)
+    return s, out
+
+
+@pytest.mark.parametrize("noise", [1e-5, 0.3])
+def test_same_data_m2_from_class_sums_equals_per_row_and_float64(noise):
+    """m2_k = sum ||x - mu_k||^2: from class sums (sum ||t||^2 - n ||delta||^2) it equals the per-row float32
+    path and a float64 sum written from the definition; q is the same in both modes. Rows with t = 0 exactly,
+    tiny (< 2^-50) and huge (>= 2^60) deviations take the float64 redo path in both."""
+    x, y = features(N=9000, D=40, K=5, noise=noise, seed=7)
+    m = exact_means(x, y, 5)
+    x[y == 0] = torch.from_numpy(m[0]).to(torch.float32)  # class 0 collapsed exactly: t = 0 rows...
+    x[np.flatnonzero(y.numpy() == 1)[:3]] = (torch.from_numpy(m[1]) + 2.0 ** -60).to(torch.float32)  # ... tiny
+    x[np.flatnonzero(y.numpy() == 2)[0], 3] = 2.0 ** 70  # ... a huge one, and class 3 at 2^-55 (every row tiny)
+    g = torch.Generator().manual_seed(8)
+    x[y == 3] = (2.0 ** -55 * (torch.randn(40, generator=g, dtype=F64)
+                               + 1e-4 * torch.randn(int((y == 3).sum()), 40, generator=g, dtype=F64))).to(torch.float32)
+    _, (same, rows) = second_passes(x, y, 5)
+    xm, ym, mu = x.to(F64).numpy(), y.numpy(), exact_means(x, y, 5)
+    ref = np.array([((xm[ym == k] - mu[k]) ** 2).sum() for k in range(5)])
+    np.testing.assert_allclose(same.m2.numpy(), ref, rtol=1e-6, atol=0)
+    np.testing.assert_allclose(rows.m2.numpy(), ref, rtol=1e-6, atol=0)
+    np.testing.assert_allclose(same.m2.numpy()[1:], rows.m2.numpy()[1:], rtol=1e-9)
+    assert same.m2[0] == rows.m2[0] == 0.0  # exact collapse stays an exact zero
+    np.testing.assert_allclose(same.q.numpy(), rows.q.numpy(), rtol=1e-7)  # float32 GEMMs of other widths

@@ -496,7 +496,7 @@ def _one_shot(x, y, K, weights, bias, rtol, global_mean, exp: int = 0, w_exp: in
     wide = max(step, 1 << 16) if x.dtype in NARROW and exp == 0 and K <= ONEHOT_MAX_K else step
     for i in range(0, x.shape[0], wide):
         stats._update(x[i:i + wide], y[i:i + wide], buf, exp)
-    second = SecondPass(stats, weights, bias, rtol=rtol, global_mean=global_mean, _w_exp=w_exp)
+    second = SecondPass(stats, weights, bias, rtol=rtol, global_mean=global_mean, _w_exp=w_exp, _same_data=True)
     if second.narrow(x, exp):
         # 8,192 rows: the float64 per-row results (rows x (r + 2K) numbers) stay in cache and their buffers are
         # reused; batches of 65,536 rows measured 10% slower (W: 73 against 64 ms at N = 50,000, D = 512)
