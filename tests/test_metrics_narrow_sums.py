@@ -138,3 +138,24 @@ def test_same_data_m2_from_class_sums_equals_per_row_and_float64(noise):
     np.testing.assert_allclose(same.m2.numpy()[1:], rows.m2.numpy()[1:], rtol=1e-9)
     assert same.m2[0] == rows.m2[0] == 0.0  # exact collapse stays an exact zero
     np.testing.assert_allclose(same.q.numpy(), rows.q.numpy(), rtol=1e-7)  # float32 GEMMs of other widths
+
+
+def _feats(N, D, K, noise, seed):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, K, (N,), generator=g)
+    mu = torch.randn(K, D, generator=g, dtype=F64)
+    return (mu[y] + noise * torch.randn(N, D, generator=g, dtype=F64)).float(), y
+
+
+def test_long_float32_sums_and_outlier_first_samples_stay_accurate():
+    """Found by review: one float32 sum over 140,003 rows of D = 4 put 1.6e-6 into NC1, and a first sample
+    100 away from a class of spread 1e-4 (the old reference) 1.4e-5 into the equiangularity; both now within
+    1e-7 of the same features in float64."""
+    x, y = _feats(140003, 4, 5, 1.0, 140003)
+    assert nc_metrics(x, y)["nc1"] == pytest.approx(nc_metrics(x.double(), y)["nc1"], rel=2e-7, abs=0)
+    x, y = _feats(60000, 64, 3, 1e-4, 1)
+    for k in range(3):  # each class's first sample: a far outlier
+        x[int((y == k).nonzero()[0])] += 100.0
+    fast, ref = nc_metrics(x, y), nc_metrics(x.double(), y)
+    for key in ("nc1", "equiangular_h", "equinorm_h"):
+        assert fast[key] == pytest.approx(ref[key], rel=1e-7, abs=0), key

@@ -56,6 +56,7 @@ ONEHOT_MAX_K = 16  # up to this many classes, per-class sums are one-hot GEMMs (
 KEEP_BUF = 1 << 23  # float64 entries (64 MB) of batch buffer kept between updates
 SUB_ELEMS = 1 << 18  # entries per step of the GEMM-free passes: 2 MB of float64, stays in cache
 NARROW_COLS = 32  # widest float32 thin GEMM of SecondPass._narrow
+SUM_ROWS = 256  # rows per float32 class sum in ClassStats._narrow_sums (the sums of sums are float64)
 
 
 def _f64_copy(x: torch.Tensor, device, buf: torch.Tensor | None) -> torch.Tensor:
@@ -338,34 +339,67 @@ class ClassStats:
 
     def _narrow_sums(self, x: torch.Tensor, y: torch.Tensor, exp: int) -> bool:
         """_update_sums of float32 (or half) features with few classes in float32 products, no float64 copy
-        (issue 12: half the first pass's time). Each row is shifted by a reference of its class
-        (:meth:`_references`), so the one-hot GEMM sums only within-class deviations d, whose float32 rounding
-        is relative to the deviations (~1e-8 of the within-class spread, measured), not to the means:
-        mean = c + sum d / n. False (nothing done) where the float64 path must run: scaled or tiny data (below
-        2^-100, where float32 deviations lose bits), products forced to float64, many classes, and sums that
-        are not finite (overflow; or NaN/inf features, which the float64 path then reports)."""
+        (issue 12: half the first pass's time). Each row is shifted by its class's mean so far rounded to the
+        features' dtype, so the one-hot GEMM sums only within-class deviations d, whose float32 rounding is relative to
+        the deviations, not to the means: sum x = sum d + n c. A step holding a class seen for the first time is
+        summed in float64 instead (exactly), which gives that class its first reference; a first sample far from
+        the rest (a mislabelled outlier) therefore moves the reference only by its share of the mean. Each
+        float32 sum covers at most SUM_ROWS rows (sums over 131,072 rows of D = 4 put 1.6e-6 into NC1). False
+        (nothing done) where the float64 path must run: scaled or tiny data (below 2^-100, where float32
+        deviations lose bits), products forced to float64, many classes, and sums that are not finite (overflow;
+        or NaN/inf features, which the float64 path then reports)."""
         K = self.num_classes
         if not (x.dtype in NARROW and exp == 0 and self.scale_exp == 0 and self.gemm_dtype != F64
                 and K <= ONEHOT_MAX_K and self._top is not None and self._top >= -100
                 and x.device == torch.device(self.device)):
             return False
-        F32, (B, D) = torch.float32, x.shape
+        F32, (B, D), dev = torch.float32, x.shape, self.device
         x = x.detach()
-        nb = torch.bincount(y, minlength=K)
-        c = self._references(x, y, nb, F32)  # (K, D) float32
+        step = max(1, min(1024, 2 * SUB_ELEMS // D))  # <= 2 MB of float32: d stays in cache for its sum
+        # the steps that hold a class's first sample (in this batch, for classes without an earlier mean)
+        first = torch.full((K,), B, dtype=torch.int64, device=dev).scatter_reduce(
+            0, y, torch.arange(B, device=dev), "amin", include_self=True)
+        exact = set((first[(first < B) & (self.counts == 0)] // step).tolist())
         oh = _onehot(y, K, F32)  # (K, B): the one-hot product picks c_y exactly
-        sums = torch.zeros(K, D, dtype=F64, device=self.device)
-        step = max(1, 2 * SUB_ELEMS // D)  # 2 MB of float32: d stays in cache for its sum
-        t = torch.empty(min(step, B), D, dtype=F32, device=self.device)
+        sums = torch.zeros(K, D, dtype=F64, device=dev)  # this batch's class sums, up to row `done`
+        acc = torch.zeros(K, D, dtype=F64, device=dev)  # sums of d = x - c_y since row `done`
+        # references on the features' own grid (half features: half values), so that x - c is exact in float32
+        # for nearby rows; rounding d to float32 otherwise errs the same way for every row of a coarse grid
+        c, done = self._means.to(x.dtype).to(F32), 0
+        t = torch.empty(min(step, B), D, dtype=F32, device=dev)
+
+        def fold(upto: int) -> None:  # sums += acc + n c over rows [done, upto)
+            n = torch.bincount(y[done:upto], minlength=K).unsqueeze(1).to(F64)
+            sums.add_(acc).addcmul_(n, c.to(F64))
+            acc.zero_()
+
         with _exact_f32():
-            for i in range(0, B, step):
+            for k, i in enumerate(range(0, B, step)):
                 j = min(i + step, B)
+                if k in exact:  # a class seen for the first time: this step's sums in float64, then new references
+                    fold(i)
+                    sums.index_add_(0, y[i:j], x[i:j].to(F64))
+                    seen = torch.bincount(y[:j], minlength=K).unsqueeze(1)
+                    c = torch.where(seen > 0, sums / seen.clamp(min=1).to(F64), self._means).to(x.dtype).to(F32)
+                    done = j
+                    continue
                 xs = x[i:j] if x.dtype == F32 else x[i:j].to(F32)
                 d = torch.addmm(xs, oh[:, i:j].T, c, alpha=-1.0, out=t[:j - i])  # x - c_y, rounded as subtraction
-                sums += oh[:, i:j] @ d
+                # float32 sums of at most SUM_ROWS rows each, added in float64: a class of two clusters has
+                # deviations of one sign around its mean, and float32 sums over 1,024 such rows erred by 3e-7 of
+                # the spread on float16-valued data (1e-8 in blocks of 256); the blocks cost ~4% more
+                full = (j - i) // SUM_ROWS * SUM_ROWS
+                if full:
+                    nblk = full // SUM_ROWS
+                    acc += torch.bmm(oh[:, i:i + full].reshape(K, nblk, SUM_ROWS).transpose(0, 1),
+                                     d[:full].view(nblk, SUM_ROWS, D)).sum(0, dtype=F64)
+                if full < j - i:
+                    acc += oh[:, i + full:j] @ d[full:]
+            fold(B)
         if not torch.isfinite(sums).all():
             return False
-        self._merge(nb, c.to(F64) + sums / nb.clamp(min=1).unsqueeze(1).to(F64), None, None, None)
+        nb = torch.bincount(y, minlength=K)
+        self._merge(nb, sums / nb.clamp(min=1).unsqueeze(1).to(F64), None, None, None)
         return True
 
     def _references(self, x: torch.Tensor, y: torch.Tensor, nb: torch.Tensor, dtype) -> torch.Tensor:
