@@ -159,3 +159,29 @@ def test_long_float32_sums_and_outlier_first_samples_stay_accurate():
     fast, ref = nc_metrics(x, y), nc_metrics(x.double(), y)
     for key in ("nc1", "equiangular_h", "equinorm_h"):
         assert fast[key] == pytest.approx(ref[key], rel=1e-7, abs=0), key
+
+
+def test_spread_outside_the_means_subspace_redoes_the_second_pass_in_float64():
+    """Found by review: within-class spread 1e4 times larger outside the class-mean subspace than inside made the
+    float32 projections P^T t cancel (NC1 off by 1.2e-5). SecondPass.narrow_inexact flags it and nc_metrics
+    redoes the second pass in float64; isotropic spread of many samples keeps the float32 pass."""
+    from nclab.metrics import SecondPass
+
+    g = torch.Generator().manual_seed(5)
+    N, D, K = 6000, 32, 4
+    Q, _ = torch.linalg.qr(torch.randn(D, D, generator=g, dtype=F64))
+    y = torch.arange(N) % K
+    mu = torch.randn(K, 3, generator=g, dtype=F64)
+    other = torch.randn(N, D - 3, generator=g, dtype=F64)
+    for k in range(K):
+        other[y == k] -= other[y == k].mean(0)
+    x = (torch.cat([mu[y] + 1e-4 * torch.randn(N, 3, generator=g, dtype=F64), other], 1) @ Q.T).float()
+    stats = first_pass(x, y, K)
+    sp = SecondPass(stats, _same_data=True)
+    sp._update(x, y)
+    assert sp.narrow_inexact()
+    assert nc_metrics(x, y)["nc1"] == pytest.approx(nc_metrics(x.double(), y)["nc1"], rel=1e-10, abs=0)
+    iso, yi = features(N=20000, D=32, K=4, noise=0.1, seed=2)
+    sp = SecondPass(first_pass(iso, yi, 4), _same_data=True)
+    sp._update(iso, yi)
+    assert not sp.narrow_inexact()

@@ -503,6 +503,12 @@ def _one_shot(x, y, K, weights, bias, rtol, global_mean, exp: int = 0, w_exp: in
         step = max(step, 1 << 13)
     for i in range(0, x.shape[0], step):
         second._update(x[i:i + step], y[i:i + step], buf, exp)
+    if second.narrow(x, exp) and second.narrow_inexact():  # rare: spread far outside the means' subspace
+        second.reset()
+        second._wide = True
+        step = buf.shape[0]
+        for i in range(0, x.shape[0], step):
+            second._update(x[i:i + step], y[i:i + step], buf, exp)
     return compute_metrics(stats, weights, bias, second=second, _w_exp=w_exp, **options)
 
 

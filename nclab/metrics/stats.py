@@ -598,6 +598,7 @@ class SecondPass:
         self.kept = kept
         dev, K = stats.device, stats.num_classes
         Ke, D = len(kept), stats.dim
+        self._wide = False  # True: products in float64 even where narrow() would allow float32 (a redo)
         # copies of the means, the classifier and its (D, 2 K_eff) right-hand side, plus a chunk's logits
         check_memory(8.0 * (Ke * D * (1 + (4 if weights is not None else 0)) + (1 << 20) / D * 2 * Ke),
                      f"the second pass over {Ke} classes of dimension {D}", dev)
@@ -720,7 +721,20 @@ class SecondPass:
         """Whether a batch x (divided by 2^exp) takes the float32 second pass (_narrow): float32 or half
         features, unscaled, few classes, on the statistics' device, products not forced to float64."""
         return (self.small and x.dtype in NARROW and exp == 0 and self.stats.scale_exp == 0
-                and self.stats.gemm_dtype != F64 and x.device == self.stats.device)
+                and self.stats.gemm_dtype != F64 and x.device == self.stats.device and not self._wide)
+
+    def narrow_inexact(self, tol: float = 1e-7) -> bool:
+        """After a float32 second pass: whether q (the NC1 terms) may be off by more than ``tol`` relative.
+        The float32 GEMM rounds P^T t relative to ||t|| ||P||, not to ||P^T t||: when the within-class spread
+        lies mostly outside the class-mean subspace (rho_k = m2_k ||P||_F^2 / q_k large; ~D for isotropic
+        spread) the projections cancel. Estimated per class as 2^-23 sqrt(rho_k / n_k) (random rounding of n_k
+        rows); spread 1e4 times larger outside the subspace than in it gave 1.2e-5 in NC1 (found by review)."""
+        n, q = self.stats.counts.to(F64), self.q
+        ok = (q > 0) & (n > 0)
+        if not bool(ok.any()):
+            return False
+        rho = self.m2[ok] * float((self.projector * self.projector).sum()) / q[ok]
+        return bool((2.0 ** -23 * torch.sqrt(rho / n[ok]) > tol).any())
 
     def _narrow(self, x: torch.Tensor, r: torch.Tensor, oh: torch.Tensor, rhs: torch.Tensor,
                 norms: torch.Tensor) -> torch.Tensor:
