@@ -208,3 +208,17 @@ def test_the_automatic_rule_counts_only_the_steps_a_resume_has_left(tmp_path, mo
     assert len(workers.plan(big, 0)) == 2 and workers.steps_done(outs, resume=False) is None
     (outs[0] / "summary.json").write_text("{broken")
     assert workers.steps_done(outs, resume=True)[0] == 0  # unreadable: counted as not started
+
+
+def test_imbalanced_ce_runs_come_back_from_workers():
+    """The imbalanced-CE prediction inside each result pickles (its class is made lazily; a worker sent back
+    "RuntimeError: NoneType: None" before, found by running the CE phase benchmark)."""
+    import pickle
+
+    cfgs = [make_config(counts=[6, 5, 2], depth=1, widths=8, lambda_w=1e-3, lambda_h=1e-3, loss="ce", steps=100,
+                        snapshot_every=50, seed=s) for s in range(8)]
+    one, two = simulate_batch(cfgs, workers=1), simulate_batch(cfgs, workers=2)
+    for a, b in zip(one, two):
+        assert type(b.prediction._ce).__name__ == "ImbalancedCEPrediction" and b.prediction.ce["certified"]
+        assert b.final["objective"] == pytest.approx(a.final["objective"], rel=1e-12, abs=0)
+    assert pickle.loads(pickle.dumps(one[0].prediction)).objective == one[0].prediction.objective

@@ -647,7 +647,20 @@ def minority_collapse_threshold(n_major: float, k_major: int, k_minor: int, lamb
 # ---------------------------------------------------------------------------------------------
 # adapter for nclab.predict (Prediction(problem, ce=...))
 # ---------------------------------------------------------------------------------------------
+_SOLUTION_CLASS = []  # the class below, made once (CESolution is imported lazily)
+
+
+def __getattr__(name: str):
+    """``ImbalancedCEPrediction`` by name, made on first use: pickle finds the class here (a prediction inside a
+    result that a worker process sends back, nclab.ufm.workers)."""
+    if name == "ImbalancedCEPrediction":
+        return _imbalanced_ce_solution_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def _imbalanced_ce_solution_class():
+    if _SOLUTION_CLASS:
+        return _SOLUTION_CLASS[0]
     from nclab.theory.ce import CESolution
 
     @dataclass(frozen=True)
@@ -667,6 +680,8 @@ def _imbalanced_ce_solution_class():
         solver: dict = field(default_factory=dict)
         minority_threshold: dict = None
 
+    ImbalancedCEPrediction.__qualname__ = "ImbalancedCEPrediction"  # importable by name (module __getattr__)
+    _SOLUTION_CLASS.append(ImbalancedCEPrediction)
     return ImbalancedCEPrediction
 
 

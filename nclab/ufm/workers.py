@@ -195,9 +195,12 @@ def _write(path: str, obj: dict) -> None:
     try:
         data = pickle.dumps(obj)
         pickle.loads(data)
-    except Exception:
+    except Exception as why:
         exc = obj.get("error")
-        data = pickle.dumps({"error": RuntimeError(f"{type(exc).__name__}: {exc}")})
+        err = (RuntimeError(f"{type(exc).__name__}: {exc}") if exc is not None else
+               RuntimeError(f"a worker's results could not be sent back ({type(why).__name__}: {why}); the run "
+                            "folders, if any, hold them"))
+        data = pickle.dumps({"error": err})
     with open(path + ".tmp", "wb") as f:
         f.write(data)
     os.replace(path + ".tmp", path)
