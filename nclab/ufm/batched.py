@@ -37,6 +37,7 @@ import torch
 
 from nclab.ufm.batch_metrics import BatchSnapshotter, unsafe
 from nclab.ufm.config import SimulateConfig, auto_checkpoint_seconds
+from nclab.ufm.model import parameter_count
 from nclab.ufm.trainer import (
     DEFAULTS,
     FINISHED,
@@ -699,7 +700,7 @@ def _threads(cfg: SimulateConfig, B: int) -> int:
     K, N, widths = len(cfg.counts), sum(cfg.counts), list(cfg.widths)
     runs = B
     if cfg.optimizer == "sgd" and cfg.device == "cpu":
-        params = widths[0] * N + sum(a * b for a, b in zip(widths[1:] + [K], widths)) + K
+        params = parameter_count(K, N, widths)
         runs = min(B, max(1, BatchUFM.CHUNK_BYTES // (3 * params * (8 if cfg.dtype == "float64" else 4))))
     return choose_threads(cfg.threads, max(widths) * N * K * runs, small=2_000_000)
 

@@ -30,6 +30,13 @@ from nclab.theory import Problem, labels_from_counts, ufm_objective_torch
 ACTIVATIONS = ("identity", "relu")
 
 
+def parameter_count(K: int, N: int, widths) -> int:
+    """Entries of W_1..W_M (widths d_1..d_M, K outputs), H (d_1 x N) and a bias (K, counted with or without one):
+    what memory checks and work estimates of a UFM size."""
+    widths = list(widths)
+    return widths[0] * N + sum(a * b for a, b in zip(widths[1:] + [K], widths)) + K
+
+
 def ufm_objective(weights, H, labels, lambda_w, lambda_h, bias=None, loss: str = "mse", num_classes=None,
                   activation: str = "identity") -> torch.Tensor:
     """THE objective of the deep UFM with an activation between the layers (a differentiable scalar tensor).

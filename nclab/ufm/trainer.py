@@ -29,7 +29,7 @@ from nclab.results import (
     resume_rows,
 )
 from nclab.ufm.config import SimulateConfig, auto_checkpoint_seconds, make_config
-from nclab.ufm.model import UFM
+from nclab.ufm.model import UFM, parameter_count
 from nclab.ufm.snapshot import Snapshotter
 
 KIND = "ufm-simulation"
@@ -98,7 +98,7 @@ def _check_memory(problem, itemsize: int) -> None:
     from nclab.theory.resources import check_memory
 
     K, N, widths = problem.K, problem.N, list(problem.widths)
-    params = widths[0] * N + sum(a * b for a, b in zip(widths[1:] + [K], widths)) + K
+    params = parameter_count(K, N, widths)
     # parameters, gradient, optimizer state, last good copy and the snapshot's twin (~8 copies), plus the
     # K x N logits/residuals and K x d_j partial products of the hand-written gradient
     need = itemsize * (8 * params + 4 * K * N + 2 * K * sum(widths))

@@ -40,10 +40,11 @@ def estimated_seconds(configs: Sequence, steps: Sequence[int] | None = None) -> 
     """A rough one-process time of SGD/Adam runs: per run-step ~3 ns per parameter plus ~5 us of op overhead
     (fitted to benchmarks/simulate.py's paper runs and benchmarks/phase_empirical.py's grid on this machine);
     ``steps``: the steps per run (default: each config's)."""
+    from nclab.ufm.model import parameter_count
+
     total = 0.0
     for k, c in enumerate(configs):
-        K, N, widths = len(c.counts), sum(c.counts), list(c.widths)
-        params = widths[0] * N + sum(a * b for a, b in zip(widths[1:] + [K], widths)) + K
+        params = parameter_count(len(c.counts), sum(c.counts), c.widths)
         total += (c.steps if steps is None else steps[k]) * (3e-9 * params + 5e-6)
     return total
 
