@@ -101,9 +101,6 @@ def batched(args) -> bool:
     cfgs = [preset_config(args.preset, M, dtype=args.dtype, steps=args.steps, seed=s, device=args.device,
                           lambda_w=lams[s % 4], lambda_h=lams[s % 4]) for s in range(B)]
     k = max(1, min(args.sequential, B))
-    from nclab.ufm.workers import plan
-
-    n_workers = len(plan(cfgs, args.workers))
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         res = simulate_batch(cfgs, [os.path.join(tmp, f"batch/seed-{s}") for s in range(B)], workers=args.workers)
@@ -111,6 +108,7 @@ def batched(args) -> bool:
         t0 = time.perf_counter()
         seq = [simulate(c, out=os.path.join(tmp, f"seq/seed-{i}")) for i, c in enumerate(cfgs[:k])]
         t_seq = (time.perf_counter() - t0) / k * B
+    n_workers = res[0].extra.get("workers", 1)  # what simulate_batch chose
     diff = max(abs(a.final["objective"] - b.final["objective"]) / abs(b.final["objective"]) for a, b in zip(res, seq))
     ratio = t_seq / t_batch
     train = sum(r.seconds for r in res)

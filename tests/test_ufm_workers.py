@@ -40,6 +40,7 @@ def test_two_workers_write_the_folders_and_results_of_one_process(tmp_path):
     one = simulate_batch(cfgs, [tmp_path / f"one/r{i}" for i in range(8)], workers=1)
     two = simulate_batch(cfgs, [tmp_path / f"two/r{i}" for i in range(8)], workers=2)
     assert [pathlib.Path(r.run_dir).name for r in two] == [f"r{i}" for i in range(8)]  # input order
+    assert [r.extra.get("workers") for r in one + two] == [None] * 8 + [2] * 8  # how they were trained
     for a, b in zip(one, two):
         assert b.status == a.status == "complete" and b.step == a.step == 300
         assert sorted(os.listdir(b.run_dir)) == sorted(os.listdir(a.run_dir))

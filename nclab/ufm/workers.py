@@ -156,6 +156,7 @@ def run_workers(configs: list, outs: list | None, plans: list[list[int]], option
                                            "from their last checkpoint"))
             elif "results" in out:
                 for i, r in zip(members, out["results"]):
+                    r.extra["workers"] = len(plans)
                     results[i] = r
     if interrupted:
         raise KeyboardInterrupt
@@ -192,19 +193,21 @@ def _load(path: str):
 
 
 def _write(path: str, obj: dict) -> None:
-    """Pickle obj to path atomically; an error that does not survive pickling is sent as its text."""
+    """Pickle obj to path atomically. An exception is checked to unpickle too (some take other constructor
+    arguments than they store) and else sent as its text; results that do not pickle are sent as an error."""
+    from nclab.results import atomic_write_bytes
+
     try:
         data = pickle.dumps(obj)
-        pickle.loads(data)
+        if "error" in obj:
+            pickle.loads(data)
     except Exception as why:
         exc = obj.get("error")
         err = (RuntimeError(f"{type(exc).__name__}: {exc}") if exc is not None else
                RuntimeError(f"a worker's results could not be sent back ({type(why).__name__}: {why}); the run "
                             "folders, if any, hold them"))
         data = pickle.dumps({"error": err})
-    with open(path + ".tmp", "wb") as f:
-        f.write(data)
-    os.replace(path + ".tmp", path)
+    atomic_write_bytes(path, data)
 
 
 def main(argv: list[str], pressed: list) -> int:
