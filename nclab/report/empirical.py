@@ -249,12 +249,9 @@ def empirical_phase_figure(grid: dict, *, theory_lambdas=None, theory_sizes=None
 
 
 def _legend(fig, handles) -> None:
-    """The legend right of the (single) panel, in the room the phase figure keeps: its font is fixed to the
-    report's (figures.STYLE), for which that room is sized; the rc default (10 pt) runs past the figure."""
-    from nclab.report.figures import STYLE
+    from nclab.report.figures import phase_legend
 
-    fig.axes[-1].legend(handles=handles, loc="upper left", bbox_to_anchor=(1.04, 1.0), borderaxespad=0.0,
-                        fontsize=STYLE["legend.fontsize"])
+    phase_legend(fig.axes[-1], handles)
 
 
 def _ce_figure(grid: dict, theory_lambdas, theory_sizes, title: str):

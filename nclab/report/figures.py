@@ -656,6 +656,14 @@ def gram_figure(run: runlib.Run, title: str = "") -> Figure | None:
 
 
 @_styled
+def phase_legend(ax, handles) -> None:
+    """The legend right of a phase panel, in the room its figure keeps (``_grid(..., legend=...)``). Its font is
+    fixed to the report's (STYLE), for which that room is sized: the page builds these figures outside STYLE,
+    where matplotlib's 10 pt default runs past the figure."""
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.04, 1.0), borderaxespad=0.0,
+              fontsize=STYLE["legend.fontsize"])
+
+
 def style_phase_axes(ax, n, title: str) -> None:
     """Axes of a minority-collapse phase panel (MSE or CE): log lambda against log minority size n."""
     from matplotlib.ticker import FuncFormatter, NullFormatter, ScalarFormatter
@@ -705,8 +713,7 @@ def phase_figure(depths=phase.DEFAULT_DEPTHS, majority=phase.DEFAULT_MAJORITY, m
 
         handles += [Line2D([], [], marker="o", mfc="k", mec="k", ls="none", label="run: minority collapsed"),
                     Line2D([], [], marker="o", mfc="none", mec="k", ls="none", label="run: not collapsed")]
-    axes[-1].legend(handles=handles, loc="upper left", bbox_to_anchor=(1.04, 1.0), borderaxespad=0.0,
-                    fontsize=STYLE["legend.fontsize"])
+    phase_legend(axes[-1], handles)
     _suptitle(fig, f"Minority collapse (bias-free MSE), majority classes {list(majority)}")
     return fig
 

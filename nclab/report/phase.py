@@ -238,10 +238,7 @@ def ce_phase_figure(depths=(1,), majority=DEFAULT_MAJORITY, minority_classes: in
         from matplotlib.lines import Line2D
 
         handles.append(Line2D([], [], marker="o", mfc="none", mec="k", ls="none", label="run on this setting"))
-    # the legend font is fixed (the report's 7.5 pt): the room _grid keeps right of the panel is sized for it,
-    # and the figure may be built outside figlib.STYLE (the page does), where matplotlib's 10 pt overflows it
-    axes[-1].legend(handles=handles, loc="upper left", bbox_to_anchor=(1.04, 1.0), borderaxespad=0.0,
-                    fontsize=figlib.STYLE["legend.fontsize"])
+    figlib.phase_legend(axes[-1], handles)
     figlib._suptitle(fig, f"Minority collapse (CE{', bias' if bias else ', no bias'}), majority classes "
                      f"{list(majority)}")
     return fig
