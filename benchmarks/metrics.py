@@ -61,8 +61,8 @@ def interleaved(cases: dict, ref, repeat: int, cuda: bool) -> dict:
     """{name: (median ratio to ref, median seconds, median cpu-time ratio or None)}: each rotation runs ref,
     case 1, ref, case 2, ..., ref, and a case's ratio is to the mean of the two runs of `ref` (a float32
     H^T H) around it, `repeat` rotations. The ratio of neighbours is robust to the load other jobs put on the
-    machine, and the mean of both sides to what the case before leaves behind (a memory-heavy case slows the
-    H^T H right after it: in one run 133 ms against a median of 86 ms, which flattered the next case). The
+    machine, and the mean of both sides to what the case before leaves behind (a memory-heavy case can slow
+    the H^T H right after it, which flattered the next case when only that one was its reference). The
     CPU-time ratio (single-process CPU seconds) too, on CPU."""
     for fn in [ref, *cases.values()]:
         fn()  # warm-up: allocator, BLAS threads, lazy imports

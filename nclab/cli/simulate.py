@@ -114,8 +114,7 @@ def _summary_line(r) -> str:
 def simulate_cmd(ctx, counts, classes, per_class, depth, widths, width, lambda_w, lambda_h, loss, bias, preset,
                  depths, activation, optimizer, lr, momentum, steps, schedule, milestones, gamma, init_std, init,
                  restarts, seed, seeds, workers, dtype, device, gradient, snapshot_every, checkpoint_every,
-                 stop_rel_gap,
-                 threads, out, resume, overwrite, figures, progress, as_json, tensorboard):
+                 stop_rel_gap, threads, out, resume, overwrite, figures, progress, as_json, tensorboard):
     """Train the deep linear UFM (free features + M linear layers) and compare with the prediction.
 
     \b

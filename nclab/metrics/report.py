@@ -499,7 +499,7 @@ def _one_shot(x, y, K, weights, bias, rtol, global_mean, exp: int = 0, w_exp: in
     second = SecondPass(stats, weights, bias, rtol=rtol, global_mean=global_mean, _w_exp=w_exp, _same_data=True)
     if second.narrow(x, exp):
         # 8,192 rows: the float64 per-row results (rows x (r + 2K) numbers) stay in cache and their buffers are
-        # reused; batches of 65,536 rows measured 10% slower (W: 73 against 64 ms at N = 50,000, D = 512)
+        # reused (batches of 65,536 rows were slower with a classifier, timed with benchmarks/metrics.py)
         step = max(step, 1 << 13)
     for i in range(0, x.shape[0], step):
         second._update(x[i:i + step], y[i:i + step], buf, exp)
@@ -521,8 +521,9 @@ def nc_metrics(features, labels, weights=None, bias=None, *, num_classes: int | 
     cost about N D (K + r) multiply-adds. num_classes default max(labels) + 1. target default "auto" (the
     same default as ``nclab measure``): etf with a bias or without W, else of. gemm_dtype None (default):
     float32 and half features with at most 16 classes make both passes' products in float32 on rows shifted
-    by a reference of their class (the first pass: a sample of it; the second: its float32-rounded mean), with
-    float64 accumulation and corrections (issue 12: faster than float64 products, `python
+    by their class's mean (the first pass: the mean so far; the second: the final one) rounded to float32 or the
+    features' dtype, with float64 accumulation and corrections, and a float64 redo of a second pass whose
+    rounding estimate (SecondPass.narrow_inexact) exceeds 1e-7 (issue 12: faster than float64 products, `python
     benchmarks/metrics.py` times both; relative error ~1e-8, exact zeros for exactly collapsed features);
     torch.float64: every product in float64 (the same bits as float64 features give).
     Other options (center, nc3_scale, target_w, target_wh, within, collapse_rtol) as in compute_metrics.

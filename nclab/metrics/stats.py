@@ -746,8 +746,7 @@ class SecondPass:
         Returns zz (B, c) float64 -- P^T (x - mu_y), then with a classifier the raw rows' logit and NCC terms
         x [W^T | -2 mu^T] -- and writes ||x - mu_y||^2 into norms (B,); with _same_data (every sample of the
         first pass comes through here once) ||t||^2 - ||delta_y||^2 instead, whose class sums are the same m2,
-        and the GEMM has no t delta^T columns (9 instead of 19 at K = 10: ~2 ms of nc_metrics' ~40 at
-        N = 50,000, D = 512). Rows whose float32 squares could
+        and the GEMM has no t delta^T columns (9 instead of 19 at K = 10). Rows whose float32 squares could
         underflow or overflow (0 < ||t|| < 2^-50, ||t|| >= 2^60, NaN) are redone in float64; rows with t = 0 are
         exact as they are. Relative error ~1e-8, well inside what the float32 features carry."""
         F32, dev = torch.float32, self.stats.device

@@ -1,9 +1,8 @@
 """:func:`nclab.ufm.batched.simulate_batch` across worker processes: each trains a share of the runs as one batch.
 
-A batched step of small runs is bound by one core's per-op overhead and cache (``benchmarks/simulate.py``), so
-the other cores are idle unless the runs are split between processes: two processes of 32 paper runs each
-give 1.9x the throughput of one process of 64 on this 2-core machine (measured; threads in one process do
-not help: the GIL serializes the small ops).
+A batched step of small runs is bound by one core's per-op overhead and cache, so the other cores are idle unless
+the runs are split between processes (``python benchmarks/simulate.py --no-single`` against ``--workers 1``
+measures the gain; threads in one process do not help: the GIL serializes the small ops).
 
 Workers are plain subprocesses (``python -m nclab._worker JOB RESULT PARENT_PID``), not multiprocessing:
 nothing of the caller's ``__main__`` is re-imported, so a script without an ``if __name__ == "__main__"`` guard,
