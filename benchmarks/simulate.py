@@ -58,11 +58,11 @@ def bare_loop(cfg, steps: int) -> float:
 def step_rates(cfgs, steps: int = 200) -> str:
     """Where a batched SGD step stands: its FLOP rate (the reduced form's products) against plain batched matmuls
     of the same shapes and a plain elementwise update over the same parameters, timed here, one thread."""
-    from nclab.ufm.batched import BatchUFM
+    from nclab.ufm.batched import BatchUFM, hyper_key
     from nclab.ufm.trainer import Trainer
 
     with torch_threads(1), torch.no_grad():
-        eng = BatchUFM([Trainer(c) for c in cfgs])
+        eng = BatchUFM([Trainer(c) for c in sorted(cfgs, key=hyper_key)])  # as simulate_batch orders a batch
         B, K, M, d = eng.B, eng.K, eng.M, eng.dims[0]
         r = eng.X.shape[1] if eng.X is not None else eng.N  # P's columns (reduced) or N (direct)
         macs = 3 * (M - 1) * K * d * d + 3 * K * d * r + 3 * K * K * d  # per run and step, equal widths
@@ -88,7 +88,7 @@ def step_rates(cfgs, steps: int = 200) -> str:
     gflops = 2 * macs * B / t_step / 1e9
     gb = 3 * flat.numel() * flat.element_size() / t_axpy / 1e9
     mm = 2 * B * K * d * d / 1e9
-    return (f"batched step ({B} runs, {len(eng.chunks)} cache chunks, 1 thread): {t_step * 1e6 / B:.1f} us per "
+    return (f"batched step ({B} runs, {len(eng.chunks)} chunks, 1 thread): {t_step * 1e6 / B:.1f} us per "
             f"run-step, {gflops:.1f} GFLOP/s | plain bmm ({B},{K},{d})x({B},{d},{d}) {mm / t_bmm:.1f} GFLOP/s, "
             f"outer ({B},{d},{K})x({B},{K},{d}) {mm / t_outer:.1f} GFLOP/s, p += a*q over all parameters "
             f"{gb:.1f} GB/s ({t_axpy * 1e6 / B:.1f} us per run)")

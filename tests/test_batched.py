@@ -69,6 +69,10 @@ def compare(batch, ref):
         assert sorted(ca) == sorted(cb) and ca["step"] == cb["step"] and ca["last_good_step"] == cb["last_good_step"]
         same_rows(ca["rows"], cb["rows"])
         assert sorted(ca["optimizer"]) == sorted(cb["optimizer"])
+        if "momentum_buffer" in cb["optimizer"]:
+            ma, mb = ca["optimizer"]["momentum_buffer"], cb["optimizer"]["momentum_buffer"]
+            scale = max(1.0, float(mb.nan_to_num().abs().max()))
+            torch.testing.assert_close(ma, mb, rtol=0, atol=1e-9 * scale, equal_nan=True)
         torch.testing.assert_close(ca["flat"], cb["flat"], rtol=0, atol=1e-9 * max(1.0, float(cb["flat"].abs().max())))
         wa, wb = a.load_torch("weights.pt"), b.load_torch("weights.pt")
         assert sorted(wa) == sorted(wb) and wa["step"] == wb["step"]
@@ -89,25 +93,60 @@ def test_sgd_per_run_seeds_lambdas_lrs(tmp_path, method):
 
 def test_cache_chunks_give_the_unbatched_runs(tmp_path, monkeypatch):
     """SGD steps swept over the batch in chunks of 2 runs (the cache blocking of large batches, forced here on a
-    small one), with runs leaving the batch (stop, divergence) so the chunks are rebuilt: each run as alone."""
-    made = []
-    real = BatchUFM._chunks
+    small one), with runs leaving the batch (stop, divergence) so the chunks are rebuilt: each run as alone.
+    Chunks also end where lambda changes (the runs sorted by it: two-pass momentum update); with a different lr
+    per run, splitting would triple the chunks, so they stay mixed (three-pass update)."""
+    made, lerps = [], []
+    real, real_lerp = BatchUFM._chunks, BatchUFM._sgd_lerp
 
     def chunks(self):
         out = real(self)
         made.append([c.B for c in out])
         return out
 
+    def lerp(self, n, coef, whole):
+        lerps.append(self.B)
+        return real_lerp(self, n, coef, whole)
+
     monkeypatch.setattr(BatchUFM, "chunk", 2)
     monkeypatch.setattr(BatchUFM, "_chunks", chunks)
-    uniform = [make_config(**{**BASE, "lambda_w": 1e-2 * (1 + s)}, seed=s, lr=0.5) for s in range(4)]
-    uniform[1] = uniform[1].replace(stop_rel_gap=1e-3)
-    mixed = [make_config(**BASE, seed=s, lr=0.3 + 0.1 * s) for s in range(2)] + [make_config(**BASE, seed=9, lr=5.0)]
-    for i, (cfgs, method) in enumerate(((uniform, "reduced"), (mixed, "direct"))):
-        batch, ref = run_both(cfgs, tmp_path / str(i), method=method)
-        compare(batch, ref)
-    assert [[2, 2], [2, 1], [2, 1], [2]] == made[:2] + made[-2:]  # 4 runs, one stops; 3 runs, one diverges
+    monkeypatch.setattr(BatchUFM, "_sgd_lerp", lerp)
+    # lambdas 2e-2, 1e-2, 1.5e-2, 1e-2 (sorted: 1e-2, 1e-2, 1.5e-2, 2e-2); the second 1e-2 run stops early
+    grouped = [make_config(**{**BASE, "lambda_w": 1e-2 * (2, 1, 1.5, 1)[s]}, seed=s, lr=0.1) for s in range(4)]
+    grouped[1] = grouped[1].replace(stop_rel_gap=1e-3)
+    mixed = [make_config(**BASE, seed=s, lr=0.3 + 0.05 * s) for s in range(5)] + [make_config(**BASE, seed=9, lr=5.0)]
+    batch, ref = run_both(grouped, tmp_path / "0", method="reduced")
+    compare(batch, ref)
+    assert made[0] == [2, 1, 1] and made[-1] == [1, 1, 1] and set(lerps) == {1, 2}
+    made.clear()
+    lerps.clear()
+    batch, ref = run_both(mixed, tmp_path / "1", method="direct")
+    compare(batch, ref)
+    # 6 runs of 6 lrs: 3 mixed chunks (6 > 1.5 x 3 + 1); after the lr = 5 run diverges, 5 runs in 5 chunks (<= 5.5).
+    # lr lambda = 3e-3 to 5e-3 with momentum 0.9 has complex roots: the three-pass update throughout
+    assert made == [[2, 2, 2], [1, 1, 1, 1, 1]] and not lerps
     assert batch[-1].status == "diverged"
+
+
+def test_two_pass_momentum_matches_three_pass():
+    """The reparametrized heavy ball (u = p + buf / c) against the plain one, step by step, for SGD with
+    momentum and decay (0 for the bias); and the cases it leaves to the plain update."""
+    from nclab.ufm.batched import lerp_coefficients
+
+    for lr, mu, lam in [(0.1, 0.9, 5e-4), (0.5, 0.5, 1e-2), (0.1, 0.9, 0.0), (0.02, 0.3, 0.2)]:
+        c, beta, scale, w = lerp_coefficients(lr, mu, lam)
+        assert abs(lr * mu * c * c + (1 - mu - lr * lam) * c + lam) <= 1e-12
+        p = q = 1.0
+        buf, u = 0.0, 1.0
+        for _ in range(300):
+            buf = mu * buf + lam * p + (0.3 * p + 0.1 * p ** 3)
+            p -= lr * buf
+            u = beta * u + scale * (0.3 * q + 0.1 * q ** 3)
+            q += w * (u - q)
+            assert abs(p - q) <= 1e-13 * max(1.0, abs(p)) and abs(buf - c * (u - q)) <= 1e-13 * max(1.0, abs(buf))
+    assert lerp_coefficients(0.1, 0.0, 1e-3) is None  # no momentum
+    assert lerp_coefficients(0.05, 0.99, 1e-3) is None  # complex roots
+    assert lerp_coefficients(0.1, 0.05, 1e-3) is None  # a root of 19 / lr: restoring buf would lose bits
 
 
 def test_bias_and_imbalanced_counts_of_one_n(tmp_path):

@@ -20,8 +20,10 @@ Snapshots are batched too (:mod:`nclab.ufm.batch_metrics`): the same metrics row
 
 Speed (SGD): the step is bound by passes over the runs' d x d blocks and small-op overhead, not by FLOPs, so (1) the
 batch is swept in cache-sized chunks (:attr:`BatchUFM.CHUNK_BYTES`), each taking every step up to the next
-snapshot, and (2) with one lr and momentum the gradient's GEMMs accumulate straight into the momentum buffer
-(buf = mu buf + Q^T R + lambda W), then p -= lr buf: two passes per block instead of four.
+snapshot, and (2) with one lr and momentum per chunk the gradient's GEMMs accumulate straight into the momentum
+buffer (buf = mu buf + Q^T R + lambda W), then p -= lr buf: three passes per block instead of four; with one lambda
+per chunk too (runs sorted by lr, momentum and lambdas, chunks ending where they change) and a constant lr, the decay
+moves into a reparametrized buffer (:meth:`BatchUFM._sgd_lerp`): two passes.
 """
 
 from __future__ import annotations
@@ -59,6 +61,32 @@ SHARED = ("widths", "bias", "loss", "optimizer", "steps", "schedule", "milestone
           "snapshot_every", "checkpoint_every")
 METHODS = ("auto", "direct", "reduced")
 ADAM = dict(beta1=0.9, beta2=0.999, eps=1e-8)  # torch.optim.Adam's defaults, as Trainer builds it
+
+
+def lerp_coefficients(lr: float, mu: float, lam: float) -> tuple[float, float, float, float] | None:
+    """(c, beta, scale, w) of the two-pass heavy ball (:meth:`BatchUFM._sgd_lerp`), or None where it does not
+    apply: no momentum, complex roots (large lr * lam with mu near 1), or a root so large that restoring
+    buf = c (u - p) would lose more than a few bits (mu < 0.1).
+
+    c is the root of lr mu c^2 + (1 - mu - lr lam) c + lam = 0 of larger magnitude (about -(1 - mu) / (lr mu);
+    it exists for lam = 0, the bias, too)."""
+    if not (mu > 0 and lr > 0 and lam >= 0):
+        return None
+    a, b = lr * mu, 1.0 - mu - lr * lam
+    disc = b * b - 4.0 * a * lam
+    if disc < 0 or b <= 0:
+        return None
+    c = (-b - math.sqrt(disc)) / (2.0 * a)
+    if not (-10.0 <= c * lr < 0):
+        return None
+    k = 1.0 - c * lr
+    return c, k * mu, k / c, -c * lr / k
+
+
+def hyper_key(cfg: SimulateConfig) -> tuple:
+    """lr, momentum and lambdas: simulate_batch sorts a batch's runs by them (equal ones side by side)."""
+    p = cfg.problem
+    return cfg.lr, cfg.momentum, tuple(p.lambda_w), p.lambda_h
 
 
 def batch_key(cfg: SimulateConfig) -> tuple:
@@ -143,8 +171,7 @@ class BatchUFM:
             self.t = steps.pop()
         self.grad = torch.zeros_like(self.flat)
         self.decay = self._decay_blocks()
-        self.uniform = (bool((self.lr == self.lr[0]).all()) and bool((self.mom == self.mom[0]).all()))
-        self.lam_uniform = bool((self.lam_w == self.lam_w[0]).all()) and bool((self.lam_h == self.lam_h[0]).all())
+        self._flags()
         self._work()
 
     # ------------------------------------------------------------------ layout
@@ -245,14 +272,25 @@ class BatchUFM:
     chunk = 0  # runs per chunk (0: from CHUNK_BYTES)
 
     def _chunks(self) -> list:
-        """Shallow copies of this engine over consecutive runs (every per-run tensor a view, no copies)."""
+        """Shallow copies of this engine over consecutive runs (every per-run tensor a view, no copies).
+
+        Chunks also end where the runs' lr, momentum or lambdas change (simulate_batch sorts a batch's runs by
+        them), unless that makes many more chunks: a chunk of equal hyperparameters takes the two-pass momentum
+        update (:meth:`_sgd`), a mixed one three passes."""
         per_run = 3 * sum(self.sizes) * self.flat.element_size()
         size = self.chunk or max(1, self.CHUNK_BYTES // per_run)
-        if size >= self.B or self.device.type != "cpu":
+        if self.device.type != "cpu":
+            return [self]
+        spans = [(s, min(self.B, s + size)) for s in range(0, self.B, size)]
+        groups = self._equal_spans()
+        if len(groups) > 1:
+            split = [(a, min(e, a + size)) for s, e in groups for a in range(s, e, size)]
+            if len(split) <= 1.5 * len(spans) + 1:
+                spans = split
+        if len(spans) == 1:
             return [self]
         out = []
-        for s in range(0, self.B, size):
-            e = min(self.B, s + size)
+        for s, e in spans:
             c = copy.copy(self)
             c.B = e - s
             for name in ("pv", "gv", "bv", "Q", "R", "decay"):
@@ -262,8 +300,24 @@ class BatchUFM:
                 v = getattr(self, name, None)
                 if v is not None:
                     setattr(c, name, v[s:e])
+            c._flags()
             out.append(c)
         return out
+
+    def _equal_spans(self) -> list[tuple[int, int]]:
+        """Maximal spans of consecutive runs with equal lr, momentum and lambdas."""
+        keys = torch.cat([self.lr[:, None], self.mom[:, None], self.lam_w, self.lam_h[:, None]], 1).tolist()
+        spans, start = [], 0
+        for i in range(1, self.B + 1):
+            if i == self.B or keys[i] != keys[start]:
+                spans.append((start, i))
+                start = i
+        return spans
+
+    def _flags(self) -> None:
+        """Whether this engine's (or chunk's) runs share lr and momentum (uniform) and every lambda (lam_uniform)."""
+        self.uniform = bool((self.lr == self.lr[0]).all()) and bool((self.mom == self.mom[0]).all())
+        self.lam_uniform = bool((self.lam_w == self.lam_w[0]).all()) and bool((self.lam_h == self.lam_h[0]).all())
 
     def select(self, keep: Sequence[int]) -> None:
         """Keep only the runs ``keep`` (indices into the current batch), in that order."""
@@ -291,6 +345,7 @@ class BatchUFM:
         self.B = B_new
         self.grad = torch.zeros_like(self.flat)
         self.decay = self._decay_blocks()
+        self._flags()
         self._work()
 
     # ------------------------------------------------------------------ gradient
@@ -306,9 +361,15 @@ class BatchUFM:
 
     def _emit(self, out, param, k, lam_vec, a, b, alpha=1.0, mu=None):
         """out = lam * param + alpha * a @ b per run (block k); with ``mu``: out = mu * out + that (SGD's momentum
-        buffer takes the gradient straight from the GEMM: no gradient tensor, one pass fewer over the block)."""
+        buffer takes the gradient straight from the GEMM: no gradient tensor, one pass fewer over the block); with
+        ``mu`` a list of (beta, scale) per block: out = beta * out + scale * alpha * a @ b, no decay term (the
+        reparametrized momentum of :meth:`_sgd_lerp` holds it)."""
         if mu is None:
             self._decayed(out, param, self.decay[k], lam_vec, a, b, alpha)
+            return
+        if isinstance(mu, list):
+            beta, scale = mu[k]
+            out.baddbmm_(a, b, beta=beta, alpha=alpha * scale)
             return
         out.baddbmm_(a, b, beta=mu, alpha=alpha)
         if self.lam_uniform:
@@ -316,8 +377,9 @@ class BatchUFM:
         else:
             out.addcmul_(param, self.decay[k])
 
-    def gradient_(self, mu: float | None = None) -> None:
-        """The gradient of every run into ``grad``; with ``mu``: buf = mu * buf + gradient instead."""
+    def gradient_(self, mu: float | list | None = None) -> None:
+        """The gradient of every run into ``grad``; with ``mu``: buf = mu * buf + gradient instead; with a list of
+        (beta, scale) per block: buf = beta * buf + scale * (gradient without its decay term)."""
         M, Ws, Q, R, inv_n = self.M, self.pv[: self.M], self.Q, self.R, self.inv_n
         gv = self.gv if mu is None else self.bv
         for j in range(M - 2, -1, -1):
@@ -345,6 +407,8 @@ class BatchUFM:
                 if mu is None:
                     torch.sum(G, dim=2, out=gv[M + 1])
                     gv[M + 1].mul_(inv_n)
+                elif isinstance(mu, list):
+                    gv[M + 1].mul_(mu[M + 1][0]).add_(G.sum(dim=2), alpha=inv_n * mu[M + 1][1])
                 else:
                     gv[M + 1].mul_(mu).add_(G.sum(dim=2), alpha=inv_n)
         else:
@@ -364,13 +428,18 @@ class BatchUFM:
                 gb = torch.bmm(Gm, self.counts[:, :, None])[:, :, 0]
                 if mu is None:
                     torch.mul(gb, inv_n, out=gv[M + 2])
+                elif isinstance(mu, list):
+                    gv[M + 2].mul_(mu[M + 2][0]).add_(gb, alpha=inv_n * mu[M + 2][1])
                 else:
                     gv[M + 2].mul_(mu).add_(gb, alpha=inv_n)
         for j in range(1, M):
             torch.bmm(R[j - 1], Ws[j - 1].transpose(1, 2), out=R[j])
         for j in range(M - 1):
             self._emit(gW[j], Ws[j], j, self.lam_w[:, j], Q[j + 1].transpose(1, 2), R[j], 1.0, mu)
-        if mu is not None:
+        if isinstance(mu, list):
+            beta, scale = mu[M - 1]
+            gW[M - 1].mul_(beta).add_(R[M - 1], alpha=scale)
+        elif mu is not None:
             gW[M - 1].mul_(mu).add_(R[M - 1])
             if self.lam_uniform:
                 gW[M - 1].add_(Ws[M - 1], alpha=float(self.lam_w[0, M - 1]))
@@ -393,6 +462,11 @@ class BatchUFM:
 
     def _sgd(self, n: int, step: int, factor: Callable[[int], float] | None, whole: bool) -> None:
         """n SGD steps of the runs of this engine (or chunk); ``whole``: the update runs over the flat buffers."""
+        if factor is None and self.uniform and self.lam_uniform:
+            coef = [lerp_coefficients(float(self.lr[0]), float(self.mom[0]), lam) for lam in self._block_lambdas()]
+            if all(c is not None for c in coef):
+                self._sgd_lerp(n, coef, whole)
+                return
         if self.uniform:  # buf = mu buf + gradient (from the GEMMs), p -= lr buf
             mu, lr = float(self.mom[0]), float(self.lr[0])
             pairs = [(self.buf, self.flat)] if whole else list(zip(self.bv, self.pv))
@@ -413,6 +487,39 @@ class BatchUFM:
                 m_k, l_k = (shaped[k], lr_i) if len(s) == 2 else (shaped[k], lr_i[:, :, 0])
                 torch.addcmul(gv[k], bv[k], m_k, out=bv[k])
                 pv[k].addcmul_(bv[k], l_k)
+
+    def _block_lambdas(self) -> list[float]:
+        """The decay of each parameter block (this engine's runs share them): lambda_W per layer, lambda_H for H
+        (or A and P), 0 for the bias."""
+        lam = [float(self.lam_w[0, j]) for j in range(self.M)]
+        lam += [float(self.lam_h[0])] * (1 if self.method == "direct" else 2)
+        return lam + ([0.0] if self.bias else [])
+
+    def _sgd_lerp(self, n: int, coef: list, whole: bool) -> None:
+        """n steps of SGD with momentum and weight decay in two passes over each block instead of three.
+
+        The heavy ball buf' = mu buf + lam p + g, p' = p - lr buf' is linear in (p, buf) apart from the data
+        gradient g. With u = p + buf / c, c a root of lr mu c^2 + (1 - mu - lr lam) c + lam = 0
+        (:func:`lerp_coefficients`), the decay term drops out of the recursion:
+            u' = beta u + scale g,   p' = p + w (u' - p)  (torch.lerp),
+        beta = (1 - c lr) mu, scale = (1 - c lr) / c, w = -c lr / (1 - c lr): the GEMMs accumulate g straight
+        into u and one lerp updates p. The same iterates up to round-off; buf is restored after the n steps (or
+        an interrupt), so checkpoints and the rest of the engine see the usual momentum buffer."""
+        bv, pv = self.bv, self.pv
+        moms = [(beta, scale) for _, beta, scale, _ in coef]
+        for (c, *_), b, p in zip(coef, bv, pv):
+            b.div_(c).add_(p)  # u = p + buf / c, in the momentum buffer
+        same_w = len({w for *_, w in coef}) == 1
+        pairs = [(self.buf, self.flat, coef[0][3])] if whole and same_w else \
+            [(b, p, w) for (*_, w), b, p in zip(coef, bv, pv)]
+        try:
+            for _ in range(n):
+                self.gradient_(moms)
+                for u, p, w in pairs:
+                    p.lerp_(u, w)
+        finally:
+            for (c, *_), b, p in zip(coef, bv, pv):
+                b.sub_(p).mul_(c)  # buf = c (u - p)
 
     def _adam(self, n: int, step: int, factor: Callable[[int], float] | None) -> None:
         b1, b2, eps = ADAM["beta1"], ADAM["beta2"], ADAM["eps"]
@@ -590,9 +697,11 @@ def _train_group(runs: list[_Run], method: str, progress: bool, callback) -> Non
                    desc=f"{len(runs)} runs", position=_BAR_POSITION)
 
     def record(rows, t_snap):
-        """Store each active run's row; returns the indices (into ``active``) of the runs that go on."""
+        """Store each active run's row, in input order; returns the indices (into ``active``, in its order) of
+        the runs that go on."""
         keep = []
-        for i, (r, row) in enumerate(zip(active, rows)):
+        for i in sorted(range(len(active)), key=lambda k: active[k].index):  # the batch is sorted by hyperparameters
+            r, row = active[i], rows[i]
             tr = r.trainer
             tr.snapshot_seconds += t_snap / len(active)
             if not math.isfinite(row["objective"]):
@@ -614,7 +723,7 @@ def _train_group(runs: list[_Run], method: str, progress: bool, callback) -> Non
                 _load_into(tr, engine, i, step)
                 continue
             keep.append(i)
-        return keep
+        return sorted(keep)
 
     def shrink(keep):
         """Finish the runs not in ``keep``, drop them from the batch; the survivors' state is the last good."""
@@ -810,6 +919,9 @@ def simulate_batch(
             groups.setdefault(batch_key(r.trainer.cfg) + (r.trainer.step,), []).append(r)
         try:
             for group in groups.values():
+                # runs of equal lr, momentum and lambdas side by side: the engine's chunks of them take the
+                # two-pass update (BatchUFM._chunks); stable, so a batch of equal runs keeps its order
+                group.sort(key=lambda r: hyper_key(r.trainer.cfg))
                 size = max_batch or len(group)
                 for k in range(0, len(group), size):
                     chunk = group[k : k + size]
