@@ -285,3 +285,25 @@ def test_threads_follow_the_work_of_one_op(monkeypatch):
     assert _threads(paper.replace(optimizer="adam", lr=1e-3), 64) == 2
     assert _threads(make_config(classes=10, per_class=500, widths=512, depth=3), 8) == 2
     assert _threads(paper.replace(threads=3), 64) == 3
+
+
+@pytest.mark.parametrize("depth,bias,method", [(1, True, "reduced"), (3, False, "reduced"), (3, True, "reduced"),
+                                               (2, True, "direct")])
+def test_two_pass_update_gives_the_unbatched_runs(tmp_path, monkeypatch, depth, bias, method):
+    """Runs of equal lr, momentum and lambdas (two groups, interleaved in the input) take the two-pass update,
+    for every depth, with and without a bias (its decay 0), reduced and direct: each run as alone."""
+    from nclab.ufm.batched import hyper_key
+
+    lerps = []
+    real = BatchUFM._sgd_lerp
+
+    def lerp(self, n, coef, whole):
+        lerps.append(self.B)
+        return real(self, n, coef, whole)
+
+    monkeypatch.setattr(BatchUFM, "_sgd_lerp", lerp)
+    cfgs = [make_config(**{**BASE, "depth": depth, "lambda_w": 1e-2 * (1 + s % 2)}, seed=s, bias=bias, lr=0.1)
+            for s in range(4)]
+    assert len({hyper_key(c) for c in cfgs}) == 2
+    compare(*run_both(cfgs, tmp_path, method=method))
+    assert set(lerps) == {2}
