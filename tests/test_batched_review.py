@@ -1,7 +1,7 @@
 """Review probes of the batched trainer's two-pass heavy ball (nclab.ufm.batched._sgd_lerp) and its hyperparameter
 sort: each against unbatched ``nclab.simulate`` runs (``compare`` of test_batched) or a plain float64 reference.
 
-Every probe also checks which update ran (a spy on ``lerp_coefficients`` or ``_sgd_lerp``), so a probe cannot
+The float64 probes also check which update ran (a spy on ``lerp_coefficients`` or ``_sgd_lerp``), so they cannot
 pass by silently falling back to the three-pass update.
 """
 
@@ -194,7 +194,7 @@ def test_interrupt_inside_the_steps_then_resume_alone(tmp_path, monkeypatch, met
     compare([alone] + rest, [simulate(c, out=tmp_path / f"s{i}") for i, c in enumerate(cfgs)])
 
 
-def test_float32_two_pass_as_accurate_as_one_run(lerp_calls):
+def test_float32_two_pass_as_accurate_as_one_run():
     """float32 runs with a small lr * lambda: the batched run is about as far from the float64 run as the
     unbatched float32 run is. (The two-pass momentum beta = (1 - c lr) mu is 1 - O(lr lambda / (1 - mu)); rounded to
     float32 it shifts the decay by ~eps / (1 - beta) relative, here 1e-5 / 6e-8: 14x the error of one run.)"""
