@@ -16,6 +16,7 @@ above the process's start, compute(W) <= 60 s. Before issue 14: compute 8x the u
 K = 8,192 (all pairs as triu_indices, dense K x K float64 matrices); ~57 GB at K = 32,768.
 
     python benchmarks/metrics.py --scale [--threads 1]   # the issue-14 cases only
+    python benchmarks/metrics.py --loaded                # [L] metrics while another process holds a core
 """
 
 from __future__ import annotations
@@ -263,12 +264,59 @@ def scale(threads, device):
         print(f"    values: {s['values']}")
 
 
+def loaded(repeat: int) -> None:
+    """[L] nc_metrics and a ClassStats stream while a busy-looping process holds one core: the default (torch
+    threads fitted to the idle cores, nclab.environment.fitted_threads) against all of torch's threads (the fitting
+    switched off), interleaved in this process, medians over ``repeat`` rounds."""
+    import nclab.environment as env
+
+    g = torch.Generator().manual_seed(0)
+    N, D, K = 50_000, 512, 10
+    y = torch.randint(0, K, (N,), generator=g)
+    H = torch.randn(K, D, generator=g)[y] + 0.1 * torch.randn(N, D, generator=g)
+    W, b = torch.randn(K, D, generator=g), torch.randn(K, generator=g)
+
+    def stream():
+        st = ClassStats(K, D)
+        for i in range(0, N, 5000):
+            st.update(H[i:i + 5000], y[i:i + 5000])
+        return st.compute(W, b)
+
+    cases = {"nc_metrics(H, y)": lambda: nc_metrics(H, y), "nc_metrics(H, y, W, b)": lambda: nc_metrics(H, y, W, b),
+             "ClassStats stream + compute(W, b)": stream}
+    fitted = env.others_idle_cores
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(1.0)
+        times = {(k, m): [] for k in cases for m in ("fitted", "all")}
+        for _ in range(repeat + 1):
+            for name, fn in cases.items():
+                for mode in ("fitted", "all"):
+                    env.others_idle_cores = fitted if mode == "fitted" else env.usable_cores
+                    t0 = time.perf_counter()
+                    fn()
+                    times[(name, mode)].append(time.perf_counter() - t0)
+        threads_seen = fitted()
+    finally:
+        env.others_idle_cores = fitted
+        busy.kill()
+    print(f"machine: {platform.platform()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads; one core kept busy by another process; fitted threads now: "
+          f"{threads_seen}")
+    print(f"[L] N={N} D={D} K={K} float32, medians of {repeat} rounds (after one warm-up), same process:")
+    for name in cases:
+        f, a = (float(np.median(times[(name, m)][1:])) for m in ("fitted", "all"))
+        print(f"  {name:36s} fitted threads {f * 1e3:7.1f} ms | all {torch.get_num_threads()} threads "
+              f"{a * 1e3:7.1f} ms -> {a / f:.1f}x")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small sizes (seconds)")
     ap.add_argument("--stream-child", nargs=6, help=argparse.SUPPRESS)
     ap.add_argument("--scale-child", nargs=6, help=argparse.SUPPRESS)
     ap.add_argument("--scale", action="store_true", help="only the issue-14 cases (K = 8,192 and 32,768)")
+    ap.add_argument("--loaded", action="store_true", help="only [L]: metrics while another process keeps a core busy")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--repeat", type=int, default=7, help="rotations of the interleaved timings in [1]")
     ap.add_argument("--no-stream", action="store_true", help="skip [2], the 1M-sample stream (minutes)")
@@ -286,6 +334,8 @@ def main():
         return scale_child(N, D, K, B, a.scale_child[4])
     if a.scale:
         return scale(a.threads or torch.get_num_threads(), a.device)
+    if a.loaded:
+        return loaded(a.repeat)
     if a.threads:
         torch.set_num_threads(a.threads)
     print(f"machine: {platform.platform()}, {platform.processor() or platform.machine()}, "

@@ -28,7 +28,7 @@ from nclab.metrics._checks import (
 )
 from nclab.metrics.pairwise import BLOCKS, Rows, Target, check_tile, cross_distance, row_pairs, sweep
 from nclab.metrics.pairwise import _blocks as _pairwise_blocks
-from nclab.metrics.stats import NARROW, ONEHOT_MAX_K, ClassStats, SecondPass, ldexp_
+from nclab.metrics.stats import NARROW, ONEHOT_MAX_K, ClassStats, SecondPass, fitted, ldexp_
 
 SCALARS = {  # name -> one-line meaning (for tables and docs)
     "nc1": "tr(Sigma_W Sigma_B^+)/K",
@@ -166,6 +166,7 @@ def _check_options(rtol, global_mean, within, center, collapse_rtol) -> float:
     return check_rtol(rtol)
 
 
+@fitted
 def compute_metrics(stats: ClassStats, weights=None, bias=None, *, second: SecondPass | None = None,
                     target="auto", center: bool | None = None, nc3_scale=None, rtol: float = F.DEFAULT_RTOL,
                     global_mean: str = "weighted", within: str = "pooled",
@@ -512,6 +513,7 @@ def _one_shot(x, y, K, weights, bias, rtol, global_mean, exp: int = 0, w_exp: in
     return compute_metrics(stats, weights, bias, second=second, _w_exp=w_exp, **options)
 
 
+@fitted
 def nc_metrics(features, labels, weights=None, bias=None, *, num_classes: int | None = None, target="auto",
                rtol: float = F.DEFAULT_RTOL, global_mean: str = "weighted", gemm_dtype: torch.dtype | None = None,
                **options) -> NCMetrics:
@@ -587,6 +589,7 @@ def _per_layer(value, M: int, name: str = "target") -> list:
     return [value] * M
 
 
+@fitted
 def deep_head_metrics(features, labels, weights, bias=None, *, num_classes: int | None = None, target="auto",
                       nc3_scale=None, target_w=None, target_wh=None, rtol: float = F.DEFAULT_RTOL,
                       global_mean: str = "weighted", **options) -> DeepHeadMetrics:

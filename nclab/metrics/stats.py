@@ -27,11 +27,13 @@ Inputs that require grad are detached: the statistics never hold an autograd gra
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 
 import numpy as np
 import torch
 
+from nclab.environment import fitted_threads
 from nclab.metrics._checks import (
     F64,
     check_choice,
@@ -102,6 +104,18 @@ def _exact_f32():
         yield
     finally:
         torch.set_float32_matmul_precision(prev)
+
+
+def fitted(fn):
+    """Run ``fn`` with torch's CPU threads cut to the cores other processes leave idle
+    (:func:`nclab.environment.fitted_threads`): on a loaded CPU, extra threads stall every parallel op."""
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        with fitted_threads():
+            return fn(*args, **kwargs)
+
+    return call
 
 
 def _onehot(y: torch.Tensor, K: int, dtype) -> torch.Tensor | None:
@@ -239,6 +253,7 @@ class ClassStats:
     def num_samples(self) -> int:
         return 0 if self.counts is None else int(self.counts.sum())
 
+    @fitted
     def update(self, features, labels) -> ClassStats:
         """Add a batch: features (B, D), labels (B,) integers in [0, K). Returns self."""
         x = check_features(features, self.dim)
@@ -650,6 +665,7 @@ class SecondPass:
         self.n4 = torch.zeros(4, dtype=torch.int64, device=dev)  # seen, mismatch, ncc right, argmax right
         return self
 
+    @fitted
     def update(self, features, labels) -> SecondPass:
         x = check_features(features, self.stats.dim)
         y, _ = check_labels(labels, x.shape[0], self.stats.num_classes, self.stats.device)
