@@ -229,6 +229,10 @@ def test_workers_die_with_a_killed_caller(tmp_path):
         for k in kids:  # each worker's share of the idle cores: at least 1, at most half of them
             env = dict(v.split(b"=", 1) for v in pathlib.Path(f"/proc/{k}/environ").read_bytes().split(b"\0") if v)
             assert 1 <= int(env[b"NCLAB_CORES"]) <= max(1, (os.cpu_count() or 1) // 2)
+            # and the thread pools of torch, OpenBLAS and MKL to that share (set-up and snapshots run outside the
+            # trainer's own thread choice)
+            assert {env[k] for k in (b"OMP_NUM_THREADS", b"OPENBLAS_NUM_THREADS", b"MKL_NUM_THREADS")} == \
+                {env[b"NCLAB_CORES"]}
     finally:
         p.send_signal(signal.SIGKILL)
         p.wait()
