@@ -127,9 +127,25 @@ def others_idle_cores() -> int:
     return idle
 
 
+_PINNED = [0]  # > 0 inside pinned_threads(): fitted_threads changes nothing
+
+
+@contextlib.contextmanager
+def pinned_threads():
+    """Inside: :func:`fitted_threads` leaves torch's threads alone. Trainers hold their own thread choice (made once
+    per run, or ``--threads N``) across their metrics snapshots, so a run's rows do not depend on how busy the
+    machine was at each snapshot (a thread count can change the last bits of a reduction)."""
+    _PINNED[0] += 1
+    try:
+        yield
+    finally:
+        _PINNED[0] -= 1
+
+
 @contextlib.contextmanager
 def fitted_threads():
-    """Torch's CPU threads cut to :func:`others_idle_cores` for the duration (never raised; restored after).
+    """Torch's CPU threads cut to :func:`others_idle_cores` for the duration (never raised; restored after; unchanged
+    inside :func:`pinned_threads`, i.e. inside a trainer).
 
     On a loaded CPU, threads beyond the idle cores wait at every parallel op for a core the scheduler gives to
     someone else: nc_metrics on 50,000 x 512 features took 0.07 s with one thread and 0.1-2.2 s with two while
@@ -137,7 +153,7 @@ def fitted_threads():
     import torch
 
     n = torch.get_num_threads()
-    k = min(n, others_idle_cores()) if n > 1 else n
+    k = min(n, others_idle_cores()) if n > 1 and not _PINNED[0] else n
     if k == n:
         yield
         return

@@ -110,3 +110,20 @@ def test_metrics_entry_points_run_with_the_fitted_threads(monkeypatch):
     for k, v in ref.values.items():
         assert got[k] == pytest.approx(v, rel=1e-12, abs=1e-15, nan_ok=True), k
         assert streamed[k] == pytest.approx(v, rel=1e-9, abs=1e-12, nan_ok=True), k
+
+
+def test_trainers_pin_their_threads(monkeypatch):
+    """Inside a trainer's torch_threads the metrics keep the trainer's threads (rows independent of the load)."""
+    from nclab.ufm.trainer import torch_threads
+
+    old = torch.get_num_threads()
+    monkeypatch.setattr(env, "others_idle_cores", lambda: 1)
+    try:
+        with torch_threads(2):
+            with env.fitted_threads():
+                assert torch.get_num_threads() == 2
+        torch.set_num_threads(2)
+        with env.fitted_threads():
+            assert torch.get_num_threads() == 1  # outside a trainer: fitted
+    finally:
+        torch.set_num_threads(old)

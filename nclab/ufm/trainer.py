@@ -51,13 +51,17 @@ def lr_at(cfg: SimulateConfig, step: int) -> float:
 def torch_threads(n: int):
     """``n`` torch CPU threads (0: unchanged) and denormals flushed to zero while active: a run that decays to
     the zero solution otherwise crawls through subnormal arithmetic (measured: 30,000 SGD steps 15.7 s instead
-    of ~3 s); values that small are zero for every metric."""
+    of ~3 s); values that small are zero for every metric. The metrics computed inside keep these threads
+    (:func:`nclab.environment.pinned_threads`): a run's rows do not depend on the load at each snapshot."""
+    from nclab.environment import pinned_threads
+
     old = torch.get_num_threads()
     if n and n != old:
         torch.set_num_threads(n)
     flushed = torch.set_flush_denormal(True)
     try:
-        yield
+        with pinned_threads():
+            yield
     finally:
         if flushed:
             torch.set_flush_denormal(False)
