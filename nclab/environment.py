@@ -86,19 +86,35 @@ def idle_cores(sample: float = 0.0) -> int:
     return max(1, min(cores, int(cores - load + 0.5)))
 
 
-#: (monotonic seconds, total jiffies, idle jiffies, this process's CPU seconds, the idle cores found) at the last
-#: /proc/stat reading
+#: (monotonic seconds, total jiffies, idle jiffies, this process's CPU seconds, the idle cores found, the CPUs
+#: counted) at the last /proc/stat reading
 _LAST_STAT: tuple | None = None
 _REFRESH_SECONDS = 0.5  # fitted_threads measures the other processes' load over at least this interval
 
 
-def _read_stat() -> tuple[int, int] | None:
+def _read_stat() -> tuple[int, int, int] | None:
+    """(total, idle + iowait jiffies, cores) summed over the CPUs this process may run on (its affinity mask: on a
+    shared node, other jobs' work on other cores does not count), from /proc/stat; None where unreadable."""
+    try:
+        allowed = os.sched_getaffinity(0)
+    except (AttributeError, OSError):
+        allowed = None
+    total = idle = cores = 0
     try:
         with open("/proc/stat") as f:
-            v = [int(t) for t in f.readline().split()[1:]]
-        return sum(v[:8]), v[3] + v[4]  # total and idle + iowait jiffies (guest time is inside user)
+            for line in f:
+                if not line.startswith("cpu"):
+                    break
+                name, *fields = line.split()
+                if name == "cpu" or (allowed is not None and int(name[3:]) not in allowed):
+                    continue
+                v = [int(t) for t in fields]
+                total += sum(v[:8])  # guest time is inside user
+                idle += v[3] + v[4]
+                cores += 1
     except (OSError, ValueError, IndexError):
         return None
+    return (total, idle, cores) if cores else None
 
 
 def others_idle_cores() -> int:
@@ -117,13 +133,13 @@ def others_idle_cores() -> int:
     if stat is None:
         return idle_cores()
     cores = usable_cores()
-    if last is None or stat[0] <= last[1]:
+    if last is None or stat[0] <= last[1] or stat[2] != last[5]:  # first call, or other CPUs than last time
         idle = idle_cores()
     else:
-        busy = (1 - (stat[1] - last[2]) / (stat[0] - last[1])) * (os.cpu_count() or 1)
+        busy = (1 - (stat[1] - last[2]) / (stat[0] - last[1])) * stat[2]
         mine = (own - last[3]) / max(now - last[0], 1e-9)
         idle = max(1, min(cores, int(cores - max(0.0, busy - mine) + 0.5)))
-    _LAST_STAT = (now, stat[0], stat[1], own, idle)
+    _LAST_STAT = (now, stat[0], stat[1], own, idle, stat[2])
     return idle
 
 

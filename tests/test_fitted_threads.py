@@ -11,12 +11,12 @@ from nclab.metrics import ClassStats, SecondPass, nc_metrics
 
 @pytest.fixture
 def clock(monkeypatch):
-    """A fake clock, process CPU time and /proc/stat: set state["stat"] = (total, idle) jiffies."""
+    """A fake clock, process CPU time and /proc/stat: set state["stat"] = (total, idle) jiffies of 2 CPUs."""
     state = {"now": 100.0, "cpu": 10.0, "stat": (10_000, 5_000), "reads": 0}
 
     def read():
         state["reads"] += 1
-        return state["stat"]
+        return state["stat"] + (2,)
 
     monkeypatch.setattr(env.time, "monotonic", lambda: state["now"])
     monkeypatch.setattr(env.time, "process_time", lambda: state["cpu"])
@@ -127,3 +127,20 @@ def test_trainers_pin_their_threads(monkeypatch):
             assert torch.get_num_threads() == 1  # outside a trainer: fitted
     finally:
         torch.set_num_threads(old)
+
+
+def test_proc_stat_counts_only_the_cpus_this_process_may_use(monkeypatch):
+    """On a shared node, other jobs' work on other cores is not this process's load: /proc/stat's per-CPU lines
+    are summed over the affinity mask (here CPU 1 of 0-2: its 200 busy jiffies of 300, 1 core)."""
+    import io
+
+    text = ("cpu  900 0 0 600 0 0 0 0 0 0\n"
+            "cpu0 300 0 0 0 0 0 0 0 0 0\ncpu1 200 0 0 100 0 0 0 0 0 0\ncpu2 400 0 0 500 0 0 0 0 0 0\n"
+            "intr 1 2 3\n")
+    monkeypatch.setattr(env, "open", lambda *a, **k: io.StringIO(text), raising=False)
+    monkeypatch.setattr(env.os, "sched_getaffinity", lambda pid: {1})
+    assert env._read_stat() == (300, 100, 1)
+    monkeypatch.setattr(env.os, "sched_getaffinity", lambda pid: {0, 1, 2})
+    assert env._read_stat() == (1500, 600, 3)
+    monkeypatch.setattr(env, "open", lambda *a, **k: io.StringIO("intr 1\n"), raising=False)
+    assert env._read_stat() is None
