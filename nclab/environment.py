@@ -181,22 +181,14 @@ def fitted_threads():
 
 
 def _busy_cores(seconds: float) -> float | None:
-    """Cores busy (all processes) over the next ``seconds``, from /proc/stat; None where it is unreadable."""
-
-    def read():
-        with open("/proc/stat") as f:
-            v = [int(t) for t in f.readline().split()[1:]]
-        return sum(v[:8]), v[3] + v[4]  # total and idle + iowait jiffies (guest time is inside user)
-
-    try:
-        t0, i0 = read()
-        time.sleep(seconds)
-        t1, i1 = read()
-    except (OSError, ValueError, IndexError):
+    """Cores busy (all processes) over the next ``seconds``, from /proc/stat (the CPUs of this process's affinity
+    mask); None where it is unreadable."""
+    a = _read_stat()
+    time.sleep(seconds)
+    b = _read_stat()
+    if a is None or b is None or b[0] <= a[0] or a[2] != b[2]:
         return None
-    if t1 <= t0:
-        return None
-    return (1 - (i1 - i0) / (t1 - t0)) * (os.cpu_count() or 1)
+    return (1 - (b[1] - a[1]) / (b[0] - a[0])) * b[2]
 
 
 def choose_threads(requested: int, work: float, small: float = 1e7) -> int:

@@ -121,13 +121,18 @@ def test_idle_cores_sampled_from_proc_stat(monkeypatch):
 
     from nclab import environment
 
-    lines = iter(["cpu  100 0 100 1000 0 0 0 0 0 0\n", "cpu  250 0 150 1150 50 0 0 0 0 0\n"])
+    def two_cpus(a, b):  # /proc/stat with the total line and the per-CPU lines (the ones read)
+        return f"cpu  0 0 0 0 0 0 0 0 0 0\ncpu0 {a}\ncpu1 {b}\nintr 0\n"
+
+    lines = iter([two_cpus("50 0 50 500 0 0 0 0 0 0", "50 0 50 500 0 0 0 0 0 0"),
+                  two_cpus("125 0 75 575 25 0 0 0 0 0", "125 0 75 575 25 0 0 0 0 0")])
     monkeypatch.setattr(environment, "open", lambda path: io.StringIO(next(lines)), raising=False)
     monkeypatch.setattr(environment.time, "sleep", lambda s: None)
-    monkeypatch.setattr(environment.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(environment.os, "sched_getaffinity", lambda pid: {0, 1})
     monkeypatch.setattr(environment, "usable_cores", lambda: 2)
     assert environment._busy_cores(0.1) == pytest.approx(1.0)
-    lines = iter(["cpu  100 0 100 1000 0 0 0 0 0 0\n", "cpu  100 0 100 1400 0 0 0 0 0 0\n"])
+    lines = iter([two_cpus("100 0 100 1000 0 0 0 0 0 0", "0 0 0 0 0 0 0 0 0 0"),
+                  two_cpus("100 0 100 1400 0 0 0 0 0 0", "0 0 0 400 0 0 0 0 0 0")])
     assert environment.idle_cores(sample=0.1) == 2  # all idle, whatever the load average says
     monkeypatch.setattr(environment, "open", lambda path: (_ for _ in ()).throw(OSError("no /proc")), raising=False)
     monkeypatch.setattr(environment.os, "getloadavg", lambda: (1.2, 0, 0))
