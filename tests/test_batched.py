@@ -307,3 +307,33 @@ def test_two_pass_update_gives_the_unbatched_runs(tmp_path, monkeypatch, depth, 
     assert len({hyper_key(c) for c in cfgs}) == 2
     compare(*run_both(cfgs, tmp_path, method=method))
     assert set(lerps) == {2}
+
+
+@pytest.mark.parametrize("case", ["lambdas", "float32", "step schedule"])
+def test_fused_three_pass_update_gives_the_unbatched_runs(tmp_path, monkeypatch, case):
+    """The fused reduced-form steps with the three-pass update (buf = mu buf + g + lambda p, p -= lr buf): one lr and
+    momentum but a lambda per run (a per-run decay tensor: 3 lambdas in one chunk), float32 (no two-pass update),
+    or a step schedule (lr changing): each run as alone."""
+    kinds = []
+    real = BatchUFM._reduced_steps
+
+    def spy(self, n, moms, update):
+        kinds.append({type(d).__name__ for *_, d in moms})
+        return real(self, n, moms, update)
+
+    monkeypatch.setattr(BatchUFM, "_reduced_steps", spy)
+    extra = {"lambdas": {}, "float32": {"dtype": "float32"}, "step schedule": {"schedule": "step",
+                                                                             "milestones": [100, 200]}}[case]
+    cfgs = [make_config(**{**BASE, "lambda_w": 1e-2 * (1 + s) if case == "lambdas" else 1e-2, "depth": 3},
+                        seed=s, lr=0.1, **extra) for s in range(3)]
+    if case == "float32":  # a float32 run's own round-off: compare with the unbatched float32 runs loosely
+        batch = simulate_batch(cfgs, [tmp_path / f"b{i}" for i in range(3)])
+        ref = [simulate(c, out=tmp_path / f"s{i}") for i, c in enumerate(cfgs)]
+        for r, s in zip(batch, ref):
+            assert (r.status, r.step) == (s.status, s.step)
+            assert abs(r.final["objective"] - s.final["objective"]) <= 1e-5 * abs(s.final["objective"])
+            np.testing.assert_allclose(r.H, s.H, rtol=0, atol=1e-4 * np.abs(s.H).max())
+    else:
+        compare(*run_both(cfgs, tmp_path))
+    want = {"lambdas": {"Tensor"}, "float32": {"float"}, "step schedule": {"float"}}[case]
+    assert kinds and all(k == want for k in kinds), kinds

@@ -158,7 +158,7 @@ def test_interrupt_inside_the_steps_then_resume_alone(tmp_path, monkeypatch, met
     them to the unbatched runs."""
     cfgs = [make_config(**SHORT, seed=s) for s in range(3)]
     outs = [tmp_path / f"b{i}" for i in range(3)]
-    real = BatchUFM.gradient_ if method == "direct" else BatchUFM._reduced_lerp_steps
+    real = BatchUFM.gradient_ if method == "direct" else BatchUFM._reduced_steps
     calls = [0]
 
     if method == "direct":
@@ -170,16 +170,16 @@ def test_interrupt_inside_the_steps_then_resume_alone(tmp_path, monkeypatch, met
             return real(self, mu)
         monkeypatch.setattr(BatchUFM, "gradient_", patched)
     else:
-        def patched(self, n, moms, pairs):
+        def patched(self, n, moms, update):
             calls[0] += 1
             if calls[0] == 3:
-                real(self, n // 2, moms, pairs)
+                real(self, n // 2, moms, update)
                 raise KeyboardInterrupt
-            return real(self, n, moms, pairs)
-        monkeypatch.setattr(BatchUFM, "_reduced_lerp_steps", patched)
+            return real(self, n, moms, update)
+        monkeypatch.setattr(BatchUFM, "_reduced_steps", patched)
     with pytest.raises(KeyboardInterrupt):
         simulate_batch(cfgs, outs, method=method)
-    monkeypatch.setattr(BatchUFM, "gradient_" if method == "direct" else "_reduced_lerp_steps", real)
+    monkeypatch.setattr(BatchUFM, "gradient_" if method == "direct" else "_reduced_steps", real)
     for i, c in enumerate(cfgs):
         assert RunStore(outs[i]).read_json("summary.json")["status"] == "interrupted"
         with pytest.raises(KeyboardInterrupt):

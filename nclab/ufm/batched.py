@@ -472,11 +472,21 @@ class BatchUFM:
         if self.uniform:  # buf = mu buf + gradient (from the GEMMs), p -= lr buf
             mu, lr = float(self.mom[0]), float(self.lr[0])
             pairs = [(self.buf, self.flat)] if whole else list(zip(self.bv, self.pv))
-            for i in range(n):
-                self.gradient_(mu)
+
+            def update(i):
                 a = -(lr if factor is None else lr * factor(step + i))
                 for b, p in pairs:
                     p.add_(b, alpha=a)
+
+            if self.method == "reduced":
+                lams = self._block_lambdas()
+                decay = [lam if self.lam_uniform else self.decay[k] for k, lam in enumerate(lams)]
+                self._reduced_steps(n, [(mu, 1.0, None if self.bias and k == len(lams) - 1 else d)
+                                        for k, d in enumerate(decay)], update)
+                return
+            for i in range(n):
+                self.gradient_(mu)
+                update(i)
             return
         bv, gv, pv = self.bv, self.gv, self.pv
         mu = self.mom.view(-1, 1, 1)
@@ -516,7 +526,11 @@ class BatchUFM:
             [(b, p, w) for (*_, w), b, p in zip(coef, bv, pv)]
         try:
             if self.method == "reduced":
-                self._reduced_lerp_steps(n, moms, pairs)
+                def update(i):
+                    for u, p, w in pairs:
+                        p.lerp_(u, w)
+
+                self._reduced_steps(n, [(beta, scale, None) for beta, scale in moms], update)
             else:
                 for _ in range(n):
                     self.gradient_(moms)
@@ -526,11 +540,13 @@ class BatchUFM:
             for (c, *_), b, p in zip(coef, bv, pv):
                 b.sub_(p).mul_(c)  # buf = c (u - p)
 
-    def _reduced_lerp_steps(self, n: int, moms: list, pairs: list) -> None:
-        """:meth:`_sgd_lerp`'s steps for the reduced form: :meth:`gradient_`'s products with the views, transposes
-        and coefficients bound once, -I folded into the logits' GEMM, 1/N into D, and W_M's gradient
-        accumulated by its GEMM (R_M = R_{M-1} W_{M-1}^T is not formed): 13 ops and the lerps per step at M = 3
-        instead of 17 (the small ops' overhead is most of a chunk's step)."""
+    def _reduced_steps(self, n: int, moms: list, update: Callable[[int], None]) -> None:
+        """n SGD steps of the reduced form, buf = beta buf + scale (gradient without decay) [+ decay param] per block
+        (``moms``: (beta, scale, decay) per block, decay None, a float or a (B, 1, 1) tensor), then ``update(i)``
+        moves the parameters (a lerp or p -= lr buf). :meth:`gradient_`'s products with the views, transposes and
+        coefficients bound once, -I folded into the logits' GEMM, 1/N into D, and W_M's gradient accumulated by its
+        GEMM (R_M = R_{M-1} W_{M-1}^T is not formed): 13 ops and the updates per step at M = 3 instead of 17
+        (the small ops' overhead is most of a chunk's step)."""
         M, inv_n = self.M, self.inv_n
         Ws, uW = self.pv[:M], self.bv[:M]
         WsT = [w.transpose(1, 2) for w in Ws]
@@ -543,9 +559,20 @@ class BatchUFM:
         cn = self.counts[:, None, :] * inv_n  # D / N
         b = self.pv[M + 2] if self.bias else None
         ub = self.bv[M + 2] if self.bias else None
-        (beta_a, scale_a), (beta_p, scale_p) = moms[M], moms[M + 1]
-        beta_b, scale_b = moms[M + 2] if self.bias else (0.0, 0.0)
-        for _ in range(n):
+        params = Ws + [A, P]
+
+        def decay(k):  # buf += lambda param (the three-pass update)
+            d = moms[k][2]
+            if d is None:
+                return
+            if isinstance(d, torch.Tensor):
+                self.bv[k].addcmul_(params[k], d)
+            else:
+                self.bv[k].add_(params[k], alpha=d)
+
+        (beta_a, scale_a, _), (beta_p, scale_p, _) = moms[M], moms[M + 1]
+        beta_b, scale_b, _ = moms[M + 2] if self.bias else (0.0, 0.0, None)
+        for i in range(n):
             for j in range(M - 2, -1, -1):
                 torch.bmm(Q[j + 1], Ws[j], out=Q[j])
             torch.baddbmm(neg_eye, Q0, A, out=Gm)  # Q0 A - I
@@ -556,21 +583,24 @@ class BatchUFM:
             torch.bmm(GmD, AT, out=R[0])  # G H^T / N = (Gm D A^T + QP P^T) / N
             R[0].baddbmm_(QP, PT, alpha=inv_n)
             uA.baddbmm_(Q0T, Gm, beta=beta_a, alpha=inv_n * scale_a)
+            decay(M)
             uP.baddbmm_(Q0T, QP, beta=beta_p, alpha=inv_n * scale_p)
+            decay(M + 1)
             if ub is not None:
                 ub.mul_(beta_b).add_(GmD.sum(2), alpha=scale_b)
             for j in range(M - 1):
-                beta, scale = moms[j]
+                beta, scale, _ = moms[j]
                 uW[j].baddbmm_(QT[j + 1], R[j], beta=beta, alpha=scale)
+                decay(j)
                 if j + 1 < M - 1:
                     torch.bmm(R[j], WsT[j], out=R[j + 1])
-            beta, scale = moms[M - 1]
+            beta, scale, _ = moms[M - 1]
             if M >= 2:
                 uW[M - 1].baddbmm_(R[M - 2], WsT[M - 2], beta=beta, alpha=scale)
             else:
                 uW[0].mul_(beta).add_(R[0], alpha=scale)
-            for u, p, w in pairs:
-                p.lerp_(u, w)
+            decay(M - 1)
+            update(i)
 
     def _adam(self, n: int, step: int, factor: Callable[[int], float] | None) -> None:
         b1, b2, eps = ADAM["beta1"], ADAM["beta2"], ADAM["eps"]
