@@ -87,18 +87,23 @@ def idle_cores(sample: float = 0.0) -> int:
 
 
 #: (monotonic seconds, total jiffies, idle jiffies, this process's CPU seconds, the idle cores found, the CPUs
-#: counted) at the last /proc/stat reading
+#: counted, the affinity mask) at the last /proc/stat reading
 _LAST_STAT: tuple | None = None
 _REFRESH_SECONDS = 0.5  # fitted_threads measures the other processes' load over at least this interval
+
+
+def _allowed_cpus() -> frozenset | None:
+    """The CPUs of this process's affinity mask; None where the OS does not say."""
+    try:
+        return frozenset(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return None
 
 
 def _read_stat() -> tuple[int, int, int] | None:
     """(total, idle + iowait jiffies, cores) summed over the CPUs this process may run on (its affinity mask: on a
     shared node, other jobs' work on other cores does not count), from /proc/stat; None where unreadable."""
-    try:
-        allowed = os.sched_getaffinity(0)
-    except (AttributeError, OSError):
-        allowed = None
+    allowed = _allowed_cpus()
     total = idle = cores = 0
     try:
         with open("/proc/stat") as f:
@@ -129,17 +134,19 @@ def others_idle_cores() -> int:
     last = _LAST_STAT
     if last is not None and now - last[0] < _REFRESH_SECONDS:
         return last[4]
+    cpus = _allowed_cpus()
     stat = _read_stat()
     if stat is None:
         return idle_cores()
     cores = usable_cores()
-    if last is None or stat[0] <= last[1] or stat[2] != last[5]:  # first call, or other CPUs than last time
+    # first call, counters reset, or other CPUs than last time (even as many: sums of other CPUs are no delta)
+    if last is None or stat[0] <= last[1] or stat[2] != last[5] or cpus != last[6]:
         idle = idle_cores()
     else:
         busy = (1 - (stat[1] - last[2]) / (stat[0] - last[1])) * stat[2]
         mine = (own - last[3]) / max(now - last[0], 1e-9)
         idle = max(1, min(cores, int(cores - max(0.0, busy - mine) + 0.5)))
-    _LAST_STAT = (now, stat[0], stat[1], own, idle, stat[2])
+    _LAST_STAT = (now, stat[0], stat[1], own, idle, stat[2], cpus)
     return idle
 
 

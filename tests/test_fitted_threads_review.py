@@ -176,6 +176,17 @@ def test_missing_cpu_lines_and_short_lines(clock):
     assert env._read_stat() == (56, 18, 2)
 
 
+def test_an_affinity_change_to_other_cpus_of_the_same_count_is_not_a_delta(clock):
+    """CPUs {0, 1} then {0, 2}: the sums come from different CPUs, so their difference is no load. Here CPU 0 was
+    busy with another process the whole second and CPU 2 idle: 1 idle core, not 2."""
+    clock["text"] = _stat((0, 5000, 2500), (1, 5000, 0), (2, 5000, 5000))
+    env.others_idle_cores()
+    clock.update(now=101.0, affinity={0, 2}, text=_stat((0, 5100, 2500), (1, 5100, 0), (2, 5000, 5100)))
+    got = env.others_idle_cores()
+    clock.update(now=102.0, text=_stat((0, 5200, 2500), (1, 5200, 0), (2, 5000, 5200)))
+    assert got == 1 and env.others_idle_cores() == 1  # measured on CPUs 0 and 2 from now on
+
+
 # (3) values at 1 vs 2 threads
 
 
