@@ -145,7 +145,8 @@ def others_idle_cores() -> int:
     else:
         busy = (1 - (stat[1] - last[2]) / (stat[0] - last[1])) * stat[2]
         mine = (own - last[3]) / max(now - last[0], 1e-9)
-        idle = max(1, min(cores, int(cores - max(0.0, busy - mine) + 0.5)))
+        # idle CPUs of the mask, then capped: NCLAB_CORES limits this process, not the cores others may use
+        idle = max(1, min(cores, int(stat[2] - max(0.0, busy - mine) + 0.5)))
     _LAST_STAT = (now, stat[0], stat[1], own, idle, stat[2], cpus)
     return idle
 

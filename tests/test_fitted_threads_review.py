@@ -187,6 +187,22 @@ def test_an_affinity_change_to_other_cpus_of_the_same_count_is_not_a_delta(clock
     assert got == 1 and env.others_idle_cores() == 1  # measured on CPUs 0 and 2 from now on
 
 
+def test_nclab_cores_caps_the_threads_not_the_cores_others_use(clock, monkeypatch):
+    """4 CPUs, another job busy on 2 of them, NCLAB_CORES=2: 2 cores are idle and 2 may be used -> 2 (not
+    2 - 2 busy elsewhere = 1)."""
+    monkeypatch.setenv("NCLAB_CORES", "2")
+    clock["affinity"] = {0, 1, 2, 3}
+    clock["text"] = _stat((0, 0, 1000), (1, 0, 1000), (2, 0, 1000), (3, 0, 1000))
+    env.others_idle_cores()
+    clock.update(now=101.0, text=_stat((0, 100, 1000), (1, 100, 1000), (2, 0, 1100), (3, 0, 1100)))
+    assert env.others_idle_cores() == 2
+    clock.update(now=102.0, text=_stat((0, 200, 1000), (1, 200, 1000), (2, 100, 1100), (3, 0, 1200)))
+    assert env.others_idle_cores() == 1  # 3 busy elsewhere: 1 idle
+    monkeypatch.setenv("NCLAB_CORES", "1")
+    clock.update(now=103.0, text=_stat((0, 200, 1100), (1, 200, 1100), (2, 100, 1200), (3, 0, 1300)))
+    assert env.others_idle_cores() == 1  # all idle, but capped
+
+
 # (3) values at 1 vs 2 threads
 
 
