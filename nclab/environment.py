@@ -151,7 +151,9 @@ def others_idle_cores() -> int:
     return idle
 
 
-_PINNED = [0]  # > 0 inside pinned_threads(): fitted_threads changes nothing
+# .depth > 0 inside pinned_threads(): fitted_threads changes nothing. Per Python thread, as torch's thread count
+# is (OpenMP's setting is per OS thread): a trainer in one thread does not pin another thread's direct calls
+_PINNED = threading.local()
 
 
 @contextlib.contextmanager
@@ -159,11 +161,11 @@ def pinned_threads():
     """Inside: :func:`fitted_threads` leaves torch's threads alone. Trainers hold their own thread choice (made once
     per run, or ``--threads N``) across their metrics snapshots, so a run's rows do not depend on how busy the
     machine was at each snapshot (a thread count can change the last bits of a reduction)."""
-    _PINNED[0] += 1
+    _PINNED.depth = getattr(_PINNED, "depth", 0) + 1
     try:
         yield
     finally:
-        _PINNED[0] -= 1
+        _PINNED.depth -= 1
 
 
 @contextlib.contextmanager
@@ -177,7 +179,7 @@ def fitted_threads():
     import torch
 
     n = torch.get_num_threads()
-    k = min(n, others_idle_cores()) if n > 1 and not _PINNED[0] else n
+    k = min(n, others_idle_cores()) if n > 1 and not getattr(_PINNED, "depth", 0) else n
     if k == n:
         yield
         return

@@ -203,6 +203,36 @@ def test_nclab_cores_caps_the_threads_not_the_cores_others_use(clock, monkeypatc
     assert env.others_idle_cores() == 1  # all idle, but capped
 
 
+def test_a_trainer_pinning_in_one_thread_does_not_pin_another_threads_metrics(monkeypatch, two_threads):
+    """pinned_threads is about the trainer's own metrics: a direct call in another Python thread is fitted."""
+    monkeypatch.setattr(env, "others_idle_cores", lambda: 1)
+    inside, release, seen = threading.Event(), threading.Event(), []
+
+    def trainer():
+        with env.pinned_threads():
+            inside.set()
+            release.wait(10)
+
+    def direct():
+        torch.set_num_threads(2)
+        with env.fitted_threads():
+            seen.append(torch.get_num_threads())
+
+    t = threading.Thread(target=trainer)
+    t.start()
+    inside.wait(10)
+    try:
+        d = threading.Thread(target=direct)
+        d.start()
+        d.join()
+    finally:
+        release.set()
+        t.join()
+    assert seen == [1]
+    with env.fitted_threads():
+        assert torch.get_num_threads() == 1  # the trainer's thread has left: not pinned here either
+
+
 # (3) values at 1 vs 2 threads
 
 
