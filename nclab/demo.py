@@ -22,9 +22,11 @@ def run_demo(out="nclab-demo", *, depths=DEPTHS, log: Callable[[str], None] = pr
     """Run every step into ``out`` and return the path of the report page."""
     from nclab.experiments import train
     from nclab.report import build_report
+    from nclab.report.figures import plot_runs
     from nclab.results import atomic_write_json
     from nclab.theory import predict
-    from nclab.ufm.presets import PRESETS, run_preset
+    from nclab.ufm.batched import simulate_batch
+    from nclab.ufm.presets import DESCRIPTIONS, PRESETS, preset_config
 
     out = pathlib.Path(out)
     try:
@@ -46,14 +48,19 @@ def run_demo(out="nclab-demo", *, depths=DEPTHS, log: Callable[[str], None] = pr
     atomic_write_json(out / "theory.json", theory)
 
     log("2/4 simulate: the deep linear UFM with the paper's SGD (30,000 steps per run)")
+    # all presets and depths in one simulate_batch call: its worker processes train them side by side
+    names = [name for name in UFM_PRESETS for _ in depths]
+    configs = [preset_config(name, int(M)) for name in UFM_PRESETS for M in depths]
+    dirs = [out / "ufm" / name / f"depth-{len(c.widths)}" for name, c in zip(names, configs)]
+    results = simulate_batch(configs, dirs, resume=True, progress=progress)
     run_dirs = []
-    for name in UFM_PRESETS:
-        folder = out / "ufm" / name
-        results = run_preset(name, folder, depths=depths, resume=True, progress=progress)
-        for r in results:
-            log(f"    {name:22s} M = {len(r.config.widths)}: rel. gap {r.final.get('rel_gap', float('nan')):.1e}, "
-                f"NC1 {r.final.get('nc1_L1', float('nan')):.1e}, NC2(W) {r.final.get('nc2_w', float('nan')):.1e}")
-            run_dirs.append(r.run_dir)
+    for name, r in zip(names, results):
+        log(f"    {name:22s} M = {len(r.config.widths)}: rel. gap {r.final.get('rel_gap', float('nan')):.1e}, "
+            f"NC1 {r.final.get('nc1_L1', float('nan')):.1e}, NC2(W) {r.final.get('nc2_w', float('nan')):.1e}")
+        run_dirs.append(r.run_dir)
+    for name in UFM_PRESETS:  # the figures run_preset draws for each preset
+        plot_runs([r.run_dir for n, r in zip(names, results) if n == name], out / "ufm" / name / "figures",
+                  title=f"{name}: {DESCRIPTIONS[name]}")
 
     log("3/4 train: MLP + deep linear head on the bundled digits")
     opts = dict(DIGITS_MLP)

@@ -19,7 +19,7 @@ def demo_cmd(out, progress):
 
     \b
     Examples:
-      nclab demo                       # everything under ./nclab-demo (39 s measured on 2 cores)
+      nclab demo                       # everything under ./nclab-demo (26 s measured on 2 cores)
       nclab demo --out /tmp/nc --no-progress
       nclab demo                       # again: finished runs are reused, the report is redrawn
     """

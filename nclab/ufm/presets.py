@@ -75,20 +75,32 @@ def run_depths(
     on_result: Callable | None = None,
     tensorboard: bool = False,
 ) -> list:
-    """One run per config under ``out/depth-M`` (M = the config's depth), then figures in ``out/figures``."""
+    """One run per config under ``out/depth-M`` (M = the config's depth), then figures in ``out/figures``.
+
+    Deep linear runs go through :func:`nclab.ufm.batched.simulate_batch` (each depth its own batch, shared between
+    worker processes when that pays: the depths train side by side, each folder written as ``nclab.simulate``
+    writes it); ReLU runs and ``tensorboard`` go one by one through ``nclab.simulate``."""
     from nclab.ufm.trainer import simulate
 
     out = pathlib.Path(out)
     depths = [len(c.widths) for c in configs]
     if len(set(depths)) != len(depths):
         raise ValueError(f"each depth may appear once, got {depths}")
-    results = []
-    for cfg in configs:
-        r = simulate(cfg, out=out / f"depth-{len(cfg.widths)}", resume=resume, overwrite=overwrite,
-                     progress=progress, tensorboard=tensorboard)
-        results.append(r)
-        if on_result is not None:
-            on_result(r)
+    dirs = [out / f"depth-{M}" for M in depths]
+    if not tensorboard and all(c.activation == "identity" for c in configs):
+        from nclab.ufm.batched import simulate_batch
+
+        results = simulate_batch(configs, dirs, resume=resume, overwrite=overwrite, progress=progress)
+        for r in results:
+            if on_result is not None:
+                on_result(r)
+    else:
+        results = []
+        for cfg, d in zip(configs, dirs):
+            r = simulate(cfg, out=d, resume=resume, overwrite=overwrite, progress=progress, tensorboard=tensorboard)
+            results.append(r)
+            if on_result is not None:
+                on_result(r)
     if figures:
         from nclab.report.figures import plot_runs
 
