@@ -219,9 +219,9 @@ def compute_metrics(stats: ClassStats, weights=None, bias=None, *, second: Secon
     Ke = len(kept)
     counts_all = stats.counts.cpu().numpy()
     dropped = np.flatnonzero(counts_all == 0).tolist()
-    if dropped:
+    if dropped:  # stacklevel 3: the line that called compute_metrics, past the @fitted wrapper
         warnings.warn(f"dropping {len(dropped)} class(es) without samples: {dropped[:10]}"
-                      f"{' ...' if len(dropped) > 10 else ''}; metrics use K_eff = {Ke}", stacklevel=2)
+                      f"{' ...' if len(dropped) > 10 else ''}; metrics use K_eff = {Ke}", stacklevel=3)
     if Ke < 2:
         raise ValueError(f"need at least 2 classes with samples, got {Ke}")
     n = counts_all[kept].astype(np.float64)
