@@ -109,6 +109,12 @@ def test_plan_chooses_workers_by_work_cores_and_callback(monkeypatch):
     assert sorted(len(p) for p in plans) == [5, 5]  # shares 4 + 5 runs, the L-BFGS run on the smaller one
     assert workers.plan(big, 0, callback=print) == [list(range(10))]
     assert workers.plan(small[:7], 2) == [list(range(7))]  # fewer than 2 x MIN_SHARE runs: one process
+    # batches of different shapes (a preset's depths) are units of their own, dealt by estimated time: the
+    # longest (M = 4, then 3) to different workers, then each next one to the worker with the least so far
+    depths = [make_config(counts=[6, 5, 4], depth=M, widths=8, steps=10**6, seed=M) for M in (1, 2, 3, 4)]
+    est = [workers.estimated_seconds([c]) for c in depths]
+    assert est == sorted(est)
+    assert workers.plan(depths, 2) == [[0, 3], [1, 2]]
     with pytest.raises(ValueError, match="a callback needs workers=1"):
         workers.plan(small, 2, callback=print)
     with pytest.raises(ValueError, match="workers must be >= 0"):

@@ -105,7 +105,8 @@ def test_mixed_batches_and_lbfgs_in_memory_with_given_predictions(tmp_path, monk
     for s in range(4):  # interleaved: SGD depth 2, Adam depth 3; an L-BFGS run in the middle
         cfgs += [tiny(s), tiny(10 + s, optimizer="adam", depth=3)]
     cfgs.insert(4, tiny(20, optimizer="lbfgs", steps=20))
-    assert workers.plan(cfgs, 2) == [[0, 2, 5, 7, 4], [1, 3, 6, 8]]  # one worker per batch; L-BFGS on the first
+    # one worker per batch, the heavier (Adam, depth 3) dealt first; the L-BFGS run on the first of equal sizes
+    assert workers.plan(cfgs, 2) == [[1, 3, 6, 8, 4], [0, 2, 5, 7]]
     preds = [predict(c.problem) for c in cfgs]
     one = simulate_batch(cfgs, None, predictions=preds, workers=1)
     two = simulate_batch(cfgs, None, predictions=preds, workers=2)

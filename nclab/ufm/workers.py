@@ -75,7 +75,7 @@ def plan(configs: Sequence, workers: int, callback=None, done: Sequence[int] | N
     over 0.2 s) when the runs would take >= :data:`WORKER_MIN_SECONDS` in one process (``done``: steps already
     taken per run, from :func:`steps_done`), else one. L-BFGS runs, other devices than the CPU and a ``callback``
     (its rows arrive in this process) keep one process. Each batch-compatible group is split into near-equal
-    consecutive shares, dealt to the workers by size."""
+    consecutive shares of at least :data:`MIN_SHARE` runs, dealt to the workers by estimated time."""
     from nclab.environment import idle_cores
     from nclab.ufm.batched import batch_key
 
@@ -92,19 +92,26 @@ def plan(configs: Sequence, workers: int, callback=None, done: Sequence[int] | N
         raise ValueError("a callback needs workers=1 (its rows arrive in this process)")
     elif any(configs[i].device != "cpu" for i in idx) and workers > 1:
         raise ValueError("workers > 1 trains on the CPU only; on a GPU one process batches every run")
-    workers = min(workers, max(1, len(idx) // MIN_SHARE))
-    if workers <= 1:
-        return [list(range(len(configs)))]
     groups: dict = {}
     for i in idx:
         groups.setdefault(batch_key(configs[i]), []).append(i)
+    # units of work: a batch shares its per-op overhead only with at least MIN_SHARE runs per worker, but runs of
+    # different shapes (a preset's depths, the demo's presets) are separate batches anyway
+    workers = min(workers, sum(max(1, len(m) // MIN_SHARE) for m in groups.values()))
+    if workers <= 1:
+        return [list(range(len(configs)))]
     shares = []
     for members in groups.values():
         n = min(workers, max(1, len(members) // MIN_SHARE))
         shares += [members[k * len(members) // n : (k + 1) * len(members) // n] for k in range(n)]
+    # dealt by estimated time, largest first, each to the worker with the least so far
+    work = {tuple(sh): estimated_seconds([configs[i] for i in sh]) for sh in shares}
     plans: list[list[int]] = [[] for _ in range(workers)]
-    for share in sorted(shares, key=len, reverse=True):
-        min(plans, key=len).extend(share)
+    load = [0.0] * workers
+    for share in sorted(shares, key=lambda sh: work[tuple(sh)], reverse=True):
+        w = min(range(workers), key=lambda k: (load[k], len(plans[k])))
+        plans[w].extend(share)
+        load[w] += work[tuple(share)]
     plans = [sorted(p) for p in plans if p]
     lbfgs = [i for i, c in enumerate(configs) if c.optimizer == "lbfgs"]
     if lbfgs:
