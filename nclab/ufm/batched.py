@@ -138,6 +138,12 @@ class BatchUFM:
         self.X = None
         if method == "direct":
             blocks = ws + [H] + ([b] if self.bias else [])
+        elif (saved := self._saved_states(trainers)) is not None:
+            # every run resumes from a checkpoint of the engine: its exact reduced state, not one derived again from
+            # H (another basis, other round-off), so the run continues bitwise as the uninterrupted one did
+            self.X = torch.stack([s["X"] for s in saved]).to(**kw)
+            blocks = [torch.stack([s["flat"][k] for s in saved]).to(**kw) for k in range(len(saved[0]["flat"]))]
+            bufs_blocks = [torch.stack([s["buf"][k] for s in saved]).to(**kw) for k in range(len(saved[0]["buf"]))]
         else:
             bws, bH, bb = self._split_ufm(bufs)
             A, E = self._class_split(H)
@@ -173,6 +179,30 @@ class BatchUFM:
         self.decay = self._decay_blocks()
         self._flags()
         self._work()
+
+    def _saved_states(self, trainers) -> list | None:
+        """Each trainer's saved reduced state (:meth:`run_state`, from its checkpoint) when every run has one of its
+        current step, with one basis size and the shapes of this problem; else None (the state is derived)."""
+        saved = [t.reduced_state for t in trainers]
+        if any(s is None or s.get("step") != t.step for s, t in zip(saved, trainers)):
+            return None
+        d, K, M, N = self.dims[0], self.K, self.M, self.N
+        r = saved[0]["X"].shape[0]
+        want = [(self.dims[j + 1], self.dims[j]) for j in range(M)] + [(d, K), (d, r)] + ([(K,)] if self.bias else [])
+        for s in saved:
+            if tuple(s["X"].shape) != (r, N) or [tuple(x.shape) for x in s["flat"]] != want \
+                    or [tuple(x.shape) for x in s["buf"]] != want:
+                return None
+        return saved
+
+    def run_state(self, i: int, step: int, flat: torch.Tensor, buf: torch.Tensor) -> dict | None:
+        """Run i's reduced state (reduced method, SGD): its basis X (r, N) and the blocks of ``flat`` and ``buf``
+        (CPU copies), saved with its checkpoint of ``step``; None for the direct method."""
+        if self.method != "reduced" or buf is None:
+            return None
+        cpu = lambda t: t.detach().to("cpu").clone()  # noqa: E731
+        return {"step": step, "X": cpu(self.X[i]), "flat": [cpu(v[i]) for v in self._views(flat)],
+                "buf": [cpu(v[i]) for v in self._views(buf)]}
 
     # ------------------------------------------------------------------ layout
     def _shapes(self):
@@ -745,6 +775,7 @@ def _load_into(trainer: Trainer, engine: BatchUFM, i: int, step: int, state: dic
     trainer.model.flat.copy_(engine.ufm_flat(i, (params or st)["flat"]))
     trainer.last_good.copy_(trainer.model.flat)
     trainer.step = trainer.last_good_step = step
+    trainer.reduced_state = engine.run_state(i, step, (params or st)["flat"], st.get("buf"))
     if trainer.buf is not None:
         trainer.buf.copy_(engine.ufm_flat(i, st["buf"]))
     elif trainer.cfg.optimizer == "adam" and st["t"] > 0:

@@ -226,6 +226,9 @@ class Trainer:
         self.status, self.message = "running", ""
         self.last_good = self.model.flat.clone()
         self.last_good_step = 0
+        # the batched engine's reduced state at a step (nclab.ufm.batched: X, A, P and their buffers), saved with a
+        # checkpoint of that step so that a resume continues bitwise as the uninterrupted run does
+        self.reduced_state: dict | None = None
         self.train_seconds = self.snapshot_seconds = 0.0
         use_manual = cfg.gradient in ("auto", "manual")
         self._grad = self.model.gradient_ if use_manual else (lambda with_loss=False: self.model.autograd_loss())
@@ -310,9 +313,12 @@ class Trainer:
             "last_good_step": self.last_good_step,
             "config": self.cfg.to_dict(),
             "rows": list(self.rows),  # the history up to here: a resume rebuilds metrics.csv from it
+            **({"reduced": self.reduced_state} if self.reduced_state is not None
+               and self.reduced_state.get("step") == self.step else {}),
         })
 
     def load_checkpoint(self, ckpt: dict) -> None:
+        self.reduced_state = ckpt.get("reduced")
         dev = self.model.flat.device
         self.step = int(ckpt["step"])
         self.model.flat.copy_(ckpt["flat"].to(dev))
