@@ -82,7 +82,7 @@ def compare(batch, ref):
 
 def run_both(cfgs, tmp_path, **kw):
     batch = simulate_batch(cfgs, [tmp_path / f"b{i}" for i in range(len(cfgs))], **kw)
-    ref = [simulate(c, out=tmp_path / f"s{i}") for i, c in enumerate(cfgs)]
+    ref = [simulate(c, out=tmp_path / f"s{i}", _trainer=True) for i, c in enumerate(cfgs)]
     return batch, ref
 
 
@@ -180,7 +180,7 @@ def test_no_folders_mixed_shapes_and_lbfgs_in_input_order():
     cfgs = [make_config(**BASE, seed=0), make_config(**{**BASE, "widths": 5}, seed=1),
             make_config(**{**BASE, "steps": 50}, seed=2, optimizer="lbfgs"), make_config(**BASE, seed=3)]
     batch = simulate_batch(cfgs)
-    ref = [simulate(c) for c in cfgs]
+    ref = [simulate(c, _trainer=True) for c in cfgs]
     assert [r.config for r in batch] == cfgs
     compare(batch, ref)
 
@@ -199,7 +199,7 @@ def test_interrupt_and_resume(tmp_path):
     # one folder continued alone by nclab.simulate, the others batched
     alone = simulate(cfgs[0], out=outs[0], resume=True)
     rest = simulate_batch(cfgs[1:], outs[1:], resume=True)
-    ref = [simulate(c, out=tmp_path / f"s{i}") for i, c in enumerate(cfgs)]
+    ref = [simulate(c, out=tmp_path / f"s{i}", _trainer=True) for i, c in enumerate(cfgs)]
     compare([alone] + rest, ref)
     again = simulate_batch(cfgs, outs, resume=True)  # finished: loaded, not re-run
     assert all(r.extra.get("reused") for r in again)
@@ -209,10 +209,10 @@ def test_resume_of_unbatched_checkpoints(tmp_path):
     cfg = [make_config(**{**BASE, "steps": 400}, seed=s) for s in range(2)]
     for i, c in enumerate(cfg):
         with pytest.raises(KeyboardInterrupt):
-            simulate(c, out=tmp_path / f"b{i}", callback=_stop_at(150 + 50 * i))
+            simulate(c, out=tmp_path / f"b{i}", callback=_stop_at(150 + 50 * i), _trainer=True)
     # the two runs stopped at different steps: two batches
     batch = simulate_batch(cfg, [tmp_path / f"b{i}" for i in range(2)], resume=True)
-    compare(batch, [simulate(c, out=tmp_path / f"s{i}") for i, c in enumerate(cfg)])
+    compare(batch, [simulate(c, out=tmp_path / f"s{i}", _trainer=True) for i, c in enumerate(cfg)])
 
 
 def _stop_at(step):
@@ -247,7 +247,7 @@ def test_cli_seeds(tmp_path):
     r = CliRunner().invoke(cli, args + ["--seeds", "0-2,5"])
     assert r.exit_code == 0, r.output
     assert sorted(p.name for p in out.iterdir()) == ["seed-0", "seed-1", "seed-2", "seed-5"]
-    ref = simulate(make_config(**{**BASE, "steps": 200}, seed=5))
+    ref = simulate(make_config(**{**BASE, "steps": 200}, seed=5), _trainer=True)
     same_rows(RunStore(out / "seed-5").read_rows(), ref.history)
     r = CliRunner().invoke(cli, args + ["--seeds", "0-2,5", "--resume"])
     assert r.exit_code == 0, r.output
@@ -330,7 +330,7 @@ def test_fused_three_pass_update_gives_the_unbatched_runs(tmp_path, monkeypatch,
                         seed=s, lr=0.1, **extra) for s in range(3)]
     if case == "float32":  # a float32 run's own round-off: compare with the unbatched float32 runs loosely
         batch = simulate_batch(cfgs, [tmp_path / f"b{i}" for i in range(3)])
-        ref = [simulate(c, out=tmp_path / f"s{i}") for i, c in enumerate(cfgs)]
+        ref = [simulate(c, out=tmp_path / f"s{i}", _trainer=True) for i, c in enumerate(cfgs)]
         for r, s in zip(batch, ref):
             assert (r.status, r.step) == (s.status, s.step)
             assert abs(r.final["objective"] - s.final["objective"]) <= 1e-5 * abs(s.final["objective"])

@@ -109,7 +109,7 @@ def test_interleaved_lambdas_rechunked_in_input_order(tmp_path, lerp_calls, monk
     seen = []
     batch = simulate_batch(cfgs, [tmp_path / f"b{i}" for i in range(6)], callback=lambda i, row: seen.append(
         (row["step"], i, row["objective"])))
-    ref = [simulate(c, out=tmp_path / f"s{i}") for i, c in enumerate(cfgs)]
+    ref = [simulate(c, out=tmp_path / f"s{i}", _trainer=True) for i, c in enumerate(cfgs)]
     compare(batch, ref)
     assert [r.config for r in batch] == cfgs and batch[2].status == "converged" and batch[2].step < 100
     for i, r in enumerate(ref):  # the folders' config.json and rows are checked by compare
@@ -143,7 +143,7 @@ def test_interrupt_from_callback_checkpoints_the_real_buffer(tmp_path, lerp_call
         simulate_batch(cfgs, [tmp_path / f"b{i}" for i in range(2)], callback=stop)
     for i, c in enumerate(cfgs):
         with pytest.raises(KeyboardInterrupt):
-            simulate(c, out=tmp_path / f"s{i}", callback=_stop_at(50))
+            simulate(c, out=tmp_path / f"s{i}", callback=_stop_at(50), _trainer=True)
         a, b = (RunStore(tmp_path / f"{x}{i}").load_torch("checkpoint.pt") for x in "bs")
         assert a["step"] == b["step"] == 50
         ma, mb = a["optimizer"]["momentum_buffer"], b["optimizer"]["momentum_buffer"]
@@ -183,7 +183,7 @@ def test_interrupt_inside_the_steps_then_resume_alone(tmp_path, monkeypatch, met
     for i, c in enumerate(cfgs):
         assert RunStore(outs[i]).read_json("summary.json")["status"] == "interrupted"
         with pytest.raises(KeyboardInterrupt):
-            simulate(c, out=tmp_path / f"i{i}", callback=_stop_at(50))
+            simulate(c, out=tmp_path / f"i{i}", callback=_stop_at(50), _trainer=True)
         a, b = (RunStore(d).load_torch("checkpoint.pt") for d in (outs[i], tmp_path / f"i{i}"))
         assert a["step"] == b["step"] == 50
         ma, mb = a["optimizer"]["momentum_buffer"], b["optimizer"]["momentum_buffer"]
@@ -191,7 +191,7 @@ def test_interrupt_inside_the_steps_then_resume_alone(tmp_path, monkeypatch, met
         torch.testing.assert_close(a["flat"], b["flat"], rtol=0, atol=1e-12)
     alone = simulate(cfgs[0], out=outs[0], resume=True)
     rest = simulate_batch(cfgs[1:], outs[1:], resume=True, method=method)
-    compare([alone] + rest, [simulate(c, out=tmp_path / f"s{i}") for i, c in enumerate(cfgs)])
+    compare([alone] + rest, [simulate(c, out=tmp_path / f"s{i}", _trainer=True) for i, c in enumerate(cfgs)])
 
 
 def test_float32_two_pass_as_accurate_as_one_run():
@@ -200,8 +200,8 @@ def test_float32_two_pass_as_accurate_as_one_run():
     float32 it shifts the decay by ~eps / (1 - beta) relative, here 1e-5 / 6e-8: 14x the error of one run.)"""
     kw = {**BASE, "lambda_w": 1e-3, "lambda_h": 1e-3, "steps": 2000, "snapshot_every": 1000}
     cfgs = [make_config(**kw, seed=s, lr=1e-3, dtype="float32") for s in range(2)]
-    exact = [simulate(c.replace(dtype="float64")) for c in cfgs]
-    alone = [simulate(c) for c in cfgs]
+    exact = [simulate(c.replace(dtype="float64"), _trainer=True) for c in cfgs]
+    alone = [simulate(c, _trainer=True) for c in cfgs]
     batch = simulate_batch(cfgs)
 
     def err(res):

@@ -34,7 +34,7 @@ def _same_environment() -> bool:
 
 @pytest.mark.parametrize("case", sorted(GOLDEN))
 def test_identity_equals_runs_before_the_activation(case, tmp_path):
-    simulate(out=tmp_path / "run", activation="identity", **GOLDEN[case])
+    simulate(out=tmp_path / "run", activation="identity", _trainer=True, **GOLDEN[case])  # the Trainer path
     got = (tmp_path / "run" / "metrics.csv").read_bytes()
     want = (DATA / f"metrics_{case}.csv").read_bytes()
     if _same_environment():

@@ -115,7 +115,8 @@ class BatchUFM:
         self.dtype, self.device = m0.dtype, m0.device
         kw = dict(dtype=self.dtype, device=self.device)
         self.cfgs = [t.cfg for t in trainers]
-        p0 = cfg0.problem
+        p0 = trainers[0].problem  # not cfg0.problem: built again under torch_threads, whose flushed denormals
+        # read a subnormal lambda (1e-320, accepted) as 0
         self.K, self.N, self.M, self.bias = p0.K, p0.N, p0.M, p0.bias
         self.dims = list(p0.widths) + [p0.K]
         self.B = len(trainers)
@@ -575,8 +576,8 @@ class BatchUFM:
         (``moms``: (beta, scale, decay) per block, decay None, a float or a (B, 1, 1) tensor), then ``update(i)``
         moves the parameters (a lerp or p -= lr buf). :meth:`gradient_`'s products with the views, transposes and
         coefficients bound once, -I folded into the logits' GEMM, 1/N into D, and W_M's gradient accumulated by its
-        GEMM (R_M = R_{M-1} W_{M-1}^T is not formed): 13 ops and the updates per step at M = 3 instead of 17
-        (the small ops' overhead is most of a chunk's step)."""
+        GEMM (R_M = R_{M-1} W_{M-1}^T is not formed; at M = 1 neither is R_1): 13 ops and the updates per step at
+        M = 3 instead of 17 (the small ops' overhead is most of a chunk's step)."""
         M, inv_n = self.M, self.inv_n
         Ws, uW = self.pv[:M], self.bv[:M]
         WsT = [w.transpose(1, 2) for w in Ws]
@@ -585,13 +586,13 @@ class BatchUFM:
         Q, R, Gm, GmD, QP = self.Q, self.R, self.Gm, self.GmD, self.QP
         Q0, Q0T = Q[0], Q[0].transpose(1, 2)
         QT = [q.transpose(1, 2) for q in Q]
-        neg_eye = -self.eye
+        neg_eye = (-self.eye).expand(self.B, self.K, self.K).contiguous()  # no broadcast per step
         cn = self.counts[:, None, :] * inv_n  # D / N
         b = self.pv[M + 2] if self.bias else None
         ub = self.bv[M + 2] if self.bias else None
         params = Ws + [A, P]
 
-        def decay(k):  # buf += lambda param (the three-pass update)
+        def add_decay(k):  # buf += lambda param (the three-pass update)
             d = moms[k][2]
             if d is None:
                 return
@@ -599,6 +600,9 @@ class BatchUFM:
                 self.bv[k].addcmul_(params[k], d)
             else:
                 self.bv[k].add_(params[k], alpha=d)
+
+        # the two-pass update has no decay term: no call per block and step (small ops: Python time counts)
+        decay = add_decay if any(m[2] is not None for m in moms) else (lambda k: None)
 
         (beta_a, scale_a, _), (beta_p, scale_p, _) = moms[M], moms[M + 1]
         beta_b, scale_b, _ = moms[M + 2] if self.bias else (0.0, 0.0, None)
@@ -610,8 +614,9 @@ class BatchUFM:
                 Gm.add_(b[:, :, None])
             torch.bmm(Q0, P, out=QP)
             torch.mul(Gm, cn, out=GmD)
-            torch.bmm(GmD, AT, out=R[0])  # G H^T / N = (Gm D A^T + QP P^T) / N
-            R[0].baddbmm_(QP, PT, alpha=inv_n)
+            if M >= 2:
+                torch.bmm(GmD, AT, out=R[0])  # G H^T / N = (Gm D A^T + QP P^T) / N
+                R[0].baddbmm_(QP, PT, alpha=inv_n)
             uA.baddbmm_(Q0T, Gm, beta=beta_a, alpha=inv_n * scale_a)
             decay(M)
             uP.baddbmm_(Q0T, QP, beta=beta_p, alpha=inv_n * scale_p)
@@ -627,8 +632,9 @@ class BatchUFM:
             beta, scale, _ = moms[M - 1]
             if M >= 2:
                 uW[M - 1].baddbmm_(R[M - 2], WsT[M - 2], beta=beta, alpha=scale)
-            else:
-                uW[0].mul_(beta).add_(R[0], alpha=scale)
+            else:  # M = 1: W's gradient is G H^T / N itself, accumulated by its two GEMMs (no R_1 formed)
+                uW[0].baddbmm_(GmD, AT, beta=beta, alpha=scale)
+                uW[0].baddbmm_(QP, PT, alpha=inv_n * scale)
             decay(M - 1)
             update(i)
 
@@ -806,7 +812,7 @@ def _train_group(runs: list[_Run], method: str, progress: bool, callback) -> Non
         from tqdm.auto import tqdm
 
         bar = tqdm(total=cfg.steps, initial=step, unit="step", dynamic_ncols=True, leave=True,
-                   desc=f"{len(runs)} runs", position=_BAR_POSITION)
+                   desc=f"{len(runs)} run{'s' if len(runs) > 1 else ''}", position=_BAR_POSITION)
 
     def record(rows, t_snap):
         """Store each active run's row, in input order; returns the indices (into ``active``, in its order) of

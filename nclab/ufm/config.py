@@ -50,7 +50,9 @@ class SimulateConfig:
     seed: int = 0
     dtype: str = "float64"  # "float64" (tight comparisons) or "float32" (the paper's)
     device: str = "cpu"  # "cpu", "cuda", "cuda:1", ...
-    gradient: str = "auto"  # "manual" (closed-form gradient, fast), "autograd" (shared objective), auto=manual
+    # "auto": SGD + MSE in the batched engine's reduced form (nclab.ufm.batched), else "manual"; "manual": the
+    # Trainer's closed-form gradient; "autograd": autograd of the shared objective
+    gradient: str = "auto"
     stop_rel_gap: float = 0.0  # stop ("converged") once (f - f*)/|f*| <= this at a snapshot (0: never)
     # bookkeeping that changes what is recorded, not the iterates
     snapshot_every: int = 100  # metrics row every k steps (and at step 0 and the last step)

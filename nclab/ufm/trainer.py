@@ -493,9 +493,15 @@ def simulate(
     callback: Callable[[dict], None] | None = None,
     prediction=None,
     tensorboard: bool = False,
+    _trainer: bool = False,
     **options,
 ) -> SimulationResult:
     """Train the deep linear UFM from a random start and compare it with ``nclab.predict``.
+
+    SGD on the MSE objective (gradient "auto", no tensorboard) trains with the batched engine's reduced form
+    (:mod:`nclab.ufm.batched`, a batch of one: the same iterates to round-off, 1.5-2x faster); other settings, and
+    ``gradient="manual"``, with :class:`Trainer` (the hand-written gradient, the reference the engine is tested
+    against; ``_trainer=True`` forces it for tests).
 
     Parameters
     ----------
@@ -543,27 +549,74 @@ def simulate(
     try:
         if store is not None and done:
             return _result_from_store(config, store, pred)
+        if not _trainer and _engine_fits(config, tensorboard):
+            return _run_engine(config, pred, store, ckpt, callback=callback, progress=progress)
         return _run(config, pred, store, ckpt, callback=callback, progress=progress, tensorboard=tensorboard)
     finally:
         if store is not None:
             store.unlock()
 
 
-def _run(config: SimulateConfig, pred, store: RunStore | None, ckpt: dict | None, *, callback, progress,
-         tensorboard) -> SimulationResult:
+def _engine_fits(config: SimulateConfig, tensorboard: bool) -> bool:
+    """Whether a run trains with the batched engine's reduced form: SGD, MSE, the linear UFM, gradient "auto",
+    a within-class part to reduce (N > K), no tensorboard."""
+    return (config.optimizer == "sgd" and config.loss == "mse" and config.activation == "identity"
+            and config.gradient == "auto" and not tensorboard and config.problem.N > config.problem.K)
+
+
+def _run_engine(config: SimulateConfig, pred, store: RunStore | None, ckpt: dict | None, *, callback,
+                progress) -> SimulationResult:
+    """One run through :func:`nclab.ufm.batched._train_group` (a batch of one): the folder, rows and result as
+    :func:`_run` writes them; its checkpoints carry the engine's reduced state, so a resume is bitwise."""
+    from nclab.ufm.batched import _finish, _Run, _threads, _train_group
+
+    _write_setup(config, pred, store, _threads(config, 1))
+    trainer = Trainer(config, prediction=pred, store=store)
+    if store is not None:
+        restore(trainer, store, ckpt)
+    run = _Run(0, trainer, store)
+    try:
+        if trainer.step >= config.steps:
+            _finish(run)
+        else:
+            _train_group([run], "auto", progress, None if callback is None else (lambda i, row: callback(row)))
+    finally:
+        if store is not None:
+            _write_outputs(trainer, store)
+    return _result(trainer)
+
+
+def _write_setup(config: SimulateConfig, pred, store: RunStore | None, threads: int) -> None:
+    """config.json, environment.json (with the threads used), prediction.json (and references.json for ReLU)."""
     from nclab import __version__
     from nclab.environment import environment
 
-    if store is not None:
-        store.write_config(config.to_dict(), kind=KIND, version=__version__)
-        env = environment()
-        env["threads_used"] = auto_threads(config)
-        store.write_environment(env)
-        store.write_json("prediction.json", pred.to_dict())
-        if config.activation != "identity":
-            from nclab.ufm.dnc import references
+    if store is None:
+        return
+    store.write_config(config.to_dict(), kind=KIND, version=__version__)
+    env = environment()
+    env["threads_used"] = threads
+    store.write_environment(env)
+    store.write_json("prediction.json", pred.to_dict())
+    if config.activation != "identity":
+        from nclab.ufm.dnc import references
 
-            store.write_json("references.json", references(config.problem).to_dict())
+        store.write_json("references.json", references(config.problem).to_dict())
+
+
+def _result(trainer: Trainer) -> SimulationResult:
+    ws, H, b = trainer.parameters()
+    return SimulationResult(
+        config=trainer.cfg, run_dir=None if trainer.store is None else trainer.store.path, status=trainer.status,
+        step=trainer.step, final=trainer.rows[-1] if trainer.rows else {}, history=list(trainer.rows),
+        prediction=trainer.pred, weights=ws, H=H, bias=b, seconds=trainer.train_seconds,
+        snapshot_seconds=trainer.snapshot_seconds, message=trainer.message,
+    )
+
+
+def _run(config: SimulateConfig, pred, store: RunStore | None, ckpt: dict | None, *, callback, progress,
+         tensorboard) -> SimulationResult:
+    _write_setup(config, pred, store, auto_threads(config))
     board = None
     if tensorboard:
         if store is None:
@@ -580,13 +633,7 @@ def _run(config: SimulateConfig, pred, store: RunStore | None, ckpt: dict | None
             _write_outputs(trainer, store)
         if board is not None:
             board.close()
-    ws, H, b = trainer.parameters()
-    return SimulationResult(
-        config=config, run_dir=None if store is None else store.path, status=trainer.status, step=trainer.step,
-        final=trainer.rows[-1] if trainer.rows else {}, history=list(trainer.rows), prediction=pred,
-        weights=ws, H=H, bias=b, seconds=trainer.train_seconds, snapshot_seconds=trainer.snapshot_seconds,
-        message=trainer.message,
-    )
+    return _result(trainer)
 
 
 def restore(trainer: Trainer, store: RunStore, ckpt: dict | None) -> None:
