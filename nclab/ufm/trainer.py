@@ -176,6 +176,16 @@ class SimulationResult:
 
 
 # ---------------------------------------------------------------------------------------------- trainer
+def _well_formed_reduced(state) -> dict | None:
+    """A checkpoint's saved engine state (``{"step", "X", "flat", "buf"}``, see BatchUFM.run_state) when it has
+    that form, else None: a malformed one (edited, truncated, another version's) is ignored, so the engine derives
+    its basis from the parameters instead of failing on a KeyError deep in its constructor."""
+    blocks = lambda v: isinstance(v, (list, tuple)) and all(isinstance(t, torch.Tensor) for t in v)  # noqa: E731
+    ok = (isinstance(state, dict) and isinstance(state.get("step"), int) and isinstance(state.get("X"), torch.Tensor)
+          and state["X"].dim() == 2 and blocks(state.get("flat")) and blocks(state.get("buf")))
+    return state if ok else None
+
+
 class Trainer:
     """One run: model, optimizer, step counter; ``run()`` advances to ``config.steps``.
 
@@ -318,7 +328,7 @@ class Trainer:
         })
 
     def load_checkpoint(self, ckpt: dict) -> None:
-        self.reduced_state = ckpt.get("reduced")
+        self.reduced_state = _well_formed_reduced(ckpt.get("reduced"))
         dev = self.model.flat.device
         self.step = int(ckpt["step"])
         self.model.flat.copy_(ckpt["flat"].to(dev))
