@@ -314,3 +314,16 @@ def test_cli_json_and_resume_through_the_engine(tmp_path, engine_calls):
     assert engine_calls == [1, 1, 1]
     assert_same_run_bytes(tmp_path / "b", tmp_path / "a")
 
+
+
+def test_cli_progress_bar_shows_loss_and_gap_as_the_trainer_path(tmp_path):
+    """The documented bar (step, loss, relative gap), as gradient=manual's Trainer shows it."""
+    outs = {}
+    for mode in ("auto", "manual"):
+        res = CliRunner().invoke(cli, ["simulate", *CLI, "--progress", "--gradient", mode,
+                                       "--out", str(tmp_path / mode)])
+        assert res.exit_code == 0, res.output
+        final = json.loads((tmp_path / mode / "summary.json").read_text())["final"]
+        outs[mode] = res.output
+        assert f"loss={final['objective']:.6g}" in res.output and f"gap={final['rel_gap']:.2e}" in res.output, mode
+    assert "200/200" in outs["auto"]

@@ -585,12 +585,28 @@ def _run_engine(config: SimulateConfig, pred, store: RunStore | None, ckpt: dict
     if store is not None:
         restore(trainer, store, ckpt)
     run = _Run(0, trainer, store)
+    bar = None
+    if progress:  # the Trainer's bar (step, loss, relative gap), not the batch's (runs still running)
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=config.steps, initial=trainer.step, unit="step", dynamic_ncols=True, leave=True)
+
+    def on_row(i: int, row: dict) -> None:
+        if bar is not None:
+            bar.n = row["step"]
+            bar.set_postfix(loss=f"{row['objective']:.6g}", gap=f"{row['rel_gap']:.2e}", refresh=False)
+            bar.refresh()
+        if callback is not None:
+            callback(row)
+
     try:
         if trainer.step >= config.steps:
             _finish(run)
         else:
-            _train_group([run], "auto", progress, None if callback is None else (lambda i, row: callback(row)))
+            _train_group([run], "auto", False, on_row if bar is not None or callback is not None else None)
     finally:
+        if bar is not None:
+            bar.close()
         if store is not None:
             _write_outputs(trainer, store)
     return _result(trainer)
