@@ -366,3 +366,16 @@ def test_tiny_lambda_rows_equal_the_trainers(tmp_path):
     cfg = cfg_of(lambda_w=1e-300, steps=40)
     eng, ref = simulate(cfg), simulate(cfg, _trainer=True)
     assert rel_diff(eng.history, ref.history) <= 1e-10
+
+
+@pytest.mark.parametrize("trainer", [False, True], ids=["engine", "trainer"])
+def test_interrupt_at_the_converging_snapshot_resumes_converged(trainer, tmp_path):
+    """Stopped (callback / Ctrl-C) at the very row that meets stop_rel_gap, before the stop check: the resume must
+    end there, converged, as the uninterrupted run (it trained one more snapshot, to step 300)."""
+    cfg = cfg_of(stop_rel_gap=1e-3, steps=2000)
+    ref = simulate(cfg, out=tmp_path / "ref", _trainer=trainer)
+    assert ref.status == "converged" and 0 < ref.step < cfg.steps
+    interrupt(cfg, tmp_path / "r", ref.step, _trainer=trainer)
+    res = simulate(cfg, out=tmp_path / "r", resume=True, _trainer=trainer)
+    assert (res.status, res.step) == (ref.status, ref.step)
+    assert_same_run_bytes(tmp_path / "r", tmp_path / "ref")

@@ -600,7 +600,7 @@ def _run_engine(config: SimulateConfig, pred, store: RunStore | None, ckpt: dict
             callback(row)
 
     try:
-        if trainer.step >= config.steps:
+        if _converged_before(trainer) or trainer.step >= config.steps:
             _finish(run)
         else:
             _train_group([run], "auto", False, on_row if bar is not None or callback is not None else None)
@@ -653,13 +653,30 @@ def _run(config: SimulateConfig, pred, store: RunStore | None, ckpt: dict | None
     if store is not None:
         restore(trainer, store, ckpt)
     try:
-        trainer.run()
+        if _converged_before(trainer):
+            trainer.finish()
+        else:
+            trainer.run()
     finally:
         if store is not None:
             _write_outputs(trainer, store)
         if board is not None:
             board.close()
     return _result(trainer)
+
+
+def _converged_before(trainer: Trainer) -> bool:
+    """Whether a resumed run's last row (of its checkpoint's step) already met ``stop_rel_gap``: it was stopped
+    (callback, Ctrl-C) at that very snapshot, before the stop check, so it ends there converged, as the
+    uninterrupted run did, instead of training another snapshot. Sets the status and message when True."""
+    cfg, rows = trainer.cfg, trainer.rows
+    gap = rows[-1].get("rel_gap") if rows else None
+    if not (cfg.stop_rel_gap and rows and trainer.step > 0 and rows[-1]["step"] == trainer.step
+            and isinstance(gap, float) and gap <= cfg.stop_rel_gap):
+        return False
+    trainer.status = "converged"
+    trainer.message = f"reached relative gap {gap:.3g} at step {trainer.step}"
+    return True
 
 
 def restore(trainer: Trainer, store: RunStore, ckpt: dict | None) -> None:
