@@ -255,8 +255,6 @@ def test_unfit_reduced_state_falls_back_to_a_derived_basis(name, tmp_path):
     assert res.status == ref.status and rel_diff(res.history, ref.history) <= 1e-10
 
 
-@pytest.mark.xfail(strict=True, reason="batched.BatchUFM._saved_states checks shapes only: a saved basis of another "
-                   "size with matching blocks is trusted over the checkpoint's parameters (H != A Y + P X)")
 def test_reduced_state_that_does_not_reproduce_the_parameters_is_not_trusted(tmp_path):
     cfg = cfg_of()
     ref = simulate(cfg, _trainer=True)
@@ -343,8 +341,6 @@ def test_trainer_checkpoint_of_a_later_step_carries_no_stale_reduced_state(tmp_p
     assert rel_diff(res.history, ref.history) <= 1e-10
 
 
-@pytest.mark.xfail(strict=True, reason="batched._train_group syncs the trainers only on KeyboardInterrupt: any other "
-                   "exception leaves weights.pt with the start's parameters under the last row's step")
 def test_callback_error_leaves_the_recorded_steps_weights(tmp_path):
     cfg = cfg_of()
 
@@ -360,8 +356,6 @@ def test_callback_error_leaves_the_recorded_steps_weights(tmp_path):
     torch.testing.assert_close(we["H"], wt["H"], rtol=0, atol=1e-10)
 
 
-@pytest.mark.xfail(strict=True, reason="batched._snapshot_rows routes runs to the overflow-proof Snapshotter by the "
-                   "parameters' range only, not the prediction's targets (here ~1e-150): nc2_w 1.0, nc2_h nan")
 def test_tiny_lambda_rows_equal_the_trainers(tmp_path):
     cfg = cfg_of(lambda_w=1e-300, steps=40)
     eng, ref = simulate(cfg), simulate(cfg, _trainer=True)

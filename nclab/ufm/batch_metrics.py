@@ -54,6 +54,7 @@ class BatchSnapshotter:
         self.f_star = np.array([s.f_star for s in self.snaps])
         self.unique = np.array([s.unique for s in self.snaps])
         self.targets = {k: np.stack([s.targets[k] for s in self.snaps]) for k in ("WWt", "HtH", "WH")}
+        self.unsafe_targets = unsafe(*self.targets.values())  # (B,) predicted Grams beyond the batched path's range
         self.lam_w = np.array([s.problem.lambda_w for s in self.snaps])  # (B, M)
         self.lam_h = np.array([s.problem.lambda_h for s in self.snaps])
         K = self.K

@@ -139,7 +139,7 @@ class BatchUFM:
         self.X = None
         if method == "direct":
             blocks = ws + [H] + ([b] if self.bias else [])
-        elif (saved := self._saved_states(trainers)) is not None:
+        elif (saved := self._saved_states(trainers, flats, bufs)) is not None:
             # every run resumes from a checkpoint of the engine: its exact reduced state, not one derived again from
             # H (another basis, other round-off), so the run continues bitwise as the uninterrupted one did
             self.X = torch.stack([s["X"] for s in saved]).to(**kw)
@@ -181,9 +181,10 @@ class BatchUFM:
         self._flags()
         self._work()
 
-    def _saved_states(self, trainers) -> list | None:
+    def _saved_states(self, trainers, flats: torch.Tensor, bufs: torch.Tensor) -> list | None:
         """Each trainer's saved reduced state (:meth:`run_state`, from its checkpoint) when every run has one of its
-        current step, with one basis size and the shapes of this problem; else None (the state is derived)."""
+        current step, with one basis size and the shapes of this problem, and it reproduces the trainer's
+        parameters and momentum (W and b equal, A Y + P X equal to H to round-off); else None (derived again)."""
         saved = [t.reduced_state for t in trainers]
         if any(s is None or s.get("step") != t.step for s, t in zip(saved, trainers)):
             return None
@@ -194,6 +195,20 @@ class BatchUFM:
             if tuple(s["X"].shape) != (r, N) or [tuple(x.shape) for x in s["flat"]] != want \
                     or [tuple(x.shape) for x in s["buf"]] != want:
                 return None
+        tol = 1e-12 if self.dtype == torch.float64 else 1e-5
+        for i, s in enumerate(saved):
+            for blocks, state in ((s["flat"], flats[i : i + 1]), (s["buf"], bufs[i : i + 1])):
+                ws, H, b = self._split_ufm(state)
+                ws, H = [w[0].cpu() for w in ws], H[0].cpu()
+                if any(not torch.equal(w, x.to(w.dtype)) for w, x in zip(ws, blocks[:M])):
+                    return None
+                if b is not None and not torch.equal(b[0].cpu(), blocks[M + 2].to(b.dtype)):
+                    return None
+                Y, X = self.Y[i].cpu().to(torch.float64), s["X"].to(torch.float64)
+                rebuilt = blocks[M].to(torch.float64) @ Y + blocks[M + 1].to(torch.float64) @ X
+                H = H.to(torch.float64)
+                if float((rebuilt - H).abs().max()) > tol * max(1.0, float(H.abs().max())):
+                    return None
         return saved
 
     def run_state(self, i: int, step: int, flat: torch.Tensor, buf: torch.Tensor) -> dict | None:
@@ -754,7 +769,9 @@ def _lr_factor(cfg: SimulateConfig):
 
 def _snapshot_rows(engine: BatchUFM, bsnap: BatchSnapshotter, runs: list[_Run], step: int) -> list[dict]:
     ws, means, scatter, hht, f, reg, b = engine.stats()
-    bad = unsafe(*ws, means, b) & np.isfinite(f)  # a non-finite objective: the 4-column row, as Snapshotter's
+    # extreme parameters or predicted Grams (lambda ~1e-300): the overflow-proof per-run Snapshotter; a non-finite
+    # objective: the 4-column row, as Snapshotter's
+    bad = (unsafe(*ws, means, b) | bsnap.unsafe_targets) & np.isfinite(f)
     skip = bad | ~np.isfinite(f)
     if skip.any():  # keep non-finite or extreme runs out of the batched linear algebra
         z = lambda a: None if a is None else np.where(skip.reshape((-1,) + (1,) * (a.ndim - 1)), 0.0, a)  # noqa: E731
@@ -900,6 +917,15 @@ def _train_group(runs: list[_Run], method: str, progress: bool, callback) -> Non
                 else:
                     _load_into(tr, engine, i, good_step, state=last_good)
                 tr.interrupted()
+            raise
+        except Exception:
+            # any other error (a callback's, a full disk): each Trainer holds its last recorded row's state, so the
+            # weights written as the run fails are those of the step its rows end at, as a single run's are
+            for i, r in enumerate(active):
+                if synced and r.trainer.rows and r.trainer.rows[-1]["step"] == step:
+                    _load_into(r.trainer, engine, i, step)
+                else:
+                    _load_into(r.trainer, engine, i, good_step, state=last_good)
             raise
         finally:
             if bar is not None:
