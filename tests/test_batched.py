@@ -361,3 +361,23 @@ def test_batched_resume_continues_bitwise(tmp_path):
     for i in range(3):
         assert (outs[i] / "metrics.csv").read_bytes() == (tmp_path / f"f{i}" / "metrics.csv").read_bytes()
         np.testing.assert_array_equal(RunStore(outs[i]).load_torch("weights.pt")["H"], full[i].H)
+
+
+def test_batch_stopped_at_its_converging_row_resumes_converged(tmp_path):
+    """A run interrupted at the very snapshot that meets stop_rel_gap (before the stop check) ends there on a
+    batched resume, converged, as the uninterrupted batch did, without training another snapshot."""
+    cfgs = [make_config(**{**BASE, "steps": 2000}, seed=s, stop_rel_gap=1e-3 if s == 0 else 0.0) for s in range(2)]
+    full = simulate_batch(cfgs, [tmp_path / f"f{i}" for i in range(2)])
+    assert full[0].status == "converged" and 0 < full[0].step < 2000
+    outs = [tmp_path / f"p{i}" for i in range(2)]
+
+    def stop(i, row):
+        if i == 0 and row["step"] == full[0].step:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        simulate_batch(cfgs, outs, callback=stop)
+    again = simulate_batch(cfgs, outs, resume=True)
+    assert (again[0].status, again[0].step) == (full[0].status, full[0].step)
+    for i in range(2):
+        assert (outs[i] / "metrics.csv").read_bytes() == (tmp_path / f"f{i}" / "metrics.csv").read_bytes()

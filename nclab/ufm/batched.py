@@ -997,7 +997,7 @@ def simulate_batch(
     from nclab.environment import environment
     from nclab.results import open_run
     from nclab.theory import predict
-    from nclab.ufm.trainer import simulate
+    from nclab.ufm.trainer import _converged_before, simulate
 
     configs = list(configs)
     auto_checkpoint_seconds()  # a bad NCLAB_CHECKPOINT_SECONDS is refused before anything is written
@@ -1063,6 +1063,13 @@ def simulate_batch(
             groups.setdefault(batch_key(r.trainer.cfg) + (r.trainer.step,), []).append(r)
         try:
             for group in groups.values():
+                # a run stopped at the very row that met its stop_rel_gap (before the stop check) ends there,
+                # converged, as the uninterrupted run did
+                for r in [r for r in group if _converged_before(r.trainer)]:
+                    _finish(r)
+                    group.remove(r)
+                if not group:
+                    continue
                 # runs of equal lr, momentum and lambdas side by side: the engine's chunks of them take the
                 # two-pass update (BatchUFM._chunks); stable, so a batch of equal runs keeps its order
                 group.sort(key=lambda r: hyper_key(r.trainer.cfg))
