@@ -11,13 +11,18 @@ import threading
 import time
 
 
+def _mask_cores() -> int:
+    """CPU cores of this process's affinity mask (e.g. under taskset or a container quota), without NCLAB_CORES."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def usable_cores() -> int:
     """CPU cores this process may run on: its affinity mask (e.g. under taskset or a container quota), at most
     ``NCLAB_CORES`` when set (a worker's share of the machine, given by the process that started it)."""
-    try:
-        cores = len(os.sched_getaffinity(0)) or 1
-    except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
+    cores = _mask_cores()
     cap = os.environ.get("NCLAB_CORES", "")
     if cap:
         try:
@@ -74,16 +79,18 @@ def idle_cores(sample: float = 0.0) -> int:
     Measured on a 2-core machine with two other jobs running: the cpu-mlp-balanced preset took 5.1 s with one
     thread and 22 s with two (threads fighting for busy cores); oversubscribing is far worse than idling a core.
     """
-    cores = usable_cores()
+    # the other processes' load is taken from every CPU of the mask, then NCLAB_CORES caps what is left (a cap of
+    # 2 on an 8-core machine with 2 cores busy elsewhere leaves this process its 2)
+    cap = usable_cores()
     if sample > 0:
         busy = _busy_cores(sample)
         if busy is not None:
-            return max(1, min(cores, int(cores - busy + 0.5)))
+            return max(1, min(cap, int(busy[1] - busy[0] + 0.5)))
     try:
         load = os.getloadavg()[0]
     except (AttributeError, OSError):
         load = 0.0
-    return max(1, min(cores, int(cores - load + 0.5)))
+    return max(1, min(cap, int(_mask_cores() - load + 0.5)))
 
 
 #: (monotonic seconds, total jiffies, idle jiffies, this process's CPU seconds, the idle cores found, the CPUs
@@ -190,15 +197,15 @@ def fitted_threads():
         torch.set_num_threads(n)
 
 
-def _busy_cores(seconds: float) -> float | None:
-    """Cores busy (all processes) over the next ``seconds``, from /proc/stat (the CPUs of this process's affinity
-    mask); None where it is unreadable."""
+def _busy_cores(seconds: float) -> tuple[float, int] | None:
+    """(cores busy with any process, cores counted) over the next ``seconds``, from /proc/stat (the CPUs of this
+    process's affinity mask); None where it is unreadable."""
     a = _read_stat()
     time.sleep(seconds)
     b = _read_stat()
     if a is None or b is None or b[0] <= a[0] or a[2] != b[2]:
         return None
-    return (1 - (b[1] - a[1]) / (b[0] - a[0])) * b[2]
+    return (1 - (b[1] - a[1]) / (b[0] - a[0])) * b[2], b[2]
 
 
 def choose_threads(requested: int, work: float, small: float = 1e7) -> int:

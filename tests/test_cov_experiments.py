@@ -159,6 +159,7 @@ def test_usable_cores_falls_back_to_cpu_count(monkeypatch):
 
 @pytest.mark.parametrize("load, idle", [(0.0, 4), (1.4, 3), (1.6, 2), (3.9, 1), (12.0, 1)])
 def test_idle_cores_is_cores_minus_load_rounded(monkeypatch, load, idle):
+    monkeypatch.setattr(env, "_mask_cores", lambda: 4)
     monkeypatch.setattr(env, "usable_cores", lambda: 4)
     monkeypatch.setattr(os, "getloadavg", lambda: (load, 0.0, 0.0))
     assert env.idle_cores() == idle
@@ -172,9 +173,25 @@ def test_idle_cores_without_load_average(monkeypatch):
     def no_load():
         raise OSError("no /proc/loadavg")
 
+    monkeypatch.setattr(env, "_mask_cores", lambda: 3)
     monkeypatch.setattr(env, "usable_cores", lambda: 3)
     monkeypatch.setattr(os, "getloadavg", no_load)
     assert env.idle_cores() == 3
+
+
+@pytest.mark.parametrize("sample", [0.0, 0.1])
+def test_nclab_cores_caps_what_the_others_leave(monkeypatch, sample):
+    """8 CPUs, 2 of them busy with other processes, NCLAB_CORES=2: this process keeps its 2 (the cap applies to
+    the idle cores, not to the cores the others' load is taken from)."""
+    monkeypatch.setattr(env, "_mask_cores", lambda: 8)
+    monkeypatch.setenv("NCLAB_CORES", "2")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    monkeypatch.setattr(os, "getloadavg", lambda: (2.0, 0.0, 0.0))
+    monkeypatch.setattr(env, "_busy_cores", lambda s: (2.0, 8))
+    assert env.idle_cores(sample) == 2
+    monkeypatch.setattr(os, "getloadavg", lambda: (7.2, 0.0, 0.0))
+    monkeypatch.setattr(env, "_busy_cores", lambda s: (7.2, 8))
+    assert env.idle_cores(sample) == 1
 
 
 def test_environment_names_the_gpu(monkeypatch):

@@ -136,7 +136,8 @@ def test_idle_cores_sampled_from_proc_stat(monkeypatch):
     monkeypatch.setattr(environment.time, "sleep", lambda s: None)
     monkeypatch.setattr(environment.os, "sched_getaffinity", lambda pid: {0, 1})
     monkeypatch.setattr(environment, "usable_cores", lambda: 2)
-    assert environment._busy_cores(0.1) == pytest.approx(1.0)
+    busy, cores = environment._busy_cores(0.1)
+    assert busy == pytest.approx(1.0) and cores == 2
     lines = iter([two_cpus("100 0 100 1000 0 0 0 0 0 0", "0 0 0 0 0 0 0 0 0 0"),
                   two_cpus("100 0 100 1400 0 0 0 0 0 0", "0 0 0 400 0 0 0 0 0 0")])
     assert environment.idle_cores(sample=0.1) == 2  # all idle, whatever the load average says
