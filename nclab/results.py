@@ -218,6 +218,22 @@ class RunStore:
             self._lock_fd = None
             os.close(fd)  # closing the last descriptor releases the flock
 
+    def discard_if_empty(self) -> None:
+        """Unlock, and remove the folder if it holds nothing but its lock: a run refused before it wrote anything
+        (a missing dataset, a config that does not fit in memory) leaves no empty folder behind."""
+        self.unlock()
+        try:
+            names = os.listdir(self.path)
+        except OSError:
+            return
+        if set(names) <= {LOCK}:
+            try:
+                for name in names:
+                    os.unlink(self.path / name)
+                os.rmdir(self.path)
+            except OSError:
+                pass
+
     # ---------------------------------------------------------------- JSON documents
     def write_json(self, name: str, obj) -> None:
         self.create()

@@ -246,3 +246,26 @@ def test_append_after_a_torn_header_writes_the_header_again(tmp_path):
     store._header = ["step", "x"]
     store.append_rows([{"step": 0, "x": 1.5}])
     assert RunStore(tmp_path).read_rows() == [{"step": 0, "x": 1.5}]
+
+
+def test_a_refused_run_leaves_no_empty_folder(tmp_path, monkeypatch):
+    """A run refused after its folder was opened (dataset missing, CUDA absent) removes the folder it created,
+    which held only its lock; a folder that existed before is kept."""
+    import torch
+
+    from nclab.cli import cli
+    from nclab.ufm import make_config, simulate
+
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(cli, ["train", "--dataset", "mnist", "--data-root", str(tmp_path / "none")])
+    assert r.exit_code == 2 and "does not exist" in r.output
+    assert not list((tmp_path / "runs").glob("*")) if (tmp_path / "runs").exists() else True
+    if not torch.cuda.is_available():
+        cfg = make_config(classes=2, per_class=2, depth=1, widths=3, steps=10, device="cuda")
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            simulate(cfg, out=tmp_path / "sim")
+        assert not (tmp_path / "sim").exists()
+        (tmp_path / "kept").mkdir()
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            simulate(cfg, out=tmp_path / "kept")
+        assert (tmp_path / "kept").is_dir()

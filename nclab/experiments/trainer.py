@@ -25,6 +25,7 @@ A metrics row (metrics.csv; one at epoch 0, every ``track_every`` epochs and at 
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -468,6 +469,7 @@ def train(
         raise ValueError("give resume or overwrite, not both")
     d = setup(config.device)
     store = None
+    fresh = out is not None and not os.path.exists(out)  # a refused run removes the folder it created
     try:
         ckpt, finished, error, rows = None, False, None, []
         if out is not None and d.main:
@@ -515,7 +517,7 @@ def train(
         )
     finally:
         if store is not None:
-            store.unlock()
+            store.discard_if_empty() if fresh else store.unlock()
         d.close(synchronize=sys.exc_info()[0] is None)  # no exception in flight: every process got here
 
 

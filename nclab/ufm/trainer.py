@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import os
 import signal
 import threading
 import time
@@ -553,6 +554,7 @@ def simulate(
     pred = prediction if prediction is not None else predict(config.problem)
     store = None
     ckpt = None
+    fresh = out is not None and not os.path.exists(out)  # a refused run removes the folder it created
     if out is not None:
         store, ckpt, done = open_run(out, config.to_dict(), kind=KIND, resume=resume, overwrite=overwrite,
                                      finished=FINISHED, defaults=DEFAULTS)
@@ -564,7 +566,7 @@ def simulate(
         return _run(config, pred, store, ckpt, callback=callback, progress=progress, tensorboard=tensorboard)
     finally:
         if store is not None:
-            store.unlock()
+            store.discard_if_empty() if fresh else store.unlock()
 
 
 def _engine_fits(config: SimulateConfig, tensorboard: bool) -> bool:
@@ -580,8 +582,8 @@ def _run_engine(config: SimulateConfig, pred, store: RunStore | None, ckpt: dict
     :func:`_run` writes them; its checkpoints carry the engine's reduced state, so a resume is bitwise."""
     from nclab.ufm.batched import _finish, _Run, _threads, _train_group
 
+    trainer = Trainer(config, prediction=pred, store=store)  # first: a refused run writes nothing
     _write_setup(config, pred, store, _threads(config, 1))
-    trainer = Trainer(config, prediction=pred, store=store)
     if store is not None:
         restore(trainer, store, ckpt)
     run = _Run(0, trainer, store)
@@ -642,14 +644,15 @@ def _result(trainer: Trainer) -> SimulationResult:
 
 def _run(config: SimulateConfig, pred, store: RunStore | None, ckpt: dict | None, *, callback, progress,
          tensorboard) -> SimulationResult:
+    if tensorboard and store is None:
+        raise ValueError("tensorboard needs an output directory (out=...)")
+    trainer = Trainer(config, prediction=pred, store=store, progress=progress)  # first: a refused run writes nothing
     _write_setup(config, pred, store, auto_threads(config))
     board = None
     if tensorboard:
-        if store is None:
-            raise ValueError("tensorboard needs an output directory (out=...)")
         board = TensorBoardLogger(store.path)
         callback = board if callback is None else _both(callback, board)
-    trainer = Trainer(config, prediction=pred, store=store, callback=callback, progress=progress)
+    trainer.callback = callback
     if store is not None:
         restore(trainer, store, ckpt)
     try:
