@@ -136,6 +136,21 @@ def _parse(v: str):
         return v
 
 
+def missing_root(path) -> pathlib.Path | None:
+    """The top-most folder of ``path`` that does not exist yet (``path`` itself, or an ancestor), None if it
+    exists: what a call that creates ``path`` may remove again if it writes nothing there."""
+    try:
+        path = pathlib.Path(path).absolute()
+        if path.exists():
+            return None
+        top = path
+        while not top.parent.exists():
+            top = top.parent
+        return top
+    except (OSError, ValueError, TypeError):  # a name too long, a NUL byte...: open_run says what is wrong
+        return None
+
+
 class RunStore:
     """One run directory (created on demand). Paths are attributes; nothing is cached in memory
     except the metrics header.
@@ -218,21 +233,29 @@ class RunStore:
             self._lock_fd = None
             os.close(fd)  # closing the last descriptor releases the flock
 
-    def discard_if_empty(self) -> None:
+    def discard_if_empty(self, root=None) -> None:
         """Unlock, and remove the folder if it holds nothing but its lock: a run refused before it wrote anything
-        (a missing dataset, a config that does not fit in memory) leaves no empty folder behind."""
+        (a missing dataset, a config that does not fit in memory) leaves no empty folder behind. ``root``: the
+        top-most folder the call created (:func:`missing_root`), removed too up to it while empty."""
         self.unlock()
         try:
             names = os.listdir(self.path)
         except OSError:
             return
-        if set(names) <= {LOCK}:
-            try:
-                for name in names:
-                    os.unlink(self.path / name)
-                os.rmdir(self.path)
-            except OSError:
-                pass
+        if not set(names) <= {LOCK}:
+            return
+        try:
+            for name in names:
+                os.unlink(self.path / name)
+            os.rmdir(self.path)
+            if root is not None:
+                root = pathlib.Path(root).resolve()
+                parent = self.path.resolve().parent
+                while parent != root.parent and root in (parent, *parent.parents) and not os.listdir(parent):
+                    os.rmdir(parent)
+                    parent = parent.parent
+        except OSError:
+            pass
 
     # ---------------------------------------------------------------- JSON documents
     def write_json(self, name: str, obj) -> None:

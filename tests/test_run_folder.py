@@ -259,12 +259,17 @@ def test_a_refused_run_leaves_no_empty_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     r = CliRunner().invoke(cli, ["train", "--dataset", "mnist", "--data-root", str(tmp_path / "none")])
     assert r.exit_code == 2 and "does not exist" in r.output
-    assert not list((tmp_path / "runs").glob("*")) if (tmp_path / "runs").exists() else True
+    assert not (tmp_path / "runs").exists()  # the default runs/train-<time> and the runs/ it created: gone
     if not torch.cuda.is_available():
         cfg = make_config(classes=2, per_class=2, depth=1, widths=3, steps=10, device="cuda")
         with pytest.raises(ValueError, match="CUDA is not available"):
-            simulate(cfg, out=tmp_path / "sim")
+            simulate(cfg, out=tmp_path / "sim" / "a" / "b")
         assert not (tmp_path / "sim").exists()
+        (tmp_path / "other").mkdir()
+        (tmp_path / "other" / "note.txt").write_text("mine")
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            simulate(cfg, out=tmp_path / "other" / "run")
+        assert sorted(os.listdir(tmp_path / "other")) == ["note.txt"]  # only what the call created is removed
         (tmp_path / "kept").mkdir()
         with pytest.raises(ValueError, match="CUDA is not available"):
             simulate(cfg, out=tmp_path / "kept")

@@ -25,7 +25,6 @@ A metrics row (metrics.csv; one at epoch 0, every ``track_every`` epochs and at 
 from __future__ import annotations
 
 import math
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -41,7 +40,17 @@ from nclab.experiments.objective import batch_loss, head_penalty, sample_losses
 from nclab.experiments.tracking import HeadTracker, choose_target
 from nclab.metrics import ClassStats, capture_inputs
 from nclab.models import build_model
-from nclab.results import CHECKPOINT, CONFIG, SUMMARY, WEIGHTS, RunFolderError, RunStore, open_run, resume_rows
+from nclab.results import (
+    CHECKPOINT,
+    CONFIG,
+    SUMMARY,
+    WEIGHTS,
+    RunFolderError,
+    RunStore,
+    missing_root,
+    open_run,
+    resume_rows,
+)
 from nclab.ufm.trainer import _SigintFlag, torch_threads
 
 KIND = "train"
@@ -469,7 +478,7 @@ def train(
         raise ValueError("give resume or overwrite, not both")
     d = setup(config.device)
     store = None
-    fresh = out is not None and not os.path.exists(out)  # a refused run removes the folder it created
+    fresh = None if out is None else missing_root(out)  # a refused run removes the folders it created
     try:
         ckpt, finished, error, rows = None, False, None, []
         if out is not None and d.main:
@@ -517,7 +526,7 @@ def train(
         )
     finally:
         if store is not None:
-            store.discard_if_empty() if fresh else store.unlock()
+            store.discard_if_empty(fresh) if fresh is not None else store.unlock()
         d.close(synchronize=sys.exc_info()[0] is None)  # no exception in flight: every process got here
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import os
 import signal
 import threading
 import time
@@ -26,6 +25,7 @@ from nclab.results import (
     RunFolderError,
     RunStore,
     TensorBoardLogger,
+    missing_root,
     open_run,
     resume_rows,
 )
@@ -554,7 +554,7 @@ def simulate(
     pred = prediction if prediction is not None else predict(config.problem)
     store = None
     ckpt = None
-    fresh = out is not None and not os.path.exists(out)  # a refused run removes the folder it created
+    fresh = None if out is None else missing_root(out)  # a refused run removes the folders it created
     if out is not None:
         store, ckpt, done = open_run(out, config.to_dict(), kind=KIND, resume=resume, overwrite=overwrite,
                                      finished=FINISHED, defaults=DEFAULTS)
@@ -566,7 +566,7 @@ def simulate(
         return _run(config, pred, store, ckpt, callback=callback, progress=progress, tensorboard=tensorboard)
     finally:
         if store is not None:
-            store.discard_if_empty() if fresh else store.unlock()
+            store.discard_if_empty(fresh) if fresh is not None else store.unlock()
 
 
 def _engine_fits(config: SimulateConfig, tensorboard: bool) -> bool:
