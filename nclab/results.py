@@ -137,8 +137,8 @@ def _parse(v: str):
 
 
 def missing_root(path) -> pathlib.Path | None:
-    """The top-most folder of ``path`` that does not exist yet (``path`` itself, or an ancestor), None if it
-    exists: what a call that creates ``path`` may remove again if it writes nothing there."""
+    """The top-most folder of ``path`` (absolute) that does not exist yet (``path`` itself, or an ancestor), None
+    if it exists: what :meth:`RunStore.lock` creates and removes again if the run writes nothing there."""
     try:
         path = pathlib.Path(path).absolute()
         if path.exists():
@@ -207,6 +207,7 @@ class RunStore:
         """Take the folder's exclusive OS lock for this process (created on demand); RunLockedError if held."""
         if getattr(self, "_lock_fd", None) is not None:
             return
+        created = missing_root(self.path)
         self.create()
         try:
             fd = os.open(self.file(LOCK), os.O_RDWR | os.O_CREAT, 0o666)
@@ -225,37 +226,30 @@ class RunStore:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._lock_fd = fd
+        self._created = created
 
     def unlock(self) -> None:
-        """Release the lock (also released by the kernel when the process ends)."""
+        """Release the lock (also released by the kernel when the process ends). A folder that :meth:`lock` created
+        and that still holds nothing but the lock -- a run refused before it wrote anything (a missing dataset,
+        CUDA absent) -- is removed first, with the empty parent folders that lock created."""
         fd = getattr(self, "_lock_fd", None)
-        if fd is not None:
-            self._lock_fd = None
-            os.close(fd)  # closing the last descriptor releases the flock
-
-    def discard_if_empty(self, root=None) -> None:
-        """Unlock, and remove the folder if it holds nothing but its lock: a run refused before it wrote anything
-        (a missing dataset, a config that does not fit in memory) leaves no empty folder behind. ``root``: the
-        top-most folder the call created (:func:`missing_root`), removed too up to it while empty."""
-        self.unlock()
-        try:
-            names = os.listdir(self.path)
-        except OSError:
+        if fd is None:
             return
-        if not set(names) <= {LOCK}:
-            return
+        self._lock_fd = None
+        created, self._created = getattr(self, "_created", None), None
         try:
-            for name in names:
-                os.unlink(self.path / name)
-            os.rmdir(self.path)
-            if root is not None:
-                root = pathlib.Path(root).resolve()
-                parent = self.path.resolve().parent
-                while parent != root.parent and root in (parent, *parent.parents) and not os.listdir(parent):
-                    os.rmdir(parent)
-                    parent = parent.parent
+            if created is not None and os.listdir(self.path) == [LOCK]:  # still ours: the lock is held
+                os.unlink(self.file(LOCK))
+                folder = self.path.absolute()
+                while not os.listdir(folder):
+                    os.rmdir(folder)
+                    if folder == created:
+                        break
+                    folder = folder.parent
         except OSError:
             pass
+        finally:
+            os.close(fd)  # closing the last descriptor releases the flock
 
     # ---------------------------------------------------------------- JSON documents
     def write_json(self, name: str, obj) -> None:

@@ -47,7 +47,6 @@ from nclab.results import (
     WEIGHTS,
     RunFolderError,
     RunStore,
-    missing_root,
     open_run,
     resume_rows,
 )
@@ -478,7 +477,6 @@ def train(
         raise ValueError("give resume or overwrite, not both")
     d = setup(config.device)
     store = None
-    fresh = None if out is None else missing_root(out)  # a refused run removes the folders it created
     try:
         ckpt, finished, error, rows = None, False, None, []
         if out is not None and d.main:
@@ -526,7 +524,7 @@ def train(
         )
     finally:
         if store is not None:
-            store.discard_if_empty(fresh) if fresh is not None else store.unlock()
+            store.unlock()
         d.close(synchronize=sys.exc_info()[0] is None)  # no exception in flight: every process got here
 
 

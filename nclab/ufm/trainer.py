@@ -25,7 +25,6 @@ from nclab.results import (
     RunFolderError,
     RunStore,
     TensorBoardLogger,
-    missing_root,
     open_run,
     resume_rows,
 )
@@ -554,7 +553,6 @@ def simulate(
     pred = prediction if prediction is not None else predict(config.problem)
     store = None
     ckpt = None
-    fresh = None if out is None else missing_root(out)  # a refused run removes the folders it created
     if out is not None:
         store, ckpt, done = open_run(out, config.to_dict(), kind=KIND, resume=resume, overwrite=overwrite,
                                      finished=FINISHED, defaults=DEFAULTS)
@@ -566,7 +564,7 @@ def simulate(
         return _run(config, pred, store, ckpt, callback=callback, progress=progress, tensorboard=tensorboard)
     finally:
         if store is not None:
-            store.discard_if_empty(fresh) if fresh is not None else store.unlock()
+            store.unlock()
 
 
 def _engine_fits(config: SimulateConfig, tensorboard: bool) -> bool:
