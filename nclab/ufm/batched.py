@@ -524,11 +524,10 @@ class BatchUFM:
                 for b, p in pairs:
                     p.add_(b, alpha=a)
 
-            if self.method == "reduced":
-                lams = self._block_lambdas()
-                decay = [lam if self.lam_uniform else self.decay[k] for k, lam in enumerate(lams)]
-                self._reduced_steps(n, [(mu, 1.0, None if self.bias and k == len(lams) - 1 else d)
-                                        for k, d in enumerate(decay)], update)
+            if self.method == "reduced":  # decay per block: a float, or per run; none for the bias
+                decay = [None if d is None else (lam if self.lam_uniform else d)
+                         for lam, d in zip(self._block_lambdas(), self.decay)]
+                self._reduced_steps(n, [(mu, 1.0, d) for d in decay], update)
                 return
             for i in range(n):
                 self.gradient_(mu)
@@ -852,9 +851,7 @@ def _train_group(runs: list[_Run], method: str, progress: bool, callback) -> Non
                 r.store.append_rows([row])
             if callback is not None:
                 callback(r.index, row)
-            if tr.cfg.stop_rel_gap and row["rel_gap"] <= tr.cfg.stop_rel_gap and step > 0:
-                tr.status = "converged"
-                tr.message = f"reached relative gap {row['rel_gap']:.3g} at step {step}"
+            if tr.reached_gap():
                 _load_into(tr, engine, i, step)
                 continue
             keep.append(i)
@@ -904,28 +901,22 @@ def _train_group(runs: list[_Run], method: str, progress: bool, callback) -> Non
                         r.trainer.checkpoint()
                 if sigint.set:
                     raise KeyboardInterrupt
-        except KeyboardInterrupt:
-            # each run's checkpoint at its last recorded row: the current state if this step's row is recorded,
-            # else the last good one (an interrupt mid-way through the rows, or a second Ctrl-C mid-steps)
+        except BaseException as exc:
+            # each Trainer takes the state of its last recorded row: the current state if this step's row is
+            # recorded, else the last good one (an interrupt mid-way through the rows, a second Ctrl-C mid-steps);
+            # Ctrl-C then checkpoints it, any other error (a callback's, a full disk) leaves it for weights.pt
+            interrupt = isinstance(exc, KeyboardInterrupt)
             for i, r in enumerate(active):
                 tr = r.trainer
-                if tr.status != "running":  # converged or diverged at this snapshot: finished
+                if interrupt and tr.status != "running":  # converged or diverged at this snapshot: finished
                     _finish(r)
                     continue
                 if synced and tr.rows and tr.rows[-1]["step"] == step:
                     _load_into(tr, engine, i, step)
                 else:
                     _load_into(tr, engine, i, good_step, state=last_good)
-                tr.interrupted()
-            raise
-        except Exception:
-            # any other error (a callback's, a full disk): each Trainer holds its last recorded row's state, so the
-            # weights written as the run fails are those of the step its rows end at, as a single run's are
-            for i, r in enumerate(active):
-                if synced and r.trainer.rows and r.trainer.rows[-1]["step"] == step:
-                    _load_into(r.trainer, engine, i, step)
-                else:
-                    _load_into(r.trainer, engine, i, good_step, state=last_good)
+                if interrupt:
+                    tr.interrupted()
             raise
         finally:
             if bar is not None:
@@ -997,7 +988,7 @@ def simulate_batch(
     from nclab.environment import environment
     from nclab.results import open_run
     from nclab.theory import predict
-    from nclab.ufm.trainer import _converged_before, simulate
+    from nclab.ufm.trainer import simulate
 
     configs = list(configs)
     auto_checkpoint_seconds()  # a bad NCLAB_CHECKPOINT_SECONDS is refused before anything is written
@@ -1065,7 +1056,7 @@ def simulate_batch(
             for group in groups.values():
                 # a run stopped at the very row that met its stop_rel_gap (before the stop check) ends there,
                 # converged, as the uninterrupted run did
-                for r in [r for r in group if _converged_before(r.trainer)]:
+                for r in [r for r in group if r.trainer.reached_gap()]:
                     _finish(r)
                     group.remove(r)
                 if not group:

@@ -389,9 +389,7 @@ class Trainer:
                         self.status = "converged"
                         self.message = f"L-BFGS converged at iteration {self.step} (no further progress)"
                         break
-                    if cfg.stop_rel_gap and self.rows[-1]["rel_gap"] <= cfg.stop_rel_gap:
-                        self.status = "converged"
-                        self.message = f"reached relative gap {self.rows[-1]['rel_gap']:.3g} at step {self.step}"
+                    if self.reached_gap():
                         break
                     if schedule.due(self.step):
                         self.checkpoint()
@@ -456,6 +454,18 @@ class Trainer:
         else:
             self.message += (f"; not converged: rel. gap to f* {gap:.3g}, gradient norm {gnorm:.2g} (run more "
                              "steps or use --optimizer lbfgs)")
+
+    def reached_gap(self) -> bool:
+        """Whether the last row, of the current step (> 0), meets ``stop_rel_gap``; then the run ends converged
+        (status and message set). Also true for a resumed run stopped at that very row before this check."""
+        cfg, rows = self.cfg, self.rows
+        gap = rows[-1].get("rel_gap") if rows else None
+        if not (cfg.stop_rel_gap and rows and self.step > 0 and rows[-1]["step"] == self.step
+                and isinstance(gap, float) and gap <= cfg.stop_rel_gap):
+            return False
+        self.status = "converged"
+        self.message = f"reached relative gap {gap:.3g} at step {self.step}"
+        return True
 
     def _after_snapshot(self, bar) -> None:
         row = self.rows[-1]
@@ -580,7 +590,7 @@ def _run_engine(config: SimulateConfig, pred, store: RunStore | None, ckpt: dict
     :func:`_run` writes them; its checkpoints carry the engine's reduced state, so a resume is bitwise."""
     from nclab.ufm.batched import _finish, _Run, _threads, _train_group
 
-    trainer = Trainer(config, prediction=pred, store=store)  # first: a refused run writes nothing
+    trainer = Trainer(config, prediction=pred, store=store, callback=callback)  # first: a refused run writes nothing
     _write_setup(config, pred, store, _threads(config, 1))
     if store is not None:
         restore(trainer, store, ckpt)
@@ -591,16 +601,11 @@ def _run_engine(config: SimulateConfig, pred, store: RunStore | None, ckpt: dict
 
         bar = tqdm(total=config.steps, initial=trainer.step, unit="step", dynamic_ncols=True, leave=True)
 
-    def on_row(i: int, row: dict) -> None:
-        if bar is not None:
-            bar.n = row["step"]
-            bar.set_postfix(loss=f"{row['objective']:.6g}", gap=f"{row['rel_gap']:.2e}", refresh=False)
-            bar.refresh()
-        if callback is not None:
-            callback(row)
+    def on_row(i: int, row: dict) -> None:  # the engine recorded the row and step into the Trainer
+        trainer._after_snapshot(bar)
 
     try:
-        if _converged_before(trainer) or trainer.step >= config.steps:
+        if trainer.reached_gap() or trainer.step >= config.steps:
             _finish(run)
         else:
             _train_group([run], "auto", False, on_row if bar is not None or callback is not None else None)
@@ -654,7 +659,7 @@ def _run(config: SimulateConfig, pred, store: RunStore | None, ckpt: dict | None
     if store is not None:
         restore(trainer, store, ckpt)
     try:
-        if _converged_before(trainer):
+        if trainer.reached_gap():
             trainer.finish()
         else:
             trainer.run()
@@ -664,20 +669,6 @@ def _run(config: SimulateConfig, pred, store: RunStore | None, ckpt: dict | None
         if board is not None:
             board.close()
     return _result(trainer)
-
-
-def _converged_before(trainer: Trainer) -> bool:
-    """Whether a resumed run's last row (of its checkpoint's step) already met ``stop_rel_gap``: it was stopped
-    (callback, Ctrl-C) at that very snapshot, before the stop check, so it ends there converged, as the
-    uninterrupted run did, instead of training another snapshot. Sets the status and message when True."""
-    cfg, rows = trainer.cfg, trainer.rows
-    gap = rows[-1].get("rel_gap") if rows else None
-    if not (cfg.stop_rel_gap and rows and trainer.step > 0 and rows[-1]["step"] == trainer.step
-            and isinstance(gap, float) and gap <= cfg.stop_rel_gap):
-        return False
-    trainer.status = "converged"
-    trainer.message = f"reached relative gap {gap:.3g} at step {trainer.step}"
-    return True
 
 
 def restore(trainer: Trainer, store: RunStore, ckpt: dict | None) -> None:
