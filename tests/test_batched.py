@@ -188,13 +188,8 @@ def test_no_folders_mixed_shapes_and_lbfgs_in_input_order():
 def test_interrupt_and_resume(tmp_path):
     cfgs = [make_config(**{**BASE, "steps": 400, "checkpoint_every": 100}, seed=s) for s in range(3)]
     outs = [tmp_path / f"b{i}" for i in range(3)]
-
-    def stop(i, row):
-        if row["step"] == 200 and i == 2:
-            raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
-        simulate_batch(cfgs, outs, callback=stop)
+        simulate_batch(cfgs, outs, callback=_stop_run_at(2, 200))
     assert {RunStore(o).read_json("summary.json")["status"] for o in outs} == {"interrupted"}
     # one folder continued alone by nclab.simulate, the others batched
     alone = simulate(cfgs[0], out=outs[0], resume=True)
@@ -218,6 +213,14 @@ def test_resume_of_unbatched_checkpoints(tmp_path):
 def _stop_at(step):
     def cb(row):
         if row["step"] == step:
+            raise KeyboardInterrupt
+    return cb
+
+
+def _stop_run_at(index, step):
+    """simulate_batch callback: Ctrl-C at run ``index``'s row of ``step``."""
+    def cb(i, row):
+        if i == index and row["step"] == step:
             raise KeyboardInterrupt
     return cb
 
@@ -342,19 +345,14 @@ def test_fused_three_pass_update_gives_the_unbatched_runs(tmp_path, monkeypatch,
 
 
 def test_batched_resume_continues_bitwise(tmp_path):
-    """A batch interrupted at a snapshot and resumed (by simulate_batch, or one run alone by nclab.simulate's
-    engine path) writes the same metrics.csv bytes as the uninterrupted batch: the checkpoint holds the engine's
-    reduced state (basis X, A, P and their buffers), so the resumed engine does not derive another basis."""
+    """A batch interrupted at a snapshot and resumed by simulate_batch writes the same metrics.csv bytes as the
+    uninterrupted batch: the checkpoint holds the engine's reduced state (basis X, A, P and their buffers), so the
+    resumed engine does not derive another basis."""
     cfgs = [make_config(**{**BASE, "steps": 400, "lambda_w": 1e-2 * (1 + s)}, seed=s) for s in range(3)]
     full = simulate_batch(cfgs, [tmp_path / f"f{i}" for i in range(3)])
     outs = [tmp_path / f"p{i}" for i in range(3)]
-
-    def stop(i, row):
-        if row["step"] == 150 and i == 2:
-            raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
-        simulate_batch(cfgs, outs, callback=stop)
+        simulate_batch(cfgs, outs, callback=_stop_run_at(2, 150))
     ck = RunStore(outs[0]).load_torch("checkpoint.pt")
     assert ck["step"] == 150 and ck["reduced"]["step"] == 150 and ck["reduced"]["X"].shape == (6, 15)
     simulate_batch(cfgs, outs, resume=True)
@@ -370,13 +368,8 @@ def test_batch_stopped_at_its_converging_row_resumes_converged(tmp_path):
     full = simulate_batch(cfgs, [tmp_path / f"f{i}" for i in range(2)])
     assert full[0].status == "converged" and 0 < full[0].step < 2000
     outs = [tmp_path / f"p{i}" for i in range(2)]
-
-    def stop(i, row):
-        if i == 0 and row["step"] == full[0].step:
-            raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
-        simulate_batch(cfgs, outs, callback=stop)
+        simulate_batch(cfgs, outs, callback=_stop_run_at(0, full[0].step))
     again = simulate_batch(cfgs, outs, resume=True)
     assert (again[0].status, again[0].step) == (full[0].status, full[0].step)
     for i in range(2):
