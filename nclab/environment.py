@@ -85,12 +85,17 @@ def idle_cores(sample: float = 0.0) -> int:
     if sample > 0:
         busy = _busy_cores(sample)
         if busy is not None:
-            return max(1, min(cap, int(busy[1] - busy[0] + 0.5)))
+            return _idle(busy[1] - busy[0], cap)
     try:
         load = os.getloadavg()[0]
     except (AttributeError, OSError):
         load = 0.0
-    return max(1, min(cap, int(_mask_cores() - load + 0.5)))
+    return _idle(_mask_cores() - load, cap)
+
+
+def _idle(free: float, cap: int) -> int:
+    """Cores left free (a load estimate subtracted from the cores counted), rounded, between 1 and ``cap``."""
+    return max(1, min(cap, int(free + 0.5)))
 
 
 #: (monotonic seconds, total jiffies, idle jiffies, this process's CPU seconds, the idle cores found, the CPUs
@@ -153,7 +158,7 @@ def others_idle_cores() -> int:
         busy = (1 - (stat[1] - last[2]) / (stat[0] - last[1])) * stat[2]
         mine = (own - last[3]) / max(now - last[0], 1e-9)
         # idle CPUs of the mask, then capped: NCLAB_CORES limits this process, not the cores others may use
-        idle = max(1, min(cores, int(stat[2] - max(0.0, busy - mine) + 0.5)))
+        idle = _idle(stat[2] - max(0.0, busy - mine), cores)
     _LAST_STAT = (now, stat[0], stat[1], own, idle, stat[2], cpus)
     return idle
 
