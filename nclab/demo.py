@@ -26,7 +26,7 @@ def run_demo(out="nclab-demo", *, depths=DEPTHS, log: Callable[[str], None] = pr
     from nclab.results import atomic_write_json
     from nclab.theory import predict
     from nclab.ufm.batched import simulate_batch
-    from nclab.ufm.presets import DESCRIPTIONS, PRESETS, preset_config
+    from nclab.ufm.presets import PRESETS, preset_config, preset_title
 
     out = pathlib.Path(out)
     try:
@@ -60,7 +60,7 @@ def run_demo(out="nclab-demo", *, depths=DEPTHS, log: Callable[[str], None] = pr
         run_dirs.append(r.run_dir)
     for name in UFM_PRESETS:  # the figures run_preset draws for each preset
         plot_runs([r.run_dir for n, r in zip(names, results) if n == name], out / "ufm" / name / "figures",
-                  title=f"{name}: {DESCRIPTIONS[name]}")
+                  title=preset_title(name))
 
     log("3/4 train: MLP + deep linear head on the bundled digits")
     opts = dict(DIGITS_MLP)

@@ -144,4 +144,9 @@ def run_preset(name: str, out, *, depths: Sequence[int] | None = None, resume: b
     depths = PRESET_DEPTHS.get(name, DEPTHS) if depths is None else depths
     configs = [preset_config(name, int(M), **overrides) for M in depths]
     return run_depths(configs, out, resume=resume, overwrite=overwrite, progress=progress, figures=figures,
-                      title=f"{name}: {DESCRIPTIONS[name]}")
+                      title=preset_title(name))
+
+
+def preset_title(name: str) -> str:
+    """The figures' title of a preset's runs: its name and what the theory predicts for it."""
+    return f"{name}: {DESCRIPTIONS[name]}"
