@@ -186,8 +186,8 @@ def fitted_threads():
     inside :func:`pinned_threads`, i.e. inside a trainer).
 
     On a loaded CPU, threads beyond the idle cores wait at every parallel op for a core the scheduler gives to
-    someone else: nc_metrics on 50,000 x 512 features took 0.07 s with one thread and 0.1-2.2 s with two while
-    another process kept one of the two cores busy (``python benchmarks/metrics.py --loaded``)."""
+    someone else: ``python benchmarks/metrics.py --loaded`` times nc_metrics on 50,000 x 512
+    features while another process keeps a core busy, with fitted threads and with all of torch's."""
     import torch
 
     n = torch.get_num_threads()

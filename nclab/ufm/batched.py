@@ -509,7 +509,7 @@ class BatchUFM:
     def _sgd(self, n: int, step: int, factor: Callable[[int], float] | None, whole: bool) -> None:
         """n SGD steps of the runs of this engine (or chunk); ``whole``: the update runs over the flat buffers."""
         # float64 only: beta = (1 - c lr) mu is 1 - O(lr lambda / (1 - mu)), and rounded to float32 it shifts the
-        # decay by ~eps32 / (1 - beta) relative (lr = lambda = 1e-3: 14x a float32 run's own error after 2,000 steps)
+        # decay by ~eps32 / (1 - beta) relative (test_batched_review's test_float32_two_pass_as_accurate_as_one_run)
         if factor is None and self.uniform and self.lam_uniform and self.dtype == torch.float64:
             coef = [lerp_coefficients(float(self.lr[0]), float(self.mom[0]), lam) for lam in self._block_lambdas()]
             if all(c is not None for c in coef):

@@ -519,7 +519,8 @@ def simulate(
     """Train the deep linear UFM from a random start and compare it with ``nclab.predict``.
 
     SGD on the MSE objective (gradient "auto", no tensorboard) trains with the batched engine's reduced form
-    (:mod:`nclab.ufm.batched`, a batch of one: the same iterates to round-off, 1.5-2x faster); other settings, and
+    (:mod:`nclab.ufm.batched`, a batch of one: the same iterates to round-off, faster; ``python
+    benchmarks/simulate.py`` times it against a bare loop); other settings, and
     ``gradient="manual"``, with :class:`Trainer` (the hand-written gradient, the reference the engine is tested
     against; ``_trainer=True`` forces it for tests).
 

@@ -127,8 +127,8 @@ def run_workers(configs: list, outs: list | None, plans: list[list[int]], option
 
     share = max(1, idle_cores(sample=0.1) // len(plans))
     # the thread pools too (torch's default, OpenBLAS's, MKL's): a worker's set-up, snapshots and checkpoints run
-    # outside its trainer's thread choice, and two threads per worker on two cores stall each parallel op (a
-    # worker's 192 small torch.zeros took 0.57 s instead of 0.02 s while the other worker ran)
+    # outside its trainer's thread choice, and more threads than its share stall each parallel op while the other
+    # workers hold the remaining cores (`python benchmarks/simulate.py --no-single` times the workers)
     env = dict(os.environ, NCLAB_CORES=str(share), OMP_NUM_THREADS=str(share), OPENBLAS_NUM_THREADS=str(share),
                MKL_NUM_THREADS=str(share))
     results: list = [None] * len(configs)
