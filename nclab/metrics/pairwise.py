@@ -6,7 +6,9 @@ is a sum over the entries of a K x K matrix built from K x D rows. Here those ma
 the rows are cut into tiles of ``tile`` classes and each t x t block is computed (one GEMM), added into
 running sums and dropped. Named targets are generated per tile (the ETF Gram is a scaled identity minus a
 constant, the OF a scaled identity); an explicit target (the theory's Gram) is sliced. Norms that every
-entry is divided by come from D x D Grams (||A A^T||_F = ||A^T A||_F), so each distance is one sweep.
+entry is divided by come, for K > D, from D x D Grams (||A A^T||_F = ||A^T A||_F, so each distance is one sweep),
+and for K <= D from a first pass over the K x K blocks (:func:`gram_norm`, :func:`cross_norm`: K^2 D, cheaper
+than the K D^2 of a D x D Gram and no D x D buffer).
 
 Cost: K^2 D / 2 multiply-adds per symmetric Gram (means, classifier) plus K^2 D for NC3 (W Hbar^T is not
 symmetric); float64 throughout. Memory: a few t x t blocks, default t from the memory available
@@ -76,19 +78,21 @@ class Rows:
             b = b.clone()
         return _shift(b, self.shift)
 
-    def summary(self, tile: int, offset: torch.Tensor | None = None) -> dict:
+    def summary(self, tile: int, offset: torch.Tensor | None = None, grams: bool | None = None) -> dict:
         """One pass: sq (K,) squared norms, sum (D,), gram (D, D) = rows^T rows; with ``offset``, also the
-        same for rows + offset (sq_off, gram_off) and dot (K,) = rows . offset."""
+        same for rows + offset (sq_off, gram_off) and dot (K,) = rows . offset. ``grams`` (default: K > D) builds
+        the D x D Grams; ``None`` in their place makes :func:`gram_norm` and :func:`cross_norm` read K x K blocks."""
         K, D, dev = self.K, self.D, self.device
         sq = torch.empty(K, dtype=F64, device=dev)
         tot = torch.zeros(D, dtype=F64, device=dev)
         unit_sum = torch.zeros(D, dtype=F64, device=dev)
-        gram = torch.zeros(D, D, dtype=F64, device=dev)
-        out = {}
+        grams = K > D if grams is None else bool(grams)
+        gram = torch.zeros(D, D, dtype=F64, device=dev) if grams else None
+        out = {"rows": self, "offset": offset, "tile": tile}
         if offset is not None:
             sq_off = torch.empty(K, dtype=F64, device=dev)
             dot = torch.empty(K, dtype=F64, device=dev)
-            gram_off = torch.zeros(D, D, dtype=F64, device=dev)
+            gram_off = torch.zeros(D, D, dtype=F64, device=dev) if grams else None
         for a0, a1 in _blocks(K, max(tile, 1)):
             b = self.block(a0, a1, writable=offset is not None)
             q = torch.einsum("ij,ij->i", b, b)
@@ -96,12 +100,14 @@ class Rows:
             tot += b.sum(0)
             nq = torch.sqrt(q)
             unit_sum += (b * _inv(nq)[:, None]).sum(0)
-            gram.addmm_(b.T, b)
+            if grams:
+                gram.addmm_(b.T, b)
             if offset is not None:
                 dot[a0:a1] = b @ offset
                 b += offset
                 sq_off[a0:a1] = torch.einsum("ij,ij->i", b, b)
-                gram_off.addmm_(b.T, b)
+                if grams:
+                    gram_off.addmm_(b.T, b)
         out.update(sq=sq, sum=tot, unit_sum=unit_sum, gram=gram)
         if offset is not None:
             out.update(sq_off=sq_off, dot=dot, gram_off=gram_off)
@@ -126,6 +132,42 @@ def fro(m: torch.Tensor) -> float:
     if not top > 0 or not math.isfinite(top):
         return top
     return top * float(torch.linalg.matrix_norm(m / top))
+
+
+def _rows_block(summ: dict, a0: int, a1: int, shifted: bool) -> torch.Tensor:
+    """Rows a0..a1 of a summary's Rows, plus its offset when ``shifted``."""
+    b = summ["rows"].block(a0, a1)
+    return b + summ["offset"] if shifted else b
+
+
+def _block_norm(sa: dict, sb: dict | None, off_a: bool, off_b: bool, scale_a: float, scale_b: float) -> float:
+    """||A' B'^T||_F from K x K blocks (B = A when ``sb`` is None), A' = A / scale_a, B' = B / scale_b with the
+    scales the rows' largest norms: entries of A' B'^T <= 1, their squares cannot overflow."""
+    A, tile = sa["rows"], sa["tile"]
+    same = sb is None
+    blocks_a = _blocks(A.K, tile)
+    blocks_b = blocks_a if same else _blocks(sb["rows"].K, tile)
+    total = 0.0
+    for i, (a0, a1) in enumerate(blocks_a):
+        ba = _rows_block(sa, a0, a1, off_a) / scale_a  # a new tensor: blocks may be the caller's own rows
+        for b0, b1 in (blocks_b[i:] if same else blocks_b):
+            bb = ba if same and b0 == a0 else _rows_block(sb or sa, b0, b1, off_b) / scale_b
+            g = ba @ bb.T
+            total += (1.0 if not same or b0 == a0 else 2.0) * float(torch.linalg.matrix_norm(g)) ** 2
+    return math.sqrt(total)
+
+
+def gram_norm(summ: dict, shifted: bool = False) -> float:
+    """||R R^T||_F of a summary's rows R (plus its offset when ``shifted``): from the D x D Gram where the
+    summary has one (K > D), else from K x K blocks (K^2 D / 2 multiply-adds)."""
+    g = summ["gram_off" if shifted else "gram"]
+    if g is not None:
+        return fro(g)
+    top = float(summ["sq_off" if shifted else "sq"].max()) if summ["rows"].K else 0.0  # max |<r_k, r_l>|
+    if not top > 0 or not math.isfinite(top):
+        return top
+    s = math.sqrt(top)
+    return top * _block_norm(summ, None, shifted, shifted, s, s)
 
 
 class Target:
@@ -248,9 +290,9 @@ def sweep(C: Rows, target: Target | None, tile: int, summ: dict, *, offset: torc
     nb = torch.sqrt(sq)
     ib, okb = _inv(nb), nb > 0
     if offset is None:
-        nr, gram_norm = nb, fro(summ["gram"])  # ||R R^T||_F = ||R^T R||_F
+        nr, gram_norm_ = nb, gram_norm(summ)
     else:
-        nr, gram_norm = torch.sqrt(summ["sq_off"]), fro(summ["gram_off"])
+        nr, gram_norm_ = torch.sqrt(summ["sq_off"]), gram_norm(summ, shifted=True)
         av, cc = summ["dot"], float(offset @ offset)
     ir, okr = _inv(nr), nr > 0
     n_ok = float(okb.sum())
@@ -277,15 +319,15 @@ def sweep(C: Rows, target: Target | None, tile: int, summ: dict, *, offset: torc
             w = 1.0 if same else 2.0  # an off-diagonal block stands for its mirror image too
             X, Y = Xb[:ta, :tb], Yb[:ta, :tb]
             cos_done = False
-            if target is not None and gram_norm > 0:
+            if target is not None and gram_norm_ > 0:
                 if offset is None:  # the rows are C: their cosines serve the target and the std/uniformity
-                    tot["sq"] += w * _diff_sq(G, gram_norm, target, a0, a1, b0, b1, Xb)
+                    tot["sq"] += w * _diff_sq(G, gram_norm_, target, a0, a1, b0, b1, Xb)
                     torch.mul(G, ib[a0:a1, None], out=Y).mul_(ib[None, b0:b1])  # 0 where a row is zero
                     cos_done = True
                     Z = torch.sub(Y, cstar, out=X) if cstar else X.copy_(Y) if cstar is None else torch.abs(Y, out=X)
                 else:  # <c_k + o, c_l + o> = <c_k, c_l> + c_k.o + c_l.o + o.o
                     R = torch.add(G, av[a0:a1, None], out=X).add_(av[None, b0:b1] + cc)
-                    tot["sq"] += w * _diff_sq(R, gram_norm, target, a0, a1, b0, b1, Yb)
+                    tot["sq"] += w * _diff_sq(R, gram_norm_, target, a0, a1, b0, b1, Yb)
                     Z = R.mul_(ir[a0:a1, None]).mul_(ir[None, b0:b1])
                     if cstar:
                         Z -= cstar
@@ -352,7 +394,7 @@ def sweep(C: Rows, target: Target | None, tile: int, summ: dict, *, offset: torc
                 tot["n_cd"] += ta * (ta - 1) / 2 if same else ta * tb
     out = {}
     if target is not None:
-        out["distance"] = math.sqrt(max(tot["sq"], 0.0)) if gram_norm > 0 else math.nan
+        out["distance"] = math.sqrt(max(tot["sq"], 0.0)) if gram_norm_ > 0 else math.nan
         out["equiangular"] = tot["ang"] / tot["n_ang"] if tot["n_ang"] else math.nan
     n_c = tot["n_c"]
     if n_c:
@@ -386,6 +428,19 @@ def _inner_norm(ga: torch.Tensor, gb: torch.Tensor) -> float:
     return math.sqrt(ma) * math.sqrt(mb) * math.sqrt(max(float(((ga / ma) * (gb / mb)).sum()), 0.0))
 
 
+def cross_norm(sw: dict, sh: dict, shifted: bool) -> float:
+    """||W H'^T||_F (H' = H + offset when ``shifted``) of two summaries: <W^T W, H'^T H'> from their D x D Grams
+    where both have them (K > D), else from K x K blocks."""
+    gh = sh["gram_off" if shifted else "gram"]
+    if sw["gram"] is not None and gh is not None:
+        return _inner_norm(sw["gram"], gh)
+    ta, tb = float(sw["sq"].max()), float(sh["sq_off" if shifted else "sq"].max())
+    if not (ta > 0 and tb > 0):
+        return 0.0
+    sa, sb = math.sqrt(ta), math.sqrt(tb)
+    return sa * sb * _block_norm(sw, sh, False, shifted, sa, sb)
+
+
 def cross_distance(W: Rows, H: Rows, sw: dict, sh: dict, target: Target, tile: int,
                    offset: torch.Tensor | None = None) -> tuple[float, str]:
     """(|| W H'^T/||W H'^T||_F - T ||_F, method), T normalized, H' = H + offset; sw, sh their summaries.
@@ -393,8 +448,7 @@ def cross_distance(W: Rows, H: Rows, sw: dict, sh: dict, target: Target, tile: i
     K <= CROSS_TILE_MAX_K or an explicit target: exact, tile by tile (K^2 D multiply-adds). Above, for the
     named targets: d^2 = 2 - 2 <W H'^T, T>/||W H'^T||_F with <W H'^T, I> = sum_k w_k.h'_k and
     <W H'^T, 1 1^T> = (1^T W)(H'^T 1): O(K D), rounding ~1e-8 absolute on d (cancellation near 0)."""
-    gh = sh["gram"] if offset is None else sh["gram_off"]
-    norm = _inner_norm(sw["gram"], gh)  # ||W H'^T||_F^2 = <W^T W, H'^T H'>
+    norm = cross_norm(sw, sh, offset is not None)
     if not norm > 0:
         return math.nan, "exact"
     K = W.K
