@@ -131,18 +131,25 @@ def test_float32_gemm_rejects_nan_after_the_first_batch():
 
 def test_reduced_matmul_precision_is_overridden_and_restored(monkeypatch):
     """With torch.set_float32_matmul_precision('medium') (TF32 / bfloat16 matmuls allowed on GPUs and some
-    CPUs) the one-hot gather of the float32 path runs at 'highest' precision (an inexact gather would break
-    the collapsed regime); the user's setting is restored afterwards, and NC1 stays within 1e-6 of float64."""
+    CPUs) the float32 path's shift and its one-hot class sums run at 'highest' precision (an inexact product
+    would break the collapsed regime); the user's setting is restored afterwards, and NC1 stays within 1e-6 of
+    float64."""
+    from nclab.metrics import stats as st
+
     K, D = 6, 64
     y, H32 = collapsed_float32(K, D, 200, seed=5)
     ref = slow_nc(H32, y)
-    seen, addmm = [], torch.addmm
+    seen = []
 
-    def spy(*args, **kw):
-        seen.append(torch.get_float32_matmul_precision())
-        return addmm(*args, **kw)
+    def spy(fn):
+        def call(*args, **kw):
+            if args[0].dtype == torch.float32:  # float64 products ignore the setting
+                seen.append((fn.__name__, torch.get_float32_matmul_precision()))
+            return fn(*args, **kw)
+        return call
 
-    monkeypatch.setattr(torch, "addmm", spy)
+    monkeypatch.setattr(st, "_minus_rows", spy(st._minus_rows))
+    monkeypatch.setattr(st, "_by_class", spy(st._by_class))
     prev = torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision("medium")
     try:
@@ -152,7 +159,8 @@ def test_reduced_matmul_precision_is_overridden_and_restored(monkeypatch):
         assert torch.get_float32_matmul_precision() == "medium"
     finally:
         torch.set_float32_matmul_precision(prev)
-    assert len(seen) == 5 and set(seen) == {"highest"}
+    assert [n for n, _ in seen].count("_minus_rows") == 5  # one shift per update
+    assert {p for _, p in seen} == {"highest"}
     assert s.compute()["nc1"] == pytest.approx(ref["nc1"], rel=1e-6)
 
 
