@@ -15,7 +15,9 @@ directory, trained by one ``nclab.ufm.batched.simulate_batch`` call (``--workers
 = automatic, what a user gets: the idle cores, each training a share of the runs as one batch), against
 ``--sequential`` of the same runs through ``nclab.simulate`` one after another in the same process (their mean time
 per run times B: the sequential throughput). ``--workers 1`` is the one-process batch. The objectives of those runs
-are compared (relative difference, float64).
+are compared (relative difference, float64). On the CPU it also prints the ceiling of that ratio on this machine:
+the batch's FLOPs (the reduced form's products) on every core at the rate plain batched matmuls of the same shapes
+reach, and at the dense 1024 x 1024 GEMM rate, against the sequential time measured in the same command.
 """
 
 from __future__ import annotations
@@ -55,9 +57,10 @@ def bare_loop(cfg, steps: int) -> float:
         return time.perf_counter() - t0
 
 
-def step_rates(cfgs, steps: int = 200) -> str:
+def step_rates(cfgs, steps: int = 200) -> tuple[str, float, float, float]:
     """Where a batched SGD step stands: its FLOP rate (the reduced form's products) against plain batched matmuls
-    of the same shapes and a plain elementwise update over the same parameters, timed here, one thread."""
+    of the same shapes, a dense 1024 x 1024 GEMM and a plain elementwise update over the same parameters, timed
+    here, one thread. Returns (text, FLOPs per run-step, plain bmm FLOP/s, dense GEMM FLOP/s)."""
     from nclab.ufm.batched import BatchUFM, hyper_key
     from nclab.ufm.trainer import Trainer
 
@@ -85,13 +88,17 @@ def step_rates(cfgs, steps: int = 200) -> str:
         t_bmm = best(lambda: torch.bmm(a, w, out=o))
         t_outer = best(lambda: torch.bmm(q, a, out=big))
         t_axpy = best(lambda: flat.add_(buf, alpha=1e-30))
+        sq = torch.randn(1024, 1024, **kw)
+        t_dense = best(lambda: sq @ sq, n=5)
     gflops = 2 * macs * B / t_step / 1e9
     gb = 3 * flat.numel() * flat.element_size() / t_axpy / 1e9
     mm = 2 * B * K * d * d / 1e9
-    return (f"batched step ({B} runs, {len(eng.chunks)} chunks, 1 thread): {t_step * 1e6 / B:.1f} us per "
+    dense = 2 * 1024 ** 3 / t_dense
+    text = (f"batched step ({B} runs, {len(eng.chunks)} chunks, 1 thread): {t_step * 1e6 / B:.1f} us per "
             f"run-step, {gflops:.1f} GFLOP/s | plain bmm ({B},{K},{d})x({B},{d},{d}) {mm / t_bmm:.1f} GFLOP/s, "
-            f"outer ({B},{d},{K})x({B},{K},{d}) {mm / t_outer:.1f} GFLOP/s, p += a*q over all parameters "
-            f"{gb:.1f} GB/s ({t_axpy * 1e6 / B:.1f} us per run)")
+            f"outer ({B},{d},{K})x({B},{K},{d}) {mm / t_outer:.1f} GFLOP/s, dense 1024^2 GEMM {dense / 1e9:.1f} "
+            f"GFLOP/s, p += a*q over all parameters {gb:.1f} GB/s ({t_axpy * 1e6 / B:.1f} us per run)")
+    return text, 2.0 * macs, mm * 1e9 / t_bmm, dense
 
 
 def batched(args) -> bool:
@@ -116,7 +123,16 @@ def batched(args) -> bool:
     statuses = sorted({r.status for r in res})
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     if args.device == "cpu":
-        print(step_rates(cfgs))
+        text, flops, bmm_rate, dense_rate = step_rates(cfgs)
+        print(text)
+        # the ceiling of the ratio on this machine: every core at the rate plain batched matmuls of these shapes
+        # reach (one thread each), and at the dense GEMM peak, against the sequential time measured above
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        work = flops * args.steps  # per run
+        for name, rate in (("plain bmm", bmm_rate), ("dense GEMM peak", dense_rate)):
+            floor = work / (rate * cores)
+            print(f"  compute floor at the {name} rate on {cores} cores: {floor:.3f} s/run "
+                  f"({work / 1e9:.1f} GFLOP per run) -> at most {t_seq / B / floor:.1f}x over sequential")
     print(f"batched M={M}: {B} runs x {args.steps} steps ({args.dtype} on {args.device}, snapshots every 100, "
           f"run folders, "
           f"{n_workers} worker process(es)) in {t_batch:.1f} s (training {train:.1f} s, snapshots {snaps:.1f} s summed "
