@@ -729,11 +729,15 @@ class SecondPass:
         if self.w is not None:
             # few classes: x = (x - mu_r) + mu_r, so the raw rows' terms are the centred ones plus table row r
             z = z_raw if z_raw is not None else zz[:, rk:].addmm_(oh.T, self.offsets)
-            logits = z[:, :Ke]
-            if self.b is not None:
-                logits += self.b
-            ncc = (z[:, Ke:] + self.mu_sq).argmin(1)  # nearest class centre: argmin -2 h.mu_j + ||mu_j||^2
-            am = logits.argmax(1)
+            logits, scores = z[:, :Ke], z[:, Ke:]
+            if not narrow:  # _narrow's tables hold b and ||mu_j||^2 already
+                if self.b is not None:
+                    logits += self.b
+                scores += self.mu_sq
+            # nearest class centre: argmin -2 h.mu_j + ||mu_j||^2. max/min(dim) give the first extremum as argmax/
+            # argmin do, faster on these narrow rows
+            ncc = scores.min(1).indices
+            am = logits.max(1).indices
             self.n4 += torch.stack([torch.tensor(B, device=dev), (ncc != am).sum(), (ncc == r).sum(),
                                     (am == r).sum()])
         if not (torch.isfinite(self.q).all() and torch.isfinite(self.m2).all()):
@@ -795,8 +799,15 @@ class SecondPass:
             # GEMMs of at most NARROW_COLS columns: wider thin products take a much slower MKL path on CPUs
             blocks = (ext * torch.exp2(-col_exp)).to(F32).split(NARROW_COLS, dim=1)
             table = delta @ gemm_rhs  # (K_eff, c)
-            if gemm_rhs.shape[1] > rk:  # logit (and NCC) columns: the raw rows' terms, as z_raw
+            if gemm_rhs.shape[1] > rk:  # logit (and NCC) columns: the raw rows' terms, as z_raw, with the bias
+                # and ||mu_j||^2 folded in (zz = z - table_y: one op per batch instead of two)
                 table[:, rk:] -= self.offsets[:, :gemm_rhs.shape[1] - rk]
+                if self.b is not None:
+                    table[:, rk:rk + Ke] -= self.b
+                if gemm_rhs.shape[1] > rk + Ke:
+                    table[:, rk + Ke:] -= self.mu_sq
+            if ncc is not None:
+                ncc = (ncc[0], ncc[1] + self.mu_sq)
             scale = None if not col_exp.any() else torch.exp2(col_exp)
             self._split = (hi, [b.contiguous() for b in blocks], scale, table, (delta * delta).sum(1), ncc)
         hi, ext32, col_scale, table, delta_sq, ncc = self._split
@@ -818,19 +829,25 @@ class SecondPass:
                 tiny = n32[i:j] < 2.0 ** -50
                 if bool(tiny.any()):
                     zero[i:j] = tiny & ~tj.any(1)
-        z = torch.empty(B, sum(b.shape[1] for b in ext32), dtype=F64, device=dev)
+        nz = sum(b.shape[1] for b in ext32)
+        # with the NCC columns from the projections and no delta columns, they go straight after the GEMM's
+        extra = c - cg if ncc is not None and nz == cg else 0
+        z = torch.empty(B, nz + extra, dtype=F64, device=dev)
         a = 0
         for zb in z32:
             z[:, a:a + zb.shape[1]] = zb
             a += zb.shape[1]
         if col_scale is not None:
-            z.mul_(col_scale)
+            z[:, :nz].mul_(col_scale)
         zz = z[:, :cg].addmm_(oh.T, table, alpha=-1.0)  # - (delta rhs)_y, picked by the float64 one-hot
-        if ncc is not None:  # -2 x.mu_j up to a per-row constant (argmin is all that reads them)
-            full = torch.empty(B, c, dtype=F64, device=dev)
-            full[:, :cg] = zz
-            full[:, cg:] = zz[:, :rk] @ ncc[0]
-            full[:, cg:].addmm_(oh.T, ncc[1])
+        if ncc is not None:  # -2 x.mu_j + ||mu_j||^2 up to a per-row constant (argmin is all that reads them)
+            if extra:
+                full = z
+            else:
+                full = torch.empty(B, c, dtype=F64, device=dev)
+                full[:, :cg] = zz
+            full[:, cg:].addmm_(zz[:, :rk], ncc[0], beta=0.0).addmm_(oh.T, ncc[1])  # beta 0: never reads the
+            # uninitialised columns
             zz = full
         if self._same_data:
             # summed over a class (all of its samples pass), ||t||^2 - ||delta_y||^2 gives m2 exactly:
@@ -845,8 +862,11 @@ class SecondPass:
             idx = redo.nonzero()[:, 0]
             xs = x.index_select(0, idx).to(F64) - self.means_kept.index_select(0, r.index_select(0, idx))
             zr = xs @ rhs
-            if rhs.shape[1] > self.projector.shape[1]:
-                zr[:, self.projector.shape[1]:] += self.offsets.index_select(0, r.index_select(0, idx))
+            if rhs.shape[1] > rk:
+                zr[:, rk:] += self.offsets.index_select(0, r.index_select(0, idx))
+                if self.b is not None:  # as the tables above: bias and ||mu_j||^2 included
+                    zr[:, rk:rk + Ke] += self.b
+                zr[:, rk + Ke:] += self.mu_sq
             zz[idx] = zr
             ry = r.index_select(0, idx)
             if self._same_data:  # the same class-sum form as the other rows: ||t||^2 - ||delta_y||^2 in float64
