@@ -346,3 +346,22 @@ def test_float32_second_pass_nearest_centres_where_the_projector_drops_a_directi
     assert sum(rows) == len(y) and m.info["rank"] == 1
     for k in ("nc4", "accuracy", "ncc_accuracy"):
         assert m[k] == ref[k], k
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])  # _narrow's tables / the float64 second pass
+@pytest.mark.parametrize("K", [4, stats_mod.ONEHOT_MAX_K + 3])  # few classes / many (no K x K table)
+def test_tied_logits_take_the_first_class_as_argmax_does(dtype, K):
+    """W with two equal rows and equal biases ties every sample's logits of classes 1 and 2 exactly: the
+    classifier's prediction is the first of them (numpy's and torch's argmax), for every route of NC4."""
+    rng = np.random.default_rng(21)
+    D = 24
+    y = rng.permutation(np.arange(40 * K) % K)
+    H = (3 * rng.standard_normal((K, D))[y] + 0.5 * rng.standard_normal((len(y), D))).astype(dtype)
+    W = np.zeros((K, D))
+    W[1] = W[2] = 1.0  # logits 1 and 2 equal for every sample, the others 0: a tie whenever sum(h) > 0
+    b = np.zeros(K)
+    m = nc_metrics(torch.from_numpy(H), y, W, b)
+    ref = slow_nc(H, y, W, b)
+    assert 0 < ref["accuracy"] < 1
+    for k in ("nc4", "accuracy", "ncc_accuracy"):
+        assert m[k] == ref[k], k
