@@ -49,15 +49,15 @@ def lerp_calls(monkeypatch):
 ])
 def test_lerp_blocks_depths_widths_per_layer_lambdas(tmp_path, lerp_calls, shape, method):
     """Depth 1 and 4, unequal widths, a lambda per layer, a bias (decay 0) with imbalanced counts: the two-pass
-    update runs with each block's own lambda (W_1..W_M, then lambda_H for H or A and P, then 0 for b) and every
-    run ends as alone."""
+    update runs with each block's own lambda (W_1..W_M, then lambda_H for H or the reduced form's [A | P], then 0
+    for b) and every run ends as alone."""
     kw = {**SHORT, "classes": None, "per_class": None, "counts": [5, 5, 5], **shape}
     bias = kw.pop("bias")
     cfgs = [make_config(**{**kw, "init_std": 0.3 + 0.05 * s}, seed=s, bias=bias) for s in range(2)]
     compare(*run_both(cfgs, tmp_path, method=method))
     calls, sizes = lerp_calls
     lw = cfgs[0].problem.lambda_w
-    blocks = list(lw) + [cfgs[0].problem.lambda_h] * (1 if method == "direct" else 2) + ([0.0] if bias else [])
+    blocks = list(lw) + [cfgs[0].problem.lambda_h] + ([0.0] if bias else [])
     assert [lam for _, _, lam, _ in calls[: len(blocks)]] == blocks
     assert all(ok for *_, ok in calls) and set(sizes) == {2}
 

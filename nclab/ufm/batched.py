@@ -14,6 +14,8 @@ Two exact formulations of the same iterates (method="auto" picks the faster one)
   A (d x K) plus a within-class part P X, with X (r x N) a fixed orthonormal basis of the within-class rows
   (r <= 2d) and P (d x r) evolving:  grad A = lambda_H A + Q0^T (Q0 A + b 1^T - I)/N,
   grad P = lambda_H P + Q0^T Q0 P / N,  G H^T = (Q0 A + b 1^T - I) D A^T + Q0 P P^T  (D = diag(n_k)).
+  A and P are one block [A | P] (d x (K + r)): with Z = Q0 [A | P] - [I | 0] (+ b on Z's first K columns),
+  grad [A | P] = lambda_H [A | P] + Q0^T Z / N and G H^T = (Z diag(n_1..n_K, 1..1)) [A | P]^T: one GEMM each.
   Every product is K x d x d instead of K x d x N, and H is formed only for checkpoints and the end.
 
 Snapshots are batched too (:mod:`nclab.ufm.batch_metrics`): the same metrics row as the per-run Snapshotter.
@@ -143,8 +145,10 @@ class BatchUFM:
             # every run resumes from a checkpoint of the engine: its exact reduced state, not one derived again from
             # H (another basis, other round-off), so the run continues bitwise as the uninterrupted one did
             self.X = torch.stack([s["X"] for s in saved]).to(**kw)
-            blocks = [torch.stack([s["flat"][k] for s in saved]).to(**kw) for k in range(len(saved[0]["flat"]))]
-            bufs_blocks = [torch.stack([s["buf"][k] for s in saved]).to(**kw) for k in range(len(saved[0]["buf"]))]
+            blocks = self._joined([torch.stack([s["flat"][k] for s in saved]).to(**kw)
+                                   for k in range(len(saved[0]["flat"]))])
+            bufs_blocks = self._joined([torch.stack([s["buf"][k] for s in saved]).to(**kw)
+                                        for k in range(len(saved[0]["buf"]))])
         else:
             bws, bH, bb = self._split_ufm(bufs)
             A, E = self._class_split(H)
@@ -153,8 +157,8 @@ class BatchUFM:
             X = self._basis(E if fresh else torch.cat([E, bE], dim=1))  # (B, r, N), orthonormal within-class rows
             self.X = X
             P, bP = E @ X.transpose(1, 2), bE @ X.transpose(1, 2)
-            blocks = ws + [A, P] + ([b] if self.bias else [])
-            bufs_blocks = bws + [bA, bP] + ([bb] if self.bias else [])
+            blocks = self._joined(ws + [A, P] + ([b] if self.bias else []))
+            bufs_blocks = self._joined(bws + [bA, bP] + ([bb] if self.bias else []))
         self._pack(blocks)
         self.t = 0  # Adam's step count
         if cfg0.optimizer == "sgd":
@@ -217,8 +221,21 @@ class BatchUFM:
         if self.method != "reduced" or buf is None:
             return None
         cpu = lambda t: t.detach().to("cpu").clone()  # noqa: E731
-        return {"step": step, "X": cpu(self.X[i]), "flat": [cpu(v[i]) for v in self._views(flat)],
-                "buf": [cpu(v[i]) for v in self._views(buf)]}
+        return {"step": step, "X": cpu(self.X[i]), "flat": [cpu(v[i]) for v in self._split_views(flat)],
+                "buf": [cpu(v[i]) for v in self._split_views(buf)]}
+
+    def _joined(self, blocks: list) -> list:
+        """Blocks [W_1..W_M, A, P, (b)] (each (B, ...)) as the engine keeps them: [W_1..W_M, [A | P], (b)]."""
+        M = self.M
+        return blocks[:M] + [torch.cat([blocks[M], blocks[M + 1]], dim=2)] + blocks[M + 2:]
+
+    def _split_views(self, t: torch.Tensor) -> list[torch.Tensor]:
+        """Views of a flat state as [W_1..W_M, A, P, (b)] (reduced: A and P are the columns of [A | P])."""
+        v = self._views(t)
+        if self.method != "reduced":
+            return v
+        M, K = self.M, self.K
+        return v[:M] + [v[M][:, :, :K], v[M][:, :, K:]] + v[M + 1:]
 
     # ------------------------------------------------------------------ layout
     def _shapes(self):
@@ -227,7 +244,7 @@ class BatchUFM:
         if self.method == "direct":
             shapes.append((d, N))
         else:
-            shapes += [(d, K), (d, self.X.shape[1])]
+            shapes.append((d, K + self.X.shape[1]))  # [A | P]
         if self.bias:
             shapes.append((K,))
         return shapes
@@ -289,8 +306,7 @@ class BatchUFM:
     def _decay_blocks(self):
         """Per block: the decay of each run as a (B, 1, 1) tensor (None for the bias)."""
         out = [self.lam_w[:, j, None, None] for j in range(self.M)]
-        nH = 1 if self.method == "direct" else 2
-        out += [self.lam_h[:, None, None]] * nH
+        out.append(self.lam_h[:, None, None])  # H, or [A | P]
         if self.bias:
             out.append(None)
         return out
@@ -302,13 +318,15 @@ class BatchUFM:
         self.bv = self._views(self.buf) if hasattr(self, "buf") else None
         self.Q = [torch.empty(B, K, dims[j], **kw) for j in range(M - 1)] + [self.pv[M - 1]]
         self.R = [torch.empty(B, K, dims[j], **kw) for j in range(M)]
-        self.eye = torch.eye(K, **kw)
         if self.method == "direct":
             self.Z = torch.empty(B, K, self.N, **kw)
         else:
-            self.Gm = torch.empty(B, K, K, **kw)
-            self.GmD = torch.empty(B, K, K, **kw)
-            self.QP = torch.empty(B, K, self.X.shape[1], **kw)
+            c = K + self.X.shape[1]
+            self.Z = torch.empty(B, K, c, **kw)  # Q0 [A | P] - [I | 0] (+ b): [Gm | QP]
+            self.ZD = torch.empty(B, K, c, **kw)  # Z diag(n_1..n_K, 1..1) / N
+            self.cn = torch.cat([self.counts, torch.ones(B, c - K, **kw)], 1)[:, None, :] * self.inv_n
+            self.neg_eye = torch.zeros(B, K, c, **kw)
+            self.neg_eye[:, :, :K] -= torch.eye(K, **kw)
         self.chunks = self._chunks()
 
     # cache blocking: SGD steps sweep the batch in chunks whose parameters, gradient and momentum (3x the
@@ -342,7 +360,7 @@ class BatchUFM:
             for name in ("pv", "gv", "bv", "Q", "R", "decay"):
                 v = getattr(self, name)
                 setattr(c, name, None if v is None else [None if t is None else t[s:e] for t in v])
-            for name in ("Z", "Gm", "GmD", "QP", "Y", "counts", "lam_w", "lam_h", "lr", "mom", "X"):
+            for name in ("Z", "ZD", "cn", "neg_eye", "Y", "counts", "lam_w", "lam_h", "lr", "mom", "X"):
                 v = getattr(self, name, None)
                 if v is not None:
                     setattr(c, name, v[s:e])
@@ -458,26 +476,21 @@ class BatchUFM:
                 else:
                     gv[M + 1].mul_(mu).add_(G.sum(dim=2), alpha=inv_n)
         else:
-            A, P = self.pv[M], self.pv[M + 1]
-            Gm, GmD, QP = self.Gm, self.GmD, self.QP
-            torch.bmm(Q0, A, out=Gm)
+            AP, Z, ZD, K = self.pv[M], self.Z, self.ZD, self.K
+            torch.baddbmm(self.neg_eye, Q0, AP, out=Z)  # [Q0 A - I | Q0 P]
             if b is not None:
-                Gm.add_(b[:, :, None])
-            Gm.sub_(self.eye)
-            torch.bmm(Q0, P, out=QP)
-            torch.mul(Gm, self.counts[:, None, :], out=GmD)
-            torch.bmm(GmD, A.transpose(1, 2), out=R[0])
-            R[0].baddbmm_(QP, P.transpose(1, 2)).mul_(inv_n)
-            self._emit(gv[M], A, M, self.lam_h, Q0.transpose(1, 2), Gm, inv_n, mu)
-            self._emit(gv[M + 1], P, M + 1, self.lam_h, Q0.transpose(1, 2), QP, inv_n, mu)
+                Z[:, :, :K].add_(b[:, :, None])
+            torch.mul(Z, self.cn, out=ZD)
+            torch.bmm(ZD, AP.transpose(1, 2), out=R[0])  # G H^T / N
+            self._emit(gv[M], AP, M, self.lam_h, Q0.transpose(1, 2), Z, inv_n, mu)
             if b is not None:
-                gb = torch.bmm(Gm, self.counts[:, :, None])[:, :, 0]
+                gb = torch.bmm(Z[:, :, :K], self.counts[:, :, None])[:, :, 0]
                 if mu is None:
-                    torch.mul(gb, inv_n, out=gv[M + 2])
+                    torch.mul(gb, inv_n, out=gv[M + 1])
                 elif isinstance(mu, list):
-                    gv[M + 2].mul_(mu[M + 2][0]).add_(gb, alpha=inv_n * mu[M + 2][1])
+                    gv[M + 1].mul_(mu[M + 1][0]).add_(gb, alpha=inv_n * mu[M + 1][1])
                 else:
-                    gv[M + 2].mul_(mu).add_(gb, alpha=inv_n)
+                    gv[M + 1].mul_(mu).add_(gb, alpha=inv_n)
         for j in range(1, M):
             torch.bmm(R[j - 1], Ws[j - 1].transpose(1, 2), out=R[j])
         for j in range(M - 1):
@@ -547,9 +560,8 @@ class BatchUFM:
 
     def _block_lambdas(self) -> list[float]:
         """The decay of each parameter block (this engine's runs share them): lambda_W per layer, lambda_H for H
-        (or A and P), 0 for the bias."""
-        lam = [float(self.lam_w[0, j]) for j in range(self.M)]
-        lam += [float(self.lam_h[0])] * (1 if self.method == "direct" else 2)
+        (or [A | P]), 0 for the bias."""
+        lam = [float(self.lam_w[0, j]) for j in range(self.M)] + [float(self.lam_h[0])]  # W_j, then H or [A | P]
         return lam + ([0.0] if self.bias else [])
 
     def _sgd_lerp(self, n: int, coef: list, whole: bool) -> None:
@@ -589,22 +601,25 @@ class BatchUFM:
         """n SGD steps of the reduced form, buf = beta buf + scale (gradient without decay) [+ decay param] per block
         (``moms``: (beta, scale, decay) per block, decay None, a float or a (B, 1, 1) tensor), then ``update(i)``
         moves the parameters (a lerp or p -= lr buf). :meth:`gradient_`'s products with the views, transposes and
-        coefficients bound once, -I folded into the logits' GEMM, 1/N into D, and W_M's gradient accumulated by its
-        GEMM (R_M = R_{M-1} W_{M-1}^T is not formed; at M = 1 neither is R_1): 13 ops and the updates per step at
-        M = 3 instead of 17 (the small ops' overhead is most of a chunk's step)."""
-        M, inv_n = self.M, self.inv_n
+        coefficients bound once, -[I | 0] folded into Z's GEMM, diag(n_k, 1)/N into ZD, and W_M's gradient
+        accumulated by its GEMM (R_M = R_{M-1} W_{M-1}^T is not formed; at M = 1 neither is R_1): per step one
+        GEMM gives [Q0 A - I | Q0 P], one updates [A | P], one mul scales the columns, one forms G H^T / N (M = 1:
+        accumulates W's gradient), then the chain: 10 ops and the update at M = 3 where separate A and P took 13
+        (the small ops' overhead is most of a chunk's step)."""
+        M, K = self.M, self.K
         Ws, uW = self.pv[:M], self.bv[:M]
         WsT = [w.transpose(1, 2) for w in Ws]
-        A, P, uA, uP = self.pv[M], self.pv[M + 1], self.bv[M], self.bv[M + 1]
-        AT, PT = A.transpose(1, 2), P.transpose(1, 2)
-        Q, R, Gm, GmD, QP = self.Q, self.R, self.Gm, self.GmD, self.QP
+        AP, uAP = self.pv[M], self.bv[M]
+        APT = AP.transpose(1, 2)
+        Q, R, Z, ZD, cn, neg_eye = self.Q, self.R, self.Z, self.ZD, self.cn, self.neg_eye
         Q0, Q0T = Q[0], Q[0].transpose(1, 2)
         QT = [q.transpose(1, 2) for q in Q]
-        neg_eye = (-self.eye).expand(self.B, self.K, self.K).contiguous()  # no broadcast per step
-        cn = self.counts[:, None, :] * inv_n  # D / N
-        b = self.pv[M + 2] if self.bias else None
-        ub = self.bv[M + 2] if self.bias else None
-        params = Ws + [A, P]
+        inv_n = self.inv_n
+        b = self.pv[M + 1] if self.bias else None
+        ub = self.bv[M + 1] if self.bias else None
+        Zb = Z[:, :, :K] if self.bias else None
+        ZDb = ZD[:, :, :K] if self.bias else None
+        params = Ws + [AP]
 
         def add_decay(k):  # buf += lambda param (the three-pass update)
             d = moms[k][2]
@@ -618,25 +633,21 @@ class BatchUFM:
         # the two-pass update has no decay term: no call per block and step (small ops: Python time counts)
         decay = add_decay if any(m[2] is not None for m in moms) else (lambda k: None)
 
-        (beta_a, scale_a, _), (beta_p, scale_p, _) = moms[M], moms[M + 1]
-        beta_b, scale_b, _ = moms[M + 2] if self.bias else (0.0, 0.0, None)
+        beta_h, scale_h, _ = moms[M]
+        beta_b, scale_b, _ = moms[M + 1] if self.bias else (0.0, 0.0, None)
         for i in range(n):
             for j in range(M - 2, -1, -1):
                 torch.bmm(Q[j + 1], Ws[j], out=Q[j])
-            torch.baddbmm(neg_eye, Q0, A, out=Gm)  # Q0 A - I
+            torch.baddbmm(neg_eye, Q0, AP, out=Z)  # [Q0 A - I | Q0 P]
             if b is not None:
-                Gm.add_(b[:, :, None])
-            torch.bmm(Q0, P, out=QP)
-            torch.mul(Gm, cn, out=GmD)
+                Zb.add_(b[:, :, None])
+            torch.mul(Z, cn, out=ZD)
             if M >= 2:
-                torch.bmm(GmD, AT, out=R[0])  # G H^T / N = (Gm D A^T + QP P^T) / N
-                R[0].baddbmm_(QP, PT, alpha=inv_n)
-            uA.baddbmm_(Q0T, Gm, beta=beta_a, alpha=inv_n * scale_a)
+                torch.bmm(ZD, APT, out=R[0])  # G H^T / N = (Gm D A^T + QP P^T) / N
+            uAP.baddbmm_(Q0T, Z, beta=beta_h, alpha=inv_n * scale_h)
             decay(M)
-            uP.baddbmm_(Q0T, QP, beta=beta_p, alpha=inv_n * scale_p)
-            decay(M + 1)
             if ub is not None:
-                ub.mul_(beta_b).add_(GmD.sum(2), alpha=scale_b)
+                ub.mul_(beta_b).add_(ZDb.sum(2), alpha=scale_b)
             for j in range(M - 1):
                 beta, scale, _ = moms[j]
                 uW[j].baddbmm_(QT[j + 1], R[j], beta=beta, alpha=scale)
@@ -646,9 +657,8 @@ class BatchUFM:
             beta, scale, _ = moms[M - 1]
             if M >= 2:
                 uW[M - 1].baddbmm_(R[M - 2], WsT[M - 2], beta=beta, alpha=scale)
-            else:  # M = 1: W's gradient is G H^T / N itself, accumulated by its two GEMMs (no R_1 formed)
-                uW[0].baddbmm_(GmD, AT, beta=beta, alpha=scale)
-                uW[0].baddbmm_(QP, PT, alpha=inv_n * scale)
+            else:  # M = 1: W's gradient is G H^T / N itself, accumulated by its GEMM (no R_1 formed)
+                uW[0].baddbmm_(ZD, APT, beta=beta, alpha=scale)
             decay(M - 1)
             update(i)
 
@@ -690,7 +700,8 @@ class BatchUFM:
         if self.method == "direct":
             H = v[M]
         else:
-            H = v[M] @ self.Y + v[M + 1] @ self.X
+            K = self.K
+            H = v[M][:, :, :K] @ self.Y + v[M][:, :, K:] @ self.X
         return ws, H, (v[-1] if self.bias else None)
 
     def ufm_flat(self, i: int, flat: torch.Tensor | None = None) -> torch.Tensor:
@@ -701,7 +712,8 @@ class BatchUFM:
         if self.method == "direct":
             parts.append(v[M][i].reshape(-1))
         else:
-            parts.append((v[M][i] @ self.Y[i] + v[M + 1][i] @ self.X[i]).reshape(-1))
+            K = self.K
+            parts.append((v[M][i][:, :K] @ self.Y[i] + v[M][i][:, K:] @ self.X[i]).reshape(-1))
         if self.bias:
             parts.append(v[-1][i])
         return torch.cat(parts)
@@ -735,7 +747,7 @@ class BatchUFM:
             else:
                 data = -self.inv_n * (torch.log_softmax(Z, dim=1) * Y).sum(dim=(1, 2))
         else:
-            A, P = v[M], v[M + 1]
+            A, P = v[M][:, :, : self.K], v[M][:, :, self.K :]
             scatter = P @ P.transpose(1, 2)
             AD = A * cnt[:, None, :]
             hht = AD @ A.transpose(1, 2) + scatter
