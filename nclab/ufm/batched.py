@@ -101,7 +101,7 @@ class BatchUFM:
     """B deep linear UFMs of one shape: parameters, gradient and optimizer state as (B, ...) tensors.
 
     ``blocks`` lists the parameter tensors in a parameter-major flat buffer (each block contiguous, so every
-    batched matmul sees plain (B, r, c) operands): W_1..W_M, then H (direct) or A, P (reduced), then b.
+    batched matmul sees plain (B, r, c) operands): W_1..W_M, then H (direct) or [A | P] (reduced), then b.
     """
 
     def __init__(self, trainers: Sequence[Trainer], method: str = "auto"):
@@ -238,17 +238,6 @@ class BatchUFM:
         return v[:M] + [v[M][:, :, :K], v[M][:, :, K:]] + v[M + 1:]
 
     # ------------------------------------------------------------------ layout
-    def _shapes(self):
-        d, K, N, M = self.dims[0], self.K, self.N, self.M
-        shapes = [(self.dims[j + 1], self.dims[j]) for j in range(M)]
-        if self.method == "direct":
-            shapes.append((d, N))
-        else:
-            shapes.append((d, K + self.X.shape[1]))  # [A | P]
-        if self.bias:
-            shapes.append((K,))
-        return shapes
-
     def _pack(self, blocks) -> None:
         self.shapes = [tuple(b.shape[1:]) for b in blocks]
         self.sizes = [int(np.prod(s)) for s in self.shapes]
