@@ -83,8 +83,9 @@ def test_pairwise_memory_estimate_is_refused_exactly_above_its_formula(monkeypat
     x, y = _data()
     stats = _stats(x, y)
     tile = 3
-    # 8 (BLOCKS tile^2 + 4 max(tile, 4D) D + 4 D^2 + 16 K_eff) bytes, BLOCKS = 6
-    need = 8 * (6 * tile * tile + 4 * max(tile, 4 * D) * D + 4 * D * D + 16 * K)
+    # 8 (BLOCKS tile^2 + 4 min(max(tile, 4D), K + min(K, D)) D [+ 4 D^2 where K > D] + 16 K_eff) bytes, BLOCKS = 6
+    need = 8 * (6 * tile * tile + 4 * min(max(tile, 4 * D), K + min(K, D)) * D + (4 * D * D if K > D else 0)
+                + 16 * K)
     monkeypatch.setenv("NCLAB_MEMORY_LIMIT", str(need))
     compute_metrics(stats, tile=tile)  # exactly enough
     monkeypatch.setenv("NCLAB_MEMORY_LIMIT", str(need - 1))

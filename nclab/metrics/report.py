@@ -246,7 +246,11 @@ def compute_metrics(stats: ClassStats, weights=None, bias=None, *, second: Secon
         p, s, rank, mu_g = _projector(means_t, n, rtol, wmode, tile)
     mu_t = torch.as_tensor(np.asarray(mu_g, dtype=np.float64), device=dev)
     C = Rows(means_t, sub=mu_t)  # centred means mu_k - mu_G, block by block
-    check_memory(8.0 * (BLOCKS * tile * tile + 4.0 * max(tile, 4 * D) * D + 4.0 * D * D + 16.0 * Ke),
+    # tiles of the sweep; the projector's QR (_projector: blocks of max(tile, 4 D) rows, never more than the
+    # K rows and their R factor); D x D Grams only where K > D (pairwise.Rows.summary: K <= D reads K x K blocks)
+    rows = min(max(tile, 4 * D), Ke + min(Ke, D))
+    grams = 4.0 * D * D if Ke > D else 0.0
+    check_memory(8.0 * (BLOCKS * tile * tile + 4.0 * rows * D + grams + 16.0 * Ke),
                  f"the pairwise metrics of {Ke} classes (tiles of {tile} x {tile})", dev)
     if center is None:
         center = F.default_center(target)

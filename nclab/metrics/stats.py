@@ -633,6 +633,7 @@ class SecondPass:
         self.means_kept = means
         self.w = self.b = None
         self.mu_sq = (means * means).sum(1)  # (K_eff,)
+        self.mu_norm = self.mu_sq.sqrt()
         if weights is not None:
             w = check_matrix(weights, "weights", cols=stats.dim)
             if w.shape[0] not in (K, len(kept)):
@@ -734,6 +735,8 @@ class SecondPass:
                 if self.b is not None:
                     logits += self.b
                 scores += self.mu_sq
+            if self.small:  # (many classes take the raw rows' terms from their own GEMM)
+                self._raw_terms_where_cancelled(x, r, exp, sq[0], narrow, logits, scores)
             # nearest class centre: argmin -2 h.mu_j + ||mu_j||^2. max/min(dim) give the first extremum as argmax/
             # argmin do, faster on these narrow rows
             ncc = scores.min(1).indices
@@ -742,6 +745,32 @@ class SecondPass:
                                     (am == r).sum()])
         if not (torch.isfinite(self.q).all() and torch.isfinite(self.m2).all()):
             raise ValueError("features contain NaN or inf")
+
+    def _raw_terms_where_cancelled(self, x, r, exp: int, t_sq, narrow: bool, logits, scores) -> None:
+        """Few classes rebuild a row's logits and NCC terms as (x - mu_y) rhs + (mu_y rhs)_y: the sum rounds
+        relative to ||x - mu_y|| (the GEMM: float32 in _narrow) and ||mu_y|| (the table), which is far more than
+        the terms themselves when ||x|| << ||mu_y|| (rows near the origin, class means dragged away by outliers).
+        ||x|| >= | ||x - mu_y|| - ||mu_y|| |, so rows where that gap is not 2^16 times the rounding get their
+        terms from the raw row in float64 instead: x rhs (+ b, + ||mu_j||^2). Collapsed or spread-out data have
+        none (a few elementwise ops per batch)."""
+        eps = 2.0 ** -24 if narrow else 2.0 ** -53
+        tn = t_sq.clamp(min=0).sqrt()
+        mn = self.mu_norm.index_select(0, r)
+        bound = (tn * eps).add_(mn, alpha=4 * 2.0 ** -53).mul_(2.0 ** 16)
+        bad = (tn - mn).abs_() < bound
+        if not bool(bad.any()):
+            return
+        idx = bad.nonzero()[:, 0]
+        xs = x.index_select(0, idx).to(device=self.stats.device, dtype=F64)
+        if exp - self.stats.scale_exp:
+            ldexp_(xs, exp - self.stats.scale_exp)  # the first pass's scale, as the table's units
+        Ke = self.means_kept.shape[0]
+        z = xs @ self.rhs[:, self.rhs.shape[1] - 2 * Ke:]  # [W^T | -2 mu^T] on the raw rows
+        if self.b is not None:
+            z[:, :Ke] += self.b
+        z[:, Ke:] += self.mu_sq
+        logits[idx] = z[:, :Ke]
+        scores[idx] = z[:, Ke:]
 
     def narrow(self, x: torch.Tensor, exp: int = 0) -> bool:
         """Whether a batch x (divided by 2^exp) takes the float32 second pass (_narrow): float32 or half
