@@ -94,7 +94,8 @@ def _max_exp(x: torch.Tensor) -> int | None:
 @contextlib.contextmanager
 def _exact_f32():
     """float32 matmuls at full float32 precision inside (no TF32 / bfloat16 shortcuts a user may have enabled
-    with torch.set_float32_matmul_precision): the one-hot products below must be exact gathers and sums."""
+    with torch.set_float32_matmul_precision): the one-hot class sums and the projections below must keep
+    float32's precision."""
     prev = torch.get_float32_matmul_precision()
     if prev == "highest":
         yield
@@ -383,7 +384,7 @@ class ClassStats:
         first = torch.full((K,), B, dtype=torch.int64, device=dev).scatter_reduce(
             0, y, torch.arange(B, device=dev), "amin", include_self=True)
         exact = set((first[(first < B) & (self.counts == 0)] // step).tolist())
-        oh = _onehot(y, K, F32)  # (K, B): the one-hot product picks c_y exactly
+        oh = _onehot(y, K, F32)  # (K, B): the class sums of each step's deviations
         sums = torch.zeros(K, D, dtype=F64, device=dev)  # this batch's class sums, up to row `done`
         acc = torch.zeros(K, D, dtype=F64, device=dev)  # sums of d = x - c_y since row `done`
         # references on the features' own grid (half features: half values), so that x - c is exact in float32
