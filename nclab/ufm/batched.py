@@ -35,6 +35,7 @@ import dataclasses
 import math
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 
 import numpy as np
 import torch
@@ -572,11 +573,8 @@ class BatchUFM:
             [(b, p, w) for (*_, w), b, p in zip(coef, bv, pv)]
         try:
             if self.method == "reduced":
-                def update(i):
-                    for u, p, w in pairs:
-                        p.lerp_(u, w)
-
-                self._reduced_steps(n, [(beta, scale, None) for beta, scale in moms], update)
+                self._reduced_steps(n, [(beta, scale, None) for beta, scale in moms],
+                                    [partial(p.lerp_, u, w) for u, p, w in pairs])
             else:
                 for _ in range(n):
                     self.gradient_(moms)
@@ -586,11 +584,12 @@ class BatchUFM:
             for (c, *_), b, p in zip(coef, bv, pv):
                 b.sub_(p).mul_(c)  # buf = c (u - p)
 
-    def _reduced_steps(self, n: int, moms: list, update: Callable[[int], None]) -> None:
+    def _reduced_steps(self, n: int, moms: list, update: Callable[[int], None] | list) -> None:
         """n SGD steps of the reduced form, buf = beta buf + scale (gradient without decay) [+ decay param] per block
         (``moms``: (beta, scale, decay) per block, decay None, a float or a (B, 1, 1) tensor), then ``update(i)``
-        moves the parameters (a lerp or p -= lr buf). :meth:`gradient_`'s products with the views, transposes and
-        coefficients bound once, -[I | 0] folded into Z's GEMM, diag(n_k, 1)/N into ZD, and W_M's gradient
+        moves the parameters (a lerp or p -= lr buf; a list of zero-argument ops when it is the same every step).
+        :meth:`gradient_`'s products as a list of bound ops (views, transposes and coefficients bound once),
+        -[I | 0] folded into Z's GEMM, diag(n_k, 1)/N into ZD, and W_M's gradient
         accumulated by its GEMM (R_M = R_{M-1} W_{M-1}^T is not formed; at M = 1 neither is R_1): per step one
         GEMM gives [Q0 A - I | Q0 P], one updates [A | P], one mul scales the columns, one forms G H^T / N (M = 1:
         accumulates W's gradient), then the chain: 10 ops and the update at M = 3 where separate A and P took 13
@@ -610,45 +609,51 @@ class BatchUFM:
         ZDb = ZD[:, :, :K] if self.bias else None
         params = Ws + [AP]
 
-        def add_decay(k):  # buf += lambda param (the three-pass update)
+        # the step as a list of bound ops (small ops: Python time per op counts), in gradient_'s order
+        ops: list[Callable[[], object]] = []
+
+        def decay(k):  # buf += lambda param (the three-pass update; the two-pass one has no decay term)
             d = moms[k][2]
-            if d is None:
-                return
             if isinstance(d, torch.Tensor):
-                self.bv[k].addcmul_(params[k], d)
-            else:
-                self.bv[k].add_(params[k], alpha=d)
+                ops.append(partial(self.bv[k].addcmul_, params[k], d))
+            elif d is not None:
+                ops.append(partial(self.bv[k].add_, params[k], alpha=d))
 
-        # the two-pass update has no decay term: no call per block and step (small ops: Python time counts)
-        decay = add_decay if any(m[2] is not None for m in moms) else (lambda k: None)
-
+        for j in range(M - 2, -1, -1):
+            ops.append(partial(torch.bmm, Q[j + 1], Ws[j], out=Q[j]))
+        ops.append(partial(torch.baddbmm, neg_eye, Q0, AP, out=Z))  # [Q0 A - I | Q0 P]
+        if b is not None:
+            ops.append(partial(Zb.add_, b[:, :, None]))
+        ops.append(partial(torch.mul, Z, cn, out=ZD))
+        if M >= 2:
+            ops.append(partial(torch.bmm, ZD, APT, out=R[0]))  # G H^T / N = (Gm D A^T + QP P^T) / N
         beta_h, scale_h, _ = moms[M]
-        beta_b, scale_b, _ = moms[M + 1] if self.bias else (0.0, 0.0, None)
+        ops.append(partial(uAP.baddbmm_, Q0T, Z, beta=beta_h, alpha=inv_n * scale_h))
+        decay(M)
+        if ub is not None:
+            beta_b, scale_b, _ = moms[M + 1]
+            ops.append(lambda: ub.mul_(beta_b).add_(ZDb.sum(2), alpha=scale_b))
+        for j in range(M - 1):
+            beta, scale, _ = moms[j]
+            ops.append(partial(uW[j].baddbmm_, QT[j + 1], R[j], beta=beta, alpha=scale))
+            decay(j)
+            if j + 1 < M - 1:
+                ops.append(partial(torch.bmm, R[j], WsT[j], out=R[j + 1]))
+        beta, scale, _ = moms[M - 1]
+        if M >= 2:
+            ops.append(partial(uW[M - 1].baddbmm_, R[M - 2], WsT[M - 2], beta=beta, alpha=scale))
+        else:  # M = 1: W's gradient is G H^T / N itself, accumulated by its GEMM (no R_1 formed)
+            ops.append(partial(uW[0].baddbmm_, ZD, APT, beta=beta, alpha=scale))
+        decay(M - 1)
+        if not callable(update):  # the same update every step: part of the program
+            ops += list(update)
+            for _ in range(n):
+                for op in ops:
+                    op()
+            return
         for i in range(n):
-            for j in range(M - 2, -1, -1):
-                torch.bmm(Q[j + 1], Ws[j], out=Q[j])
-            torch.baddbmm(neg_eye, Q0, AP, out=Z)  # [Q0 A - I | Q0 P]
-            if b is not None:
-                Zb.add_(b[:, :, None])
-            torch.mul(Z, cn, out=ZD)
-            if M >= 2:
-                torch.bmm(ZD, APT, out=R[0])  # G H^T / N = (Gm D A^T + QP P^T) / N
-            uAP.baddbmm_(Q0T, Z, beta=beta_h, alpha=inv_n * scale_h)
-            decay(M)
-            if ub is not None:
-                ub.mul_(beta_b).add_(ZDb.sum(2), alpha=scale_b)
-            for j in range(M - 1):
-                beta, scale, _ = moms[j]
-                uW[j].baddbmm_(QT[j + 1], R[j], beta=beta, alpha=scale)
-                decay(j)
-                if j + 1 < M - 1:
-                    torch.bmm(R[j], WsT[j], out=R[j + 1])
-            beta, scale, _ = moms[M - 1]
-            if M >= 2:
-                uW[M - 1].baddbmm_(R[M - 2], WsT[M - 2], beta=beta, alpha=scale)
-            else:  # M = 1: W's gradient is G H^T / N itself, accumulated by its GEMM (no R_1 formed)
-                uW[0].baddbmm_(ZD, APT, beta=beta, alpha=scale)
-            decay(M - 1)
+            for op in ops:
+                op()
             update(i)
 
     def _adam(self, n: int, step: int, factor: Callable[[int], float] | None) -> None:
