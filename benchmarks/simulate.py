@@ -57,10 +57,11 @@ def bare_loop(cfg, steps: int) -> float:
         return time.perf_counter() - t0
 
 
-def step_rates(cfgs, steps: int = 200) -> tuple[str, float, float, float]:
+def step_rates(cfgs, steps: int = 200) -> tuple[str, float, dict]:
     """Where a batched SGD step stands: its FLOP rate (the reduced form's products) against plain batched matmuls
-    of the same shapes, a dense 1024 x 1024 GEMM and a plain elementwise update over the same parameters, timed
-    here, one thread. Returns (text, FLOPs per run-step, plain bmm FLOP/s, dense GEMM FLOP/s)."""
+    of the same shapes (the whole batch, and one cache-sized chunk of it as the engine's ops see), a dense
+    1024 x 1024 GEMM and a plain elementwise update over the same parameters, timed here, one thread. Returns
+    (text, FLOPs per run-step, {floor name: seconds per run-step on one core})."""
     from nclab.ufm.batched import BatchUFM, hyper_key
     from nclab.ufm.trainer import Trainer
 
@@ -88,17 +89,29 @@ def step_rates(cfgs, steps: int = 200) -> tuple[str, float, float, float]:
         t_bmm = best(lambda: torch.bmm(a, w, out=o))
         t_outer = best(lambda: torch.bmm(q, a, out=big))
         t_axpy = best(lambda: flat.add_(buf, alpha=1e-30))
+        # the same on operands of one cache-sized chunk (what the engine's ops see), per run
+        c = max(ch.B for ch in eng.chunks)
+        ac, wc, oc = torch.randn(c, K, d, **kw), torch.randn(c, d, d, **kw), torch.empty(c, K, d, **kw)
+        fc, bc = flat[: flat.numel() * c // B].clone(), buf[: flat.numel() * c // B].clone()
+        t_bmm_c = best(lambda: torch.bmm(ac, wc, out=oc), n=500) / c
+        t_axpy_c = best(lambda: fc.add_(bc, alpha=1e-30), n=500) / c
         sq = torch.randn(1024, 1024, **kw)
         t_dense = best(lambda: sq @ sq, n=5)
     gflops = 2 * macs * B / t_step / 1e9
     gb = 3 * flat.numel() * flat.element_size() / t_axpy / 1e9
     mm = 2 * B * K * d * d / 1e9
     dense = 2 * 1024 ** 3 / t_dense
+    rate_c = mm / B * 1e9 / t_bmm_c  # FLOP/s of a chunk's plain bmm
     text = (f"batched step ({B} runs, {len(eng.chunks)} chunks, 1 thread): {t_step * 1e6 / B:.1f} us per "
-            f"run-step, {gflops:.1f} GFLOP/s | plain bmm ({B},{K},{d})x({B},{d},{d}) {mm / t_bmm:.1f} GFLOP/s, "
-            f"outer ({B},{d},{K})x({B},{K},{d}) {mm / t_outer:.1f} GFLOP/s, dense 1024^2 GEMM {dense / 1e9:.1f} "
-            f"GFLOP/s, p += a*q over all parameters {gb:.1f} GB/s ({t_axpy * 1e6 / B:.1f} us per run)")
-    return text, 2.0 * macs, mm * 1e9 / t_bmm, dense
+            f"run-step, {gflops:.1f} GFLOP/s | plain bmm ({B},{K},{d})x({B},{d},{d}) {mm / t_bmm:.1f} GFLOP/s "
+            f"(chunks of {c}: {rate_c / 1e9:.1f}), outer ({B},{d},{K})x({B},{K},{d}) {mm / t_outer:.1f} GFLOP/s, "
+            f"dense 1024^2 GEMM {dense / 1e9:.1f} GFLOP/s, p += a*q over all parameters {gb:.1f} GB/s "
+            f"({t_axpy * 1e6 / B:.1f} us per run; chunks of {c}: {t_axpy_c * 1e6:.1f} us per run)")
+    # per run-step, one core: every FLOP at a chunk's plain-bmm rate plus one pass over the parameters (the
+    # update), and every FLOP at the dense GEMM peak with no pass at all
+    floors = {"plain bmm rate of a chunk + one update pass": 2.0 * macs / rate_c + t_axpy_c,
+              "dense GEMM peak, no update pass": 2.0 * macs / dense}
+    return text, 2.0 * macs, floors
 
 
 def batched(args) -> bool:
@@ -123,16 +136,15 @@ def batched(args) -> bool:
     statuses = sorted({r.status for r in res})
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     if args.device == "cpu":
-        text, flops, bmm_rate, dense_rate = step_rates(cfgs)
+        text, flops, floors = step_rates(cfgs)
         print(text)
         # the ceiling of the ratio on this machine: every core at the rate plain batched matmuls of these shapes
         # reach (one thread each), and at the dense GEMM peak, against the sequential time measured above
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        work = flops * args.steps  # per run
-        for name, rate in (("plain bmm", bmm_rate), ("dense GEMM peak", dense_rate)):
-            floor = work / (rate * cores)
-            print(f"  compute floor at the {name} rate on {cores} cores: {floor:.3f} s/run "
-                  f"({work / 1e9:.1f} GFLOP per run) -> at most {t_seq / B / floor:.1f}x over sequential")
+        for name, per_step in floors.items():
+            floor = per_step * args.steps / cores
+            print(f"  floor at the {name} on {cores} cores: {floor:.3f} s/run ({flops * args.steps / 1e9:.1f} "
+                  f"GFLOP per run) -> at most {t_seq / B / floor:.1f}x over sequential")
     print(f"batched M={M}: {B} runs x {args.steps} steps ({args.dtype} on {args.device}, snapshots every 100, "
           f"run folders, "
           f"{n_workers} worker process(es)) in {t_batch:.1f} s (training {train:.1f} s, snapshots {snaps:.1f} s summed "
