@@ -139,8 +139,7 @@ def _by_class(v: torch.Tensor, y: torch.Tensor, K: int, onehot: torch.Tensor | N
 
 def _minus_rows(x: torch.Tensor, table: torch.Tensor, y: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """out = x - table[y] (B, D), each entry rounded once as the subtraction: the rows gathered into ``out``,
-    then one subtraction (two passes over out; a one-hot GEMM into a copy of x, exact too, made three and cost
-    1.4x on 1,024 x 512 float32 rows here)."""
+    then one subtraction (two passes over out, where a one-hot GEMM into a copy of x made three)."""
     torch.index_select(table, 0, y, out=out)
     return torch.sub(x, out, out=out)
 
@@ -731,11 +730,9 @@ class SecondPass:
         if self.w is not None:
             # few classes: x = (x - mu_r) + mu_r, so the raw rows' terms are the centred ones plus table row r
             z = z_raw if z_raw is not None else zz[:, rk:].addmm_(oh.T, self.offsets)
-            logits, scores = z[:, :Ke], z[:, Ke:]
             if not narrow:  # _narrow's tables hold b and ||mu_j||^2 already
-                if self.b is not None:
-                    logits += self.b
-                scores += self.mu_sq
+                self._add_constants(z)
+            logits, scores = z[:, :Ke], z[:, Ke:]
             if self.small:  # (many classes take the raw rows' terms from their own GEMM)
                 self._raw_terms_where_cancelled(x, r, exp, sq[0], narrow, logits, scores)
             # nearest class centre: argmin -2 h.mu_j + ||mu_j||^2. max/min(dim) give the first extremum as argmax/
@@ -766,12 +763,17 @@ class SecondPass:
         if exp - self.stats.scale_exp:
             ldexp_(xs, exp - self.stats.scale_exp)  # the first pass's scale, as the table's units
         Ke = self.means_kept.shape[0]
-        z = xs @ self.rhs[:, self.rhs.shape[1] - 2 * Ke:]  # [W^T | -2 mu^T] on the raw rows
+        z = self._add_constants(xs @ self.rhs[:, self.rhs.shape[1] - 2 * Ke:])  # [W^T | -2 mu^T] on the raw rows
+        logits[idx] = z[:, :Ke]
+        scores[idx] = z[:, Ke:]
+
+    def _add_constants(self, z: torch.Tensor) -> torch.Tensor:
+        """z (B, 2 K_eff) = [logits | NCC terms] of raw rows without their constants: adds b and ||mu_j||^2."""
+        Ke = self.means_kept.shape[0]
         if self.b is not None:
             z[:, :Ke] += self.b
         z[:, Ke:] += self.mu_sq
-        logits[idx] = z[:, :Ke]
-        scores[idx] = z[:, Ke:]
+        return z
 
     def narrow(self, x: torch.Tensor, exp: int = 0) -> bool:
         """Whether a batch x (divided by 2^exp) takes the float32 second pass (_narrow): float32 or half
@@ -876,8 +878,8 @@ class SecondPass:
             else:
                 full = torch.empty(B, c, dtype=F64, device=dev)
                 full[:, :cg] = zz
-            full[:, cg:].addmm_(zz[:, :rk], ncc[0], beta=0.0).addmm_(oh.T, ncc[1])  # beta 0: never reads the
-            # uninitialised columns
+            # beta 0: the uninitialised columns are never read
+            full[:, cg:].addmm_(zz[:, :rk], ncc[0], beta=0.0).addmm_(oh.T, ncc[1])
             zz = full
         if self._same_data:
             # summed over a class (all of its samples pass), ||t||^2 - ||delta_y||^2 gives m2 exactly:
@@ -892,11 +894,9 @@ class SecondPass:
             idx = redo.nonzero()[:, 0]
             xs = x.index_select(0, idx).to(F64) - self.means_kept.index_select(0, r.index_select(0, idx))
             zr = xs @ rhs
-            if rhs.shape[1] > rk:
+            if rhs.shape[1] > rk:  # the raw rows' terms with their constants, as the tables above give them
                 zr[:, rk:] += self.offsets.index_select(0, r.index_select(0, idx))
-                if self.b is not None:  # as the tables above: bias and ||mu_j||^2 included
-                    zr[:, rk:rk + Ke] += self.b
-                zr[:, rk + Ke:] += self.mu_sq
+                self._add_constants(zr[:, rk:])
             zz[idx] = zr
             ry = r.index_select(0, idx)
             if self._same_data:  # the same class-sum form as the other rows: ||t||^2 - ||delta_y||^2 in float64
