@@ -15,9 +15,10 @@ directory, trained by one ``nclab.ufm.batched.simulate_batch`` call (``--workers
 = automatic, what a user gets: the idle cores, each training a share of the runs as one batch), against
 ``--sequential`` of the same runs through ``nclab.simulate`` one after another in the same process (their mean time
 per run times B: the sequential throughput). ``--workers 1`` is the one-process batch. The objectives of those runs
-are compared (relative difference, float64). On the CPU it also prints the ceiling of that ratio on this machine:
-the batch's FLOPs (the reduced form's products) on every core at the rate plain batched matmuls of the same shapes
-reach, and at the dense 1024 x 1024 GEMM rate, against the sequential time measured in the same command.
+are compared (relative difference, float64). On the CPU it also prints two floors of a batched run and the ceiling
+of the ratio each gives against the sequential time of the same command: every FLOP (the reduced form's products)
+at the rate a plain batched matmul of these shapes reaches on one cache-sized chunk plus one pass over the
+parameters per step (the update), and every FLOP at the dense 1024 x 1024 GEMM peak with no pass at all.
 """
 
 from __future__ import annotations
@@ -138,8 +139,8 @@ def batched(args) -> bool:
     if args.device == "cpu":
         text, flops, floors = step_rates(cfgs)
         print(text)
-        # the ceiling of the ratio on this machine: every core at the rate plain batched matmuls of these shapes
-        # reach (one thread each), and at the dense GEMM peak, against the sequential time measured above
+        # the ceiling of the ratio on this machine: each floor (one core) shared by every core, against the
+        # sequential time measured above
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         for name, per_step in floors.items():
             floor = per_step * args.steps / cores
